@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (set up, then the main job on config.toml) and `make test`
+# (set up, then lint and the test suite). Both install what they need, apt packages included.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := python3.11 python3.11-venv
+export HF_HUB_OFFLINE := 1
+
+.PHONY: run test setup system-deps lint bench clean
+
+run: setup
+	$(BIN)/linewatch demo --config config.toml
+
+test: setup lint
+	$(BIN)/python -m pytest -q --durations=10
+
+setup: $(VENV)/.installed
+
+# Debian/Ubuntu packages; skipped when the interpreter is already there (pyenv, a prior install).
+system-deps:
+	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check linewatch tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/scorer_throughput.py
+
+clean:
+	rm -rf $(VENV) data/demo models/demo
