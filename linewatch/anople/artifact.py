@@ -1,0 +1,212 @@
+"""Self-describing model artifacts: one JSON file plus safetensors, written atomically, never pickle.
+
+Layout of an artifact directory::
+
+    anople.json          format version, backbone (name, tag, sha256, preprocessing), settings,
+                         products with thresholds and calibration, training record, metrics
+    learned.safetensors  prompts, couplers, view tokens, decoder
+    memory.safetensors   per product and memory block, the shots' normalised patch tokens
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from linewatch.anople.backbone import Backbone, BackboneSpec
+from linewatch.anople.calibrate import Calibration
+from linewatch.anople.model import AnoPLe
+from linewatch.anople.settings import AnoPLeSettings
+
+FORMAT = "linewatch-anople"
+FORMAT_VERSION = 1
+MANIFEST = "anople.json"
+LEARNED = "learned.safetensors"
+MEMORY = "memory.safetensors"
+
+BackboneLoader = Callable[[BackboneSpec], Backbone]
+
+
+class ArtifactError(ValueError):
+    """An artifact directory that cannot be used; the message names the directory and the problem."""
+
+
+@dataclass
+class ProductRecord:
+    name: str
+    calibration: Calibration
+    shots: list[dict[str, str]] = field(default_factory=list)  # [{"file": ..., "sha256": ...}]
+
+
+@dataclass
+class ArtifactInfo:
+    """Everything in anople.json besides the tensors."""
+
+    products: dict[str, ProductRecord]
+    training: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    linewatch_version: str = ""
+
+    def threshold(self, product: str) -> float:
+        return self.products[product].calibration.threshold
+
+
+def _manifest(model: AnoPLe, info: ArtifactInfo) -> dict[str, Any]:
+    spec = model.backbone_spec
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_at": info.created_at,
+        "linewatch_version": info.linewatch_version,
+        "backbone": {
+            "model_name": spec.model_name,
+            "pretrained": spec.pretrained,
+            "weights_sha256": spec.weights_sha256,
+            "init_seed": spec.init_seed,
+            "force_quick_gelu": spec.force_quick_gelu,
+            "random_weights": spec.is_random,
+            "input_size": model.input_size,
+            "mean": model.mean.flatten().tolist(),
+            "std": model.std.flatten().tolist(),
+            "resize": "squash",
+        },
+        "settings": model.settings.to_dict(),
+        "decoder_layers": list(model.decoder_layers),
+        "memory_layers": list(model.memory_layers),
+        "products": [
+            {"name": name, "calibration": record.calibration.to_dict(), "shots": record.shots}
+            for name, record in ((p, info.products[p]) for p in model.products)
+        ],
+        "training": info.training,
+        "metrics": info.metrics,
+    }
+
+
+def save_artifact(model: AnoPLe, info: ArtifactInfo, directory: Path, overwrite: bool = False) -> None:
+    """Write to a temporary sibling directory, then rename, so readers never see half an artifact."""
+    missing = [p for p in model.products if p not in info.products or p not in model.memory]
+    if missing:
+        raise ArtifactError(f"{directory}: products {missing} lack a calibration or a memory bank")
+    if directory.exists() and not overwrite:
+        raise ArtifactError(f"{directory}: already exists; choose another name or pass overwrite")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        learned = {k: v.detach().to("cpu").contiguous() for k, v in model.learned_parameters().items()}
+        save_file(learned, str(staging / LEARNED))
+        memory = {
+            f"memory.{index}.{layer}": bank.detach().to("cpu").contiguous()
+            for index, product in enumerate(model.products)
+            for layer, bank in model.memory[product].items()
+        }
+        save_file(memory, str(staging / MEMORY))
+        (staging / MANIFEST).write_text(json.dumps(_manifest(model, info), indent=2) + "\n")
+        if directory.exists():
+            retired = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(retired, ignore_errors=True)
+            os.replace(directory, retired)
+            os.replace(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Parse and check anople.json; ArtifactError names what is missing or of the wrong version."""
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ArtifactError(f"{directory}: model directory not found")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{directory}: not a linewatch model (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{manifest_path}: corrupt JSON ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{manifest_path}: not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format version {version} is not supported (this linewatch reads {FORMAT_VERSION})"
+        )
+    for key in ("backbone", "settings", "products", "training"):
+        if key not in manifest:
+            raise ArtifactError(f"{manifest_path}: missing key {key!r}")
+    return manifest
+
+
+def backbone_spec_of(manifest: dict[str, Any]) -> BackboneSpec:
+    backbone = manifest["backbone"]
+    return BackboneSpec(
+        model_name=backbone["model_name"],
+        pretrained=backbone["pretrained"],
+        weights_sha256=backbone["weights_sha256"],
+        init_seed=backbone.get("init_seed"),
+        force_quick_gelu=bool(backbone.get("force_quick_gelu", False)),
+    )
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing from the model directory")
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises several private error types
+        raise ArtifactError(f"{path}: corrupt safetensors file ({error})") from error
+
+
+def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPLe, ArtifactInfo]:
+    """Rebuild the model exactly as saved. ``load_backbone`` resolves the recorded backbone spec to
+    weights; the sha256 of what it loaded must equal the recorded one."""
+    manifest = read_manifest(directory)
+    expected = backbone_spec_of(manifest)
+    backbone = load_backbone(expected)
+    if backbone.spec.model_name != expected.model_name or backbone.spec.weights_sha256 != expected.weights_sha256:
+        raise ArtifactError(
+            f"{directory}: backbone mismatch: the model was trained on {expected.model_name} "
+            f"({expected.pretrained}, sha256 {expected.weights_sha256[:12]}...) but the weights found are "
+            f"{backbone.spec.model_name} ({backbone.spec.pretrained}, sha256 {backbone.spec.weights_sha256[:12]}...)"
+        )
+    try:
+        settings = AnoPLeSettings.from_dict(manifest["settings"])
+        products = {
+            entry["name"]: ProductRecord(
+                entry["name"], Calibration.from_dict(entry["calibration"]), list(entry.get("shots", []))
+            )
+            for entry in manifest["products"]
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(f"{directory / MANIFEST}: malformed settings or products ({error})") from error
+    model = AnoPLe(backbone, settings, list(products))
+    try:
+        model.load_learned_parameters(_load_tensors(directory / LEARNED))
+    except RuntimeError as error:
+        raise ArtifactError(f"{directory / LEARNED}: does not fit the recorded settings ({error})") from error
+    memory = _load_tensors(directory / MEMORY)
+    for index, product in enumerate(model.products):
+        bank = {layer: memory.get(f"memory.{index}.{layer}") for layer in model.memory_layers}
+        if any(tensor is None for tensor in bank.values()):
+            raise ArtifactError(f"{directory / MEMORY}: no memory bank for product {product!r}")
+        model.memory[product] = bank
+    model.eval()
+    model.refresh_text_cache()
+    info = ArtifactInfo(
+        products=products,
+        training=manifest["training"],
+        metrics=manifest.get("metrics", {}),
+        created_at=manifest.get("created_at", ""),
+        linewatch_version=manifest.get("linewatch_version", ""),
+    )
+    return model, info

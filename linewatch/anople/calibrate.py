@@ -1,0 +1,80 @@
+"""Threshold calibration to an expected false-reject rate on held-out normal images.
+
+AnoPLe scores are not probabilities, so a threshold only means something relative to the scores of
+normal parts of this product. The threshold is set so that at most ``target_frr`` of the held-out
+normals would be rejected; simulated anomalies made from the same normals report how much the
+threshold still catches. The minimum normal score is never used (it would flag every part).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float  # image score above this -> defect
+    pixel_threshold: float  # pixel-map value above this -> drawn as defective region
+    target_frr: float
+    achieved_frr: float  # share of the calibration normals above the threshold
+    n_normals: int
+    source: str  # "held-out normals" or "augmented shots" when no held-out normal was left
+    simulated_recall: float | None  # share of simulated anomalies above the threshold
+    n_simulated: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**data)
+
+
+def threshold_for_frr(scores: np.ndarray, target_frr: float) -> float:
+    """Threshold rejecting at most floor(target_frr * n) of ``scores`` (reject means score > threshold).
+
+    Placed midway between the last accepted and the first rejected score, so small score noise does
+    not flip the calibration set; with nothing to reject it is the maximum normal score.
+    """
+    if not 0.0 <= target_frr < 1.0:
+        raise ValueError(f"target false-reject rate must be in [0, 1), got {target_frr}")
+    values = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    if values.size == 0 or not np.isfinite(values).all():
+        raise ValueError("calibration needs at least one finite normal score")
+    allowed = math.floor(target_frr * values.size + 1e-9)
+    last_accepted = values[values.size - allowed - 1]
+    if allowed == 0:
+        return float(last_accepted)
+    return float((last_accepted + values[values.size - allowed]) / 2)
+
+
+def calibrate(
+    normal_scores: np.ndarray,
+    normal_pixel_maxima: np.ndarray,
+    target_frr: float,
+    source: str,
+    simulated_scores: np.ndarray | None = None,
+) -> Calibration:
+    threshold = threshold_for_frr(normal_scores, target_frr)
+    pixel_threshold = threshold_for_frr(normal_pixel_maxima, target_frr)
+    normal_scores = np.asarray(normal_scores, dtype=np.float64)
+    recall = None
+    n_simulated = 0
+    if simulated_scores is not None and len(simulated_scores):
+        simulated = np.asarray(simulated_scores, dtype=np.float64)
+        recall = float((simulated > threshold).mean())
+        n_simulated = int(simulated.size)
+    return Calibration(
+        threshold=threshold,
+        pixel_threshold=pixel_threshold,
+        target_frr=target_frr,
+        achieved_frr=float((normal_scores > threshold).mean()),
+        n_normals=int(normal_scores.size),
+        source=source,
+        simulated_recall=recall,
+        n_simulated=n_simulated,
+    )

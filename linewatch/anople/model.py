@@ -1,0 +1,236 @@
+"""AnoPLe: prompts, decoder and few-shot memory around a frozen CLIP, for training and batched scoring.
+
+Images enter as float tensors in [0, 1]; normalisation with the backbone's mean and std happens here so
+every caller (trainer, scorer, eval, benchmarks) feeds the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from linewatch.anople.backbone import Backbone
+from linewatch.anople.decoder import Decoder
+from linewatch.anople.losses import alignment_loss, dice_loss, focal_loss, image_loss
+from linewatch.anople.prompts import PromptedText, PromptLearner, encode_image
+from linewatch.anople.settings import AnoPLeSettings, layer_indices
+from linewatch.anople.simulate import make_views, simulate_anomalies
+
+GLOBAL_VIEW = 0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores of one batch. All tensors are detached and on the model's device."""
+
+    image_score: Tensor  # (B,) harmonic mean of global probability and pixel-map max
+    global_probability: Tensor  # (B,) p_abnormal from the global embedding
+    pixel_map: Tensor  # (B, H, W) fused, upsampled and blurred anomaly map
+    decoder_map: Tensor  # (B, g, g) abnormal-patch probability from the decoder
+    memory_map: Tensor  # (B, g, g) nearest-shot patch distance (1 - cos) / 2
+
+
+def harmonic_mean(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """Elementwise 2ab / (a + b); eps keeps it finite where both are exactly zero."""
+    return 2 * a * b / (a + b + eps)
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """maps (B, 1, H, W) blurred with a separable Gaussian, edges replicated."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))
+
+
+class AnoPLe(nn.Module):
+    """The whole detector. ``products`` fixes the order of product indices used everywhere."""
+
+    def __init__(self, backbone: Backbone, settings: AnoPLeSettings, products: list[str]) -> None:
+        super().__init__()
+        if not products or len(set(products)) != len(products):
+            raise ValueError(f"products must be a non-empty list of distinct names, got {products}")
+        self.settings = settings
+        self.backbone_spec = backbone.spec
+        self.input_size = backbone.input_size
+        self.products = list(products)
+        self.clip = backbone.clip
+        visual = backbone.clip.visual
+        text_tower = getattr(backbone.clip, "text", backbone.clip)
+        vision_depth = len(visual.transformer.resblocks)
+        prompt_depth = min(settings.prompt_depth, vision_depth, len(text_tower.transformer.resblocks))
+        vision_width = visual.transformer.width
+        text_width = text_tower.token_embedding.embedding_dim
+        embed_dim = visual.proj.shape[1]
+        self.grid = visual.grid_size[0]
+        self.learner = PromptLearner(settings, text_width, vision_width, prompt_depth)
+        self.decoder_layers = layer_indices(vision_depth, settings.decoder_fractions)
+        self.memory_layers = layer_indices(vision_depth, settings.memory_fractions)
+        self.decoder = Decoder(
+            len(self.decoder_layers),
+            vision_width,
+            min(settings.decoder_width, embed_dim),
+            settings.decoder_heads,
+            settings.decoder_mlp_ratio,
+            embed_dim,
+        )
+        self.text = PromptedText(backbone.clip, backbone.tokenizer, settings, self.products)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("text_cache", None, persistent=False)
+        self.memory: dict[str, dict[int, Tensor]] = {}
+
+    # ---- shared pieces -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def tau(self) -> Tensor:
+        return self.clip.logit_scale.exp().clamp(max=self.settings.tau_max)
+
+    def product_index(self, product: str) -> int:
+        try:
+            return self.products.index(product)
+        except ValueError:
+            raise KeyError(f"unknown product {product!r}; this model knows {self.products}") from None
+
+    def learned_parameters(self) -> dict[str, Tensor]:
+        """Every trained tensor (prompts, couplers, view tokens, decoder), keyed for safetensors."""
+        state = {f"learner.{k}": v for k, v in self.learner.state_dict().items()}
+        state.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        return state
+
+    def load_learned_parameters(self, state: dict[str, Tensor]) -> None:
+        learner = {k.removeprefix("learner."): v for k, v in state.items() if k.startswith("learner.")}
+        decoder = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
+        self.learner.load_state_dict(learner, strict=True)
+        self.decoder.load_state_dict(decoder, strict=True)
+        self.text_cache = None
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        return (images.to(self.device) - self.mean) / self.std
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_losses(self, images: Tensor, product_ids: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """images (B, 3, H, W) in [0, 1] on the CPU, product_ids (B,) -> the three losses and their sum.
+
+        Views are cut and anomalies simulated on the CPU with ``generator``; the model runs on its device.
+        """
+        size = self.input_size
+        views, view_ids = make_views(images, size)  # (5B, 3, S, S), (5B,)
+        views, masks, labels = simulate_anomalies(views, self.settings.anomaly_probability, generator)
+        noise = torch.randn(views.shape[0], self.clip.visual.proj.shape[1], generator=generator)
+        product_v = product_ids.repeat_interleave(self.settings.n_views).to(self.device)  # (V,)
+        views, masks, labels = views.to(self.device), masks.to(self.device), labels.to(self.device)
+
+        pooled, tokens = encode_image(
+            self.clip, self.learner, self._normalise(views), view_ids.to(self.device), self.decoder_layers
+        )
+        global_embeddings = F.normalize(pooled, dim=-1)  # (V, e)
+        text = self.text(self.learner)[product_v]  # (V, 2, e)
+        tau = self.tau()
+        anomaly_map, patches = self.decoder([tokens[i] for i in self.decoder_layers], text, tau)  # (V, N)
+        # The pixel loss runs at 4x the patch grid: finer adds cost, not information (the map is 15x15).
+        loss_size = 4 * self.grid
+        grid_map = anomaly_map.view(-1, 1, self.grid, self.grid)
+        prob = F.interpolate(grid_map, size=(loss_size, loss_size), mode="bilinear", align_corners=False)
+        masks = (F.interpolate(masks, size=(loss_size, loss_size), mode="area") > 0.25).float()
+
+        normal = labels == 0
+        noisy = F.normalize(
+            global_embeddings[normal] + self.settings.latent_noise_sigma * noise.to(self.device)[normal],
+            dim=-1,
+        )
+        losses = {
+            "pixel": focal_loss(prob, masks, self.settings.focal_gamma) + dice_loss(prob, masks),
+            "image": image_loss(
+                torch.cat([global_embeddings, noisy]),
+                torch.cat([text, text[normal]]),
+                torch.cat([labels, torch.ones_like(labels[normal])]),
+                tau,
+            ),
+            "align": alignment_loss(global_embeddings, patches, anomaly_map),
+        }
+        losses["total"] = losses["pixel"] + losses["image"] + losses["align"]
+        return losses
+
+    # ---- few-shot memory -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def build_memory(self, product: str, shots: Tensor) -> None:
+        """shots (k, 3, S, S) in [0, 1]: their prompted patch tokens become the product's memory bank."""
+        self.product_index(product)
+        view_ids = torch.full((shots.shape[0],), GLOBAL_VIEW, device=self.device)
+        _, tokens = encode_image(self.clip, self.learner, self._normalise(shots), view_ids, self.memory_layers)
+        self.memory[product] = {
+            layer: F.normalize(tokens[layer], dim=-1).reshape(-1, tokens[layer].shape[-1]).contiguous()
+            for layer in self.memory_layers
+        }  # per layer (k * N, d_v)
+
+    def _apply(self, fn, recurse=True):
+        """Move/cast the memory banks with the module (they are not buffers: their count varies)."""
+        super()._apply(fn, recurse)
+        self.memory = {p: {k: fn(v) for k, v in bank.items()} for p, bank in self.memory.items()}
+        return self
+
+    def _memory_map(self, tokens: dict[int, Tensor], product_ids: Tensor) -> Tensor:
+        """Per patch, (1 - max cos) / 2 against the image's product bank, averaged over memory blocks -> (B, N)."""
+        batch, n_patches = product_ids.shape[0], self.grid * self.grid
+        result = torch.zeros(batch, n_patches, device=self.device)
+        for product_id in product_ids.unique().tolist():
+            product = self.products[product_id]
+            if product not in self.memory:
+                raise KeyError(f"no memory bank for product {product!r}; train or load it first")
+            rows = (product_ids == product_id).nonzero().flatten()
+            for layer, bank in self.memory[product].items():
+                queries = F.normalize(tokens[layer][rows], dim=-1)  # (b, N, d_v)
+                nearest = (queries @ bank.to(queries.dtype).T).amax(dim=-1)  # (b, N)
+                result[rows] += ((1 - nearest.float()) / 2) / len(self.memory[product])
+        return result
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def refresh_text_cache(self) -> Tensor:
+        """Recompute the (P, 2, e) text embeddings; they depend only on the learned prompts."""
+        with torch.inference_mode():
+            self.text_cache = self.text(self.learner).float()
+        return self.text_cache
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor, product_ids: Tensor, out_size: int | None = None) -> Prediction:
+        """images (B, 3, S, S) in [0, 1], product_ids (B,) -> Prediction with maps at ``out_size``."""
+        if images.ndim != 4 or images.shape[1:] != (3, self.input_size, self.input_size):
+            raise ValueError(
+                f"expected images of shape (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}"
+            )
+        out_size = out_size or self.input_size
+        text_all = self.text_cache if self.text_cache is not None else self.refresh_text_cache()
+        product_ids = product_ids.to(self.device)
+        batch = images.shape[0]
+        view_ids = torch.full((batch,), GLOBAL_VIEW, device=self.device)
+        keep = tuple(sorted({*self.decoder_layers, *self.memory_layers}))
+        pooled, tokens = encode_image(self.clip, self.learner, self._normalise(images), view_ids, keep)
+        text = text_all[product_ids].to(pooled.dtype)  # (B, 2, e)
+        tau = self.tau()
+        global_logits = tau * torch.einsum("be,bke->bk", F.normalize(pooled, dim=-1), text)
+        global_probability = global_logits.float().softmax(dim=-1)[:, 1]  # (B,)
+        decoder_map, _ = self.decoder([tokens[i] for i in self.decoder_layers], text, tau)  # (B, N)
+        memory_map = self._memory_map(tokens, product_ids)  # (B, N)
+        eps = self.settings.harmonic_eps
+        fused = harmonic_mean(decoder_map.float(), memory_map, eps).view(batch, 1, self.grid, self.grid)
+        upsampled = F.interpolate(fused, size=(out_size, out_size), mode="bilinear", align_corners=False)
+        sigma = self.settings.blur_sigma_at_400px * out_size / 400
+        pixel_map = gaussian_blur(upsampled, sigma).squeeze(1)  # (B, H, W)
+        image_score = harmonic_mean(global_probability, pixel_map.flatten(1).amax(dim=1), eps)
+        return Prediction(
+            image_score=image_score,
+            global_probability=global_probability,
+            pixel_map=pixel_map,
+            decoder_map=decoder_map.float().view(batch, self.grid, self.grid),
+            memory_map=memory_map.view(batch, self.grid, self.grid),
+        )

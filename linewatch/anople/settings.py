@@ -1,0 +1,78 @@
+"""AnoPLe hyperparameters: one frozen record, saved verbatim in every artifact.
+
+Defaults follow ../shared/docs/anople.md; the ones marked there as linewatch choices are fields here
+so that a changed choice is visible in the artifact that used it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AnoPLeSettings:
+    """Prompt, decoder, scoring and training knobs of one AnoPLe model.
+
+    ``decoder_width`` is a linewatch choice beyond anople.md: the small transformer block in each
+    decoder branch runs at this bottleneck width, capped at the joint embedding width (then projects to
+    the joint embedding), because a block
+    at the full text width (640 for ViT-B-16-plus-240) costs about 2 GFLOP per image and branch, and
+    every FLOP the scorer adds costs line throughput one for one.
+    """
+
+    n_text_ctx: int = 4
+    n_visual_ctx: int = 4
+    prompt_depth: int = 9
+    decoder_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
+    memory_fractions: tuple[float, ...] = (0.25, 2 / 3)
+    decoder_width: int = 128
+    decoder_heads: int = 4
+    decoder_mlp_ratio: float = 2.0
+    n_views: int = 5
+    latent_noise_sigma: float = 0.015
+    anomaly_probability: float = 0.5
+    tau_max: float = 100.0
+    focal_gamma: float = 2.0
+    blur_sigma_at_400px: float = 4.0
+    harmonic_eps: float = 1e-6
+    normal_template: str = "{ctx} {product}."
+    abnormal_template: str = "{ctx} abnormal {product}."
+    # training
+    steps: int = 300
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    hflip: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["decoder_fractions"] = list(self.decoder_fractions)
+        data["memory_fractions"] = list(self.memory_fractions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnoPLeSettings:
+        """Rebuild from an artifact; unknown keys are an error so a newer artifact is not half-read."""
+        known = {field.name for field in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown AnoPLe settings {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(data)
+        for key in ("decoder_fractions", "memory_fractions"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> AnoPLeSettings:
+        return AnoPLeSettings.from_dict({**self.to_dict(), **overrides})
+
+
+def layer_indices(depth: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
+    """Block indices (0-based, ascending, unique) at the given fractions of the depth.
+
+    A fraction f picks the output of block round(f * depth) counted from 1, so 0.5, 0.75, 1.0 of 12
+    blocks are blocks 6, 9 and 12 (indices 5, 8, 11); shallow test models collapse duplicates.
+    """
+    picked = {min(depth, max(1, round(fraction * depth))) - 1 for fraction in fractions}
+    return tuple(sorted(picked))

@@ -1,0 +1,27 @@
+"""RGB frames -> model input tensors, the one resize path shared by training, memory and scoring.
+
+Images are squashed to the model's square input (no centre crop): a defect at the edge of the field
+of view must still be seen, and the heatmap maps back onto the whole frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8; area filter when shrinking, bilinear when enlarging."""
+    height, width = image.shape[:2]
+    interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def to_model_tensor(images: Sequence[np.ndarray], size: int) -> Tensor:
+    """RGB uint8 images of any sizes -> (B, 3, size, size) float32 in [0, 1]."""
+    batch = np.stack([resize_rgb(image, size) for image in images])  # (B, S, S, 3) uint8
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)

@@ -1,0 +1,81 @@
+"""Shared fixtures: offline, one torch thread, the tiny random backbone and a small trained model."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from linewatch.anople.backbone import TINY_MODEL, Backbone, load_random_backbone
+from linewatch.anople.model import AnoPLe
+from linewatch.anople.settings import AnoPLeSettings
+from linewatch.anople.train import train
+from linewatch.preprocess import to_model_tensor
+from linewatch.synthetic import SyntheticProduct, SyntheticSample
+
+torch.set_num_threads(1)
+
+TRAINED_STEPS = 200
+PRODUCT = "metal plate"
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone() -> Backbone:
+    """Shared read-only: the backbone is frozen and never modified by AnoPLe."""
+    return load_random_backbone(TINY_MODEL, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_product() -> SyntheticProduct:
+    return SyntheticProduct(style_seed=3, width=256, height=256)
+
+
+@pytest.fixture(scope="session")
+def normal_images(synthetic_product: SyntheticProduct) -> list[np.ndarray]:
+    """Normals: the first 4 are the shots, the rest are held out."""
+    rng = np.random.default_rng(100)
+    return [synthetic_product.normal(rng).image for _ in range(24)]
+
+
+@pytest.fixture(scope="session")
+def defect_samples(synthetic_product: SyntheticProduct) -> list[SyntheticSample]:
+    rng = np.random.default_rng(200)
+    return [synthetic_product.defective(rng) for _ in range(20)]
+
+
+@pytest.fixture(scope="session")
+def defect_images(defect_samples: list[SyntheticSample]) -> list[np.ndarray]:
+    return [sample.image for sample in defect_samples]
+
+
+@pytest.fixture(scope="session")
+def trained_model(tiny_backbone: Backbone, normal_images: list[np.ndarray]) -> AnoPLe:
+    """AnoPLe trained for TRAINED_STEPS on 4 synthetic normal shots, memory built. Treat as read-only."""
+    torch.manual_seed(0)
+    model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=TRAINED_STEPS), [PRODUCT])
+    shots = normal_images[:4]
+    train(model, {PRODUCT: to_model_tensor(shots, 2 * model.input_size)}, seed=0)
+    model.build_memory(PRODUCT, to_model_tensor(shots, model.input_size))
+    return model
+
+
+@pytest.fixture
+def untrained_model(tiny_backbone: Backbone) -> AnoPLe:
+    torch.manual_seed(0)
+    return AnoPLe(tiny_backbone, AnoPLeSettings(steps=2), [PRODUCT, "screw"])
+
+
+def image_folder(root: Path, images: list[np.ndarray]) -> Path:
+    """Write RGB images as PNGs named 000.png, 001.png, ... and return the folder."""
+    from linewatch.images import write_image
+
+    root.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        write_image(root / f"{index:03d}.png", image)
+    return root
