@@ -182,9 +182,7 @@ def test_read_errors_name_the_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 @pytest.mark.parametrize("keep", [0.5, 0.97])
-def test_truncated_files_are_rejected(
-    tmp_path: Path, rng: np.random.Generator, suffix: str, keep: float
-) -> None:
+def test_truncated_files_are_rejected(tmp_path: Path, rng: np.random.Generator, suffix: str, keep: float) -> None:
     data = cv2.imencode(suffix, random_rgb(rng, 64, 64))[1].tobytes()
     path = tmp_path / f"cut{suffix}"
     path.write_bytes(data[: int(len(data) * keep)])

@@ -147,13 +147,19 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def backbone_spec_of(manifest: dict[str, Any]) -> BackboneSpec:
+def backbone_spec_of(manifest: dict[str, Any], directory: Path) -> BackboneSpec:
     backbone = manifest["backbone"]
+    for key in ("model_name", "pretrained", "weights_sha256"):
+        if not isinstance(backbone, dict) or not isinstance(backbone.get(key), str):
+            raise ArtifactError(f"{directory / MANIFEST}: backbone.{key} is missing or not a string")
+    seed = backbone.get("init_seed")
+    if seed is not None and not isinstance(seed, int):
+        raise ArtifactError(f"{directory / MANIFEST}: backbone.init_seed must be an integer or null")
     return BackboneSpec(
         model_name=backbone["model_name"],
         pretrained=backbone["pretrained"],
         weights_sha256=backbone["weights_sha256"],
-        init_seed=backbone.get("init_seed"),
+        init_seed=seed,
         force_quick_gelu=bool(backbone.get("force_quick_gelu", False)),
     )
 
@@ -171,7 +177,7 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
     """Rebuild the model exactly as saved. ``load_backbone`` resolves the recorded backbone spec to
     weights; the sha256 of what it loaded must equal the recorded one."""
     manifest = read_manifest(directory)
-    expected = backbone_spec_of(manifest)
+    expected = backbone_spec_of(manifest, directory)
     backbone = load_backbone(expected)
     if backbone.spec.model_name != expected.model_name or backbone.spec.weights_sha256 != expected.weights_sha256:
         raise ArtifactError(

@@ -153,7 +153,10 @@ def load_backbone_file(
     except Exception as error:  # safetensors raises several private error types
         raise BackboneError(f"{weights}: not a readable safetensors file ({error})") from error
     clip = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=force_quick_gelu)
-    missing, unexpected = clip.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = clip.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # same names, other shapes: another architecture
+        raise BackboneError(f"{weights}: does not fit {model_name} ({str(error).splitlines()[-1].strip()})") from error
     if missing or unexpected:
         raise BackboneError(
             f"{weights}: does not fit {model_name} (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+_NOTHING_REJECTED_MARGIN = 1e-6
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -38,7 +40,8 @@ def threshold_for_frr(scores: np.ndarray, target_frr: float) -> float:
     """Threshold rejecting at most floor(target_frr * n) of ``scores`` (reject means score > threshold).
 
     Placed midway between the last accepted and the first rejected score, so small score noise does
-    not flip the calibration set; with nothing to reject it is the maximum normal score.
+    not flip the calibration set. With nothing to reject it sits a small margin above the maximum
+    normal score: the same image scored in another batch can differ by ~1e-7 in fp32.
     """
     if not 0.0 <= target_frr < 1.0:
         raise ValueError(f"target false-reject rate must be in [0, 1), got {target_frr}")
@@ -48,7 +51,7 @@ def threshold_for_frr(scores: np.ndarray, target_frr: float) -> float:
     allowed = math.floor(target_frr * values.size + 1e-9)
     last_accepted = values[values.size - allowed - 1]
     if allowed == 0:
-        return float(last_accepted)
+        return float(last_accepted + _NOTHING_REJECTED_MARGIN)
     return float((last_accepted + values[values.size - allowed]) / 2)
 
 

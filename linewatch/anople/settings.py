@@ -45,6 +45,21 @@ class AnoPLeSettings:
     weight_decay: float = 1e-2
     hflip: bool = False
 
+    def __post_init__(self) -> None:
+        for name in (
+            "n_text_ctx",
+            "n_visual_ctx",
+            "prompt_depth",
+            "decoder_width",
+            "decoder_heads",
+            "steps",
+            "batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AnoPLe setting {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.anomaly_probability <= 1.0:
+            raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["decoder_fractions"] = list(self.decoder_fractions)

@@ -1,0 +1,153 @@
+"""Configuration: the shipped file loads; unknown keys, wrong types and bad values are named by key path."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from linewatch.cli import main
+from linewatch.config import Config, ConfigError, DemoSection, ModelSection, load_config
+
+SHIPPED = Path(__file__).resolve().parents[1] / "config.toml"
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "linewatch.toml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    path = _config(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: "), message
+    return message
+
+
+def test_shipped_config_loads_with_the_values_written_in_it() -> None:
+    config = load_config(SHIPPED)
+    raw = tomllib.loads(SHIPPED.read_text())
+    assert set(raw) == {"model", "demo"}
+    for section, values in raw.items():
+        loaded = getattr(config, section)
+        for key, value in values.items():
+            got = getattr(loaded, key)
+            assert (str(got) if isinstance(got, Path) else got) == value, f"{section}.{key}"
+    assert config.model.backbone == "linewatch-tiny" and config.model.pretrained == "none"
+    assert isinstance(config.model.path, Path) and isinstance(config.demo.data_dir, Path)
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, ""))
+    assert config == Config()
+    assert config.model == ModelSection() and config.demo == DemoSection()
+    assert config.model.precision == "fp32" and config.model.weights is None
+
+
+def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, 'colour = "blue"\n')
+    assert "colour: Extra inputs are not permitted" in message
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[daemon]\nport = 8080\n")
+    assert "daemon: Extra inputs are not permitted" in message
+
+
+def test_unknown_key_inside_model_is_named_with_its_path(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[model]\nbackbone_name = "ViT-B-16"\n')
+    assert "model.backbone_name: Extra inputs are not permitted" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('[demo]\nsteps = "many"\n', "demo.steps"),
+        ("[model]\ndevice = 5\n", "model.device"),
+        ('[model]\ntarget_frr = "low"\n', "model.target_frr"),
+        ("[model]\npath = 3\n", "model.path"),
+        ("model = 3\n", "model"),
+    ],
+)
+def test_wrong_type_names_the_key(tmp_path: Path, text: str, path: str) -> None:
+    message = _error(tmp_path, text)
+    assert f"{path}: Input " in message
+
+
+def test_precision_must_be_one_of_the_allowed(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[model]\nprecision = "fp64"\n')
+    assert "model.precision" in message
+    assert all(allowed in message for allowed in ("'fp32'", "'bf16'", "'fp16'"))
+
+
+@pytest.mark.parametrize("value", ["1.0", "1.5", "-0.1"])
+def test_target_frr_out_of_range_is_refused(tmp_path: Path, value: str) -> None:
+    message = _error(tmp_path, f"[model]\ntarget_frr = {value}\n")
+    assert "model.target_frr" in message
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 0.999])
+def test_target_frr_in_range_is_accepted(tmp_path: Path, value: float) -> None:
+    assert load_config(_config(tmp_path, f"[model]\ntarget_frr = {value}\n")).model.target_frr == value
+
+
+@pytest.mark.parametrize("key", ["train_normals", "shots", "steps", "test_normals", "test_defects_per_kind"])
+def test_demo_counts_must_be_positive(tmp_path: Path, key: str) -> None:
+    message = _error(tmp_path, f"[demo]\n{key} = 0\n")
+    assert f"demo.{key}: Input should be greater than or equal to 1" in message
+
+
+def test_every_bad_key_is_listed(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[model]\nfoo = 1\nprecision = "int8"\n[demo]\nshots = 0\n')
+    assert "model.foo" in message and "model.precision" in message and "demo.shots" in message
+
+
+@pytest.mark.parametrize("text", ["[demo]\nsteps = true\n", '[demo]\nshots = "3"\n'])
+def test_values_of_the_wrong_toml_type_are_not_coerced(tmp_path: Path, text: str) -> None:
+    _error(tmp_path, text)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match="config file not found") as caught:
+        load_config(missing)
+    assert str(missing) in str(caught.value)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path)  # a directory is not a config file
+
+
+def test_invalid_toml_is_named(tmp_path: Path) -> None:
+    message = _error(tmp_path, "[model\nbackbone = \n")
+    assert "not valid TOML" in message and "line 1" in message
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[demo]\nproduct = "Zahnrad für Getriebe"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    config = load_config(_config(tmp_path, ""))
+    with pytest.raises(ValidationError):
+        config.model.device = "cuda"  # type: ignore[misc]
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_demo_with_a_bad_config_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, "[model]\nturbo = true\n")
+    assert main(["demo", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("linewatch: error: ") and "model.turbo" in err and str(path) in err
+    assert main(["demo", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linewatch.toml"]  # nothing generated or trained
