@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,6 +70,17 @@ def trained_model(tiny_backbone: Backbone, normal_images: list[np.ndarray]) -> A
 def untrained_model(tiny_backbone: Backbone) -> AnoPLe:
     torch.manual_seed(0)
     return AnoPLe(tiny_backbone, AnoPLeSettings(steps=2), [PRODUCT, "screw"])
+
+
+def synthetic_normals(style_seed: int, count: int, seed: int, width: int = 96, height: int = 80) -> list[np.ndarray]:
+    """Normal images of one synthetic product, small enough for fast CLI and pipeline tests."""
+    product = SyntheticProduct(style_seed=style_seed, width=width, height=height)
+    rng = np.random.default_rng(seed)
+    return [product.normal(rng).image for _ in range(count)]
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def image_folder(root: Path, images: list[np.ndarray]) -> Path:

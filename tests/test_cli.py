@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -10,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -20,32 +18,27 @@ from linewatch.cli import main
 from linewatch.console import RANDOM_BANNER
 from linewatch.images import read_rgb
 from linewatch.scorer import Scorer
-from linewatch.synthetic import SyntheticProduct
-from tests.conftest import image_folder
+from tests.conftest import image_folder, sha256_of, synthetic_normals
 
 TINY = ["--pretrained", "none", "--backbone", "linewatch-tiny", "--steps", "3"]
 TAG = "testtag"
 
 
-def _images(style_seed: int, count: int, seed: int, width: int = 96, height: int = 80) -> list[np.ndarray]:
-    product = SyntheticProduct(style_seed=style_seed, width=width, height=height)
-    rng = np.random.default_rng(seed)
-    return [product.normal(rng).image for _ in range(count)]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
-    image_folder(root / "normals", _images(3, 6, seed=1))
+    image_folder(root / "normals", synthetic_normals(3, 6, seed=1))
     # Test images of three different sizes, so heatmaps can be checked against each original size.
     test = root / "test"
-    image_folder(test, _images(3, 1, seed=2))
-    cv2.imwrite(str(test / "tall.png"), cv2.cvtColor(_images(3, 1, seed=3, width=50, height=120)[0], cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(test / "wide.jpg"), cv2.cvtColor(_images(3, 1, seed=4, width=130, height=70)[0], cv2.COLOR_RGB2BGR))
+    image_folder(test, synthetic_normals(3, 1, seed=2))
+    cv2.imwrite(
+        str(test / "tall.png"),
+        cv2.cvtColor(synthetic_normals(3, 1, seed=3, width=50, height=120)[0], cv2.COLOR_RGB2BGR),
+    )
+    cv2.imwrite(
+        str(test / "wide.jpg"),
+        cv2.cvtColor(synthetic_normals(3, 1, seed=4, width=130, height=70)[0], cv2.COLOR_RGB2BGR),
+    )
     return root
 
 
@@ -128,7 +121,7 @@ def test_train_non_image_file_names_it(run: Run, tmp_path: Path) -> None:
 
 
 def test_train_undecodable_image_names_it_and_writes_nothing(run: Run, tmp_path: Path) -> None:
-    folder = image_folder(tmp_path / "normals", _images(3, 4, seed=9))
+    folder = image_folder(tmp_path / "normals", synthetic_normals(3, 4, seed=9))
     (folder / "002.png").write_text("not a png")
     code, _, err = run("train", "--normals", folder, "--product", "p", "--out", tmp_path / "m", *TINY, "--shots", "4")
     _usage_error(code, err, str(folder / "002.png"))
@@ -379,7 +372,7 @@ def test_score_with_a_manifest_missing_a_backbone_key_names_the_file(
 
 
 def test_multi_product_model_needs_product_choice(run: Run, workspace: Path, models_dir: Path, tmp_path: Path) -> None:
-    washers = image_folder(tmp_path / "washers", _images(11, 4, seed=6))
+    washers = image_folder(tmp_path / "washers", synthetic_normals(11, 4, seed=6))
     out = tmp_path / "line"
     code, _, _ = run(
         "train",
@@ -425,7 +418,7 @@ def test_model_import_prints_the_weights_description(run: Run, tmp_path: Path) -
     described = json.loads(out)
     target = tmp_path / "models" / "backbones" / "linewatch-tiny" / "site.safetensors"
     assert described["path"] == str(target)
-    assert described["sha256"] == _sha256(target) and described["size_bytes"] == target.stat().st_size
+    assert described["sha256"] == sha256_of(target) and described["size_bytes"] == target.stat().st_size
     assert described["source"] == "file:ck.pt"
 
 
@@ -441,7 +434,7 @@ def test_model_list_shows_weights_and_models(run: Run, model: Path, imported_wei
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"backbone weights in {models_dir / 'backbones'}:"
-    assert f"  linewatch-tiny {TAG}  sha256 {_sha256(imported_weights)[:12]}" in lines
+    assert f"  linewatch-tiny {TAG}  sha256 {sha256_of(imported_weights)[:12]}" in lines
     index = lines.index(f"models in {models_dir}:")
     assert f"  {model}  linewatch-tiny/none  products ['plate']  RANDOM BACKBONE" in lines[index + 1 :]
     assert "(none" not in out
@@ -479,7 +472,7 @@ def test_model_info_on_weights_by_file_and_by_tag(run: Run, imported_weights: Pa
     assert code == 0
     assert json.loads(by_file) == json.loads(by_tag)
     described = json.loads(by_file)
-    assert described["sha256"] == _sha256(imported_weights)
+    assert described["sha256"] == sha256_of(imported_weights)
     assert described["size_bytes"] == imported_weights.stat().st_size
     assert described["model_name"] == "linewatch-tiny" and described["pretrained"] == TAG
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from linewatch.anople.settings import AnoPLeSettings
 from linewatch.images import ImageError, read_rgb
 from linewatch.preprocess import to_model_tensor
 from linewatch.scorer import Scorer
-from linewatch.synthetic import SyntheticProduct
 from linewatch.training import (
     ProductSource,
     TrainingError,
@@ -29,7 +27,7 @@ from linewatch.training import (
     train_artifact,
 )
 from linewatch.weights import backbone_loader
-from tests.conftest import image_folder
+from tests.conftest import image_folder, sha256_of, synthetic_normals
 
 STEPS = 3
 SHOTS = 4
@@ -39,16 +37,6 @@ TARGET_FRR = 0.2  # 6 held-out normals -> one may be rejected, so the threshold 
 
 def _quiet(_line: str) -> None:
     pass
-
-
-def _images(style_seed: int, count: int, seed: int, width: int = 96, height: int = 80) -> list[np.ndarray]:
-    product = SyntheticProduct(style_seed=style_seed, width=width, height=height)
-    rng = np.random.default_rng(seed)
-    return [product.normal(rng).image for _ in range(count)]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _train(
@@ -68,7 +56,7 @@ def _train(
 
 @pytest.fixture(scope="module")
 def normals_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return image_folder(tmp_path_factory.mktemp("normals") / "good", _images(3, COUNT, seed=1))
+    return image_folder(tmp_path_factory.mktemp("normals") / "good", synthetic_normals(3, COUNT, seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +100,7 @@ def test_shots_are_drawn_from_the_sorted_list_with_the_seed_and_recorded(trained
     shot_ids, rest_ids = draw_shots(COUNT, SHOTS, seed=0)
     assert len(shot_ids) == SHOTS and sorted(shot_ids + rest_ids) == list(range(COUNT))
     expected = [
-        {"file": names[i], "path": str(normals_dir / names[i]), "sha256": _sha256(normals_dir / names[i])}
+        {"file": names[i], "path": str(normals_dir / names[i]), "sha256": sha256_of(normals_dir / names[i])}
         for i in shot_ids
     ]
     assert info.products["plate"].shots == expected
@@ -175,7 +163,7 @@ def test_held_out_normals_calibrate_and_meet_the_target(trained, normals_dir: Pa
 
 
 def test_exactly_shots_images_fall_back_to_augmented_shots(tiny_backbone: Backbone, tmp_path: Path) -> None:
-    folder = image_folder(tmp_path / "few", _images(3, SHOTS, seed=2))
+    folder = image_folder(tmp_path / "few", synthetic_normals(3, SHOTS, seed=2))
     info = _train(tiny_backbone, [ProductSource("plate", sorted(folder.glob("*.png")))], tmp_path / "out")
     calibration = read_manifest(tmp_path / "out")["products"][0]["calibration"]
     assert calibration["source"] == "augmented shots"
@@ -217,8 +205,8 @@ def test_calibration_scores_match_batched_scoring(trained, normals_dir: Path, tm
 
 
 def test_two_products_in_one_artifact_each_with_its_own_threshold(tiny_backbone: Backbone, tmp_path: Path) -> None:
-    plate = image_folder(tmp_path / "plate", _images(3, 6, seed=4))
-    washer = image_folder(tmp_path / "washer", _images(11, 7, seed=5, width=120, height=90))
+    plate = image_folder(tmp_path / "plate", synthetic_normals(3, 6, seed=4))
+    washer = image_folder(tmp_path / "washer", synthetic_normals(11, 7, seed=5, width=120, height=90))
     sources = [
         ProductSource("plate", sorted(plate.glob("*.png"))),
         ProductSource("washer", sorted(washer.glob("*.png"))),
@@ -230,8 +218,8 @@ def test_two_products_in_one_artifact_each_with_its_own_threshold(tiny_backbone:
     n_normals = {entry["name"]: entry["calibration"]["n_normals"] for entry in manifest["products"]}
     assert n_normals == {"plate": 4, "washer": 5}
     shot_hashes = {entry["name"]: {shot["sha256"] for shot in entry["shots"]} for entry in manifest["products"]}
-    assert shot_hashes["plate"] == {_sha256(plate / s["file"]) for s in manifest["products"][0]["shots"]}
-    assert shot_hashes["washer"] == {_sha256(washer / s["file"]) for s in manifest["products"][1]["shots"]}
+    assert shot_hashes["plate"] == {sha256_of(plate / s["file"]) for s in manifest["products"][0]["shots"]}
+    assert shot_hashes["washer"] == {sha256_of(washer / s["file"]) for s in manifest["products"][1]["shots"]}
     assert not shot_hashes["plate"] & shot_hashes["washer"]
     assert {key.split(".")[1] for key in load_file(str(out / MEMORY))} == {"0", "1"}
 
@@ -255,7 +243,7 @@ def test_duplicate_product_names_are_refused(tiny_backbone: Backbone, normals_di
 
 
 def test_fewer_images_than_shots_names_product_and_counts(tiny_backbone: Backbone, tmp_path: Path) -> None:
-    folder = image_folder(tmp_path / "few", _images(3, 3, seed=6))
+    folder = image_folder(tmp_path / "few", synthetic_normals(3, 3, seed=6))
     with pytest.raises(TrainingError) as caught:
         _train(tiny_backbone, [ProductSource("bracket", sorted(folder.glob("*.png")))], tmp_path / "out", shots=4)
     message = str(caught.value)
@@ -327,7 +315,7 @@ def test_failure_in_calibration_writes_nothing(tiny_backbone: Backbone, normals_
 
 
 def test_unreadable_normal_image_is_named_and_nothing_is_written(tiny_backbone: Backbone, tmp_path: Path) -> None:
-    folder = image_folder(tmp_path / "normals", _images(3, 5, seed=8))
+    folder = image_folder(tmp_path / "normals", synthetic_normals(3, 5, seed=8))
     (folder / "003.png").write_text("not a png at all")
     out_parent = tmp_path / "models"
     out_parent.mkdir()
