@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from tqdm import tqdm
+
 from linewatch.anople.artifact import ArtifactError
 from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
 from linewatch.anople.settings import AnoPLeSettings
@@ -189,6 +191,68 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     raise ArtifactError(f"{target}: neither a model directory, a weights file, nor MODEL/TAG under {args.models_dir}")
 
 
+def _name_overrides(pairs: list[str]) -> dict[str, str]:
+    names = {}
+    for pair in pairs:
+        class_id, sep, words = pair.partition("=")
+        if not sep or not class_id or not words.strip():
+            raise ValueError(f"--name expects CLASS=WORDS (e.g. metal_nut='metal nut'), got {pair!r}")
+        names[class_id] = words.strip()
+    return names
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from linewatch.eval.datasets import read_dataset
+    from linewatch.eval.protocol import EvalSettings, run_protocol
+    from linewatch.eval.report import text_tables, write_outputs
+
+    splits = read_dataset(args.dataset, args.root, args.classes, _name_overrides(args.name))
+    if args.weights is not None and args.pretrained == RANDOM_WEIGHTS:
+        raise BackboneError("--weights and --pretrained none contradict each other; give one of them")
+    pretrained = "file" if args.weights is not None else args.pretrained
+    backbone = load_backbone(args.backbone, pretrained, args.models_dir, args.weights, 0)
+    announce_random(backbone.spec.is_random)
+    model_settings = AnoPLeSettings(steps=args.steps)
+    settings = EvalSettings(
+        shots=tuple(args.shots),
+        seeds=tuple(args.seeds),
+        eval_size=args.eval_size,
+        batch_size=args.batch_size,
+        limit_test=args.limit_test,
+        multi_class=args.multi_class,
+        device=args.device,
+    )
+    groups = 1 if args.multi_class else len(splits)
+    cached = 0
+    with tqdm(total=groups * len(args.shots) * len(args.seeds), desc="eval", unit="cell", file=sys.stderr) as bar:
+
+        def advance(label: str, from_cache: bool) -> None:
+            nonlocal cached
+            cached += from_cache
+            bar.set_postfix_str(label + (" (cached)" if from_cache else ""))
+            bar.update(1)
+
+        results = run_protocol(splits, backbone, model_settings, settings, args.out, advance)
+    run_info = {
+        "dataset": args.dataset,
+        "root": str(args.root),
+        "classes": [s.name for s in splits],
+        "prompt_words": {s.name: s.prompt_name for s in splits},
+        "backbone": {
+            "model_name": backbone.spec.model_name,
+            "pretrained": backbone.spec.pretrained,
+            "weights_sha256": backbone.spec.weights_sha256,
+            "random_weights": backbone.spec.is_random,
+        },
+        "settings": model_settings.to_dict(),
+        "eval": {**vars(settings), "shots": list(settings.shots), "seeds": list(settings.seeds)},
+    }
+    table = write_outputs(args.out, results, run_info)
+    print(text_tables(table))
+    print(f"{cached} cell(s) from the cache; results, tables and heatmaps in {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from linewatch.demo import run_demo  # the demo pulls in the synthetic generator only when used
 
@@ -260,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
         sub.set_defaults(func=func)
+
+    evaluate = commands.add_parser("eval", help="the paper's few-shot protocol on MVTec-AD, VisA or a folder")
+    common(evaluate)
+    evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
+    evaluate.add_argument("--root", type=Path, required=True, help="dataset root (for folder: the class folder)")
+    evaluate.add_argument("--classes", nargs="+", help="classes to evaluate (default: all found)")
+    evaluate.add_argument("--shots", nargs="+", type=positive_int, default=[1, 2, 4], help="k values")
+    evaluate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    evaluate.add_argument("--steps", type=positive_int, default=AnoPLeSettings.steps)
+    evaluate.add_argument("--multi-class", action="store_true", help="one model for all classes per (k, seed)")
+    evaluate.add_argument("--limit-test", type=positive_int, help="score at most N test images per class (smoke runs)")
+    evaluate.add_argument("--eval-size", type=positive_int, default=256, help="maps and masks compared at this size")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
+    evaluate.add_argument("--name", action="append", default=[], help="prompt words for a class: CLASS=WORDS")
+    evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="results and the resumable cell cache")
+    evaluate.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")
+    evaluate.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
+    evaluate.set_defaults(func=cmd_eval)
 
     demo = commands.add_parser("demo", help="train and score on synthetic parts (the default main job)")
     demo.add_argument("--config", type=Path, default=Path("config.toml"))

@@ -83,7 +83,12 @@ def _manifest(model: AnoPLe, info: ArtifactInfo) -> dict[str, Any]:
         "decoder_layers": list(model.decoder_layers),
         "memory_layers": list(model.memory_layers),
         "products": [
-            {"name": name, "calibration": record.calibration.to_dict(), "shots": record.shots}
+            {
+                "name": name,
+                "prompt_words": model.prompt_words[name],
+                "calibration": record.calibration.to_dict(),
+                "shots": record.shots,
+            }
             for name, record in ((p, info.products[p]) for p in model.products)
         ],
         "training": info.training,
@@ -195,7 +200,8 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
         }
     except (KeyError, TypeError, ValueError) as error:
         raise ArtifactError(f"{directory / MANIFEST}: malformed settings or products ({error})") from error
-    model = AnoPLe(backbone, settings, list(products))
+    words = {entry["name"]: str(entry.get("prompt_words", entry["name"])) for entry in manifest["products"]}
+    model = AnoPLe(backbone, settings, list(products), words)
     try:
         model.load_learned_parameters(_load_tensors(directory / LEARNED))
     except RuntimeError as error:

@@ -51,9 +51,20 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
 
 
 class AnoPLe(nn.Module):
-    """The whole detector. ``products`` fixes the order of product indices used everywhere."""
+    """The whole detector. ``products`` fixes the order of product indices used everywhere.
 
-    def __init__(self, backbone: Backbone, settings: AnoPLeSettings, products: list[str]) -> None:
+    A product's prompt words default to its name; ``prompt_words`` overrides them, so several products
+    can share words ("pcb1".."pcb4" are all a "printed circuit board") yet keep their own memory bank
+    and threshold.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        settings: AnoPLeSettings,
+        products: list[str],
+        prompt_words: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         if not products or len(set(products)) != len(products):
             raise ValueError(f"products must be a non-empty list of distinct names, got {products}")
@@ -61,6 +72,7 @@ class AnoPLe(nn.Module):
         self.backbone_spec = backbone.spec
         self.input_size = backbone.input_size
         self.products = list(products)
+        self.prompt_words = {product: (prompt_words or {}).get(product, product) for product in self.products}
         self.clip = backbone.clip
         visual = backbone.clip.visual
         text_tower = getattr(backbone.clip, "text", backbone.clip)
@@ -81,7 +93,9 @@ class AnoPLe(nn.Module):
             settings.decoder_mlp_ratio,
             embed_dim,
         )
-        self.text = PromptedText(backbone.clip, backbone.tokenizer, settings, self.products)
+        self.text = PromptedText(
+            backbone.clip, backbone.tokenizer, settings, [self.prompt_words[p] for p in self.products]
+        )
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("text_cache", None, persistent=False)

@@ -58,7 +58,7 @@ class PromptedText(nn.Module):
     counts the spliced vectors; placeholder embeddings are overwritten in place, never inserted.
     """
 
-    def __init__(self, clip: nn.Module, tokenizer: object, settings: AnoPLeSettings, products: list[str]) -> None:
+    def __init__(self, clip: nn.Module, tokenizer: object, settings: AnoPLeSettings, prompt_words: list[str]) -> None:
         super().__init__()
         tower = getattr(clip, "text", clip)
         if getattr(tower, "cls_emb", None) is not None:
@@ -67,15 +67,15 @@ class PromptedText(nn.Module):
         n_ctx = settings.n_text_ctx + settings.n_visual_ctx
         placeholders = " ".join([_PLACEHOLDER] * n_ctx)
         texts = []
-        for product in products:
-            texts.append(settings.normal_template.format(ctx=placeholders, product=product))
-            texts.append(settings.abnormal_template.format(ctx=placeholders, product=product))
+        for words in prompt_words:
+            texts.append(settings.normal_template.format(ctx=placeholders, product=words))
+            texts.append(settings.abnormal_template.format(ctx=placeholders, product=words))
         token_ids = tokenizer(texts)  # (2P, L)
         placeholder_id = tokenizer([_PLACEHOLDER])[0, 1]
         if not bool((token_ids[:, 1 : 1 + n_ctx] == placeholder_id).all()):
             raise ValueError("prompt templates must start with '{ctx}' so prompts sit right after start-of-text")
         self.n_ctx = n_ctx
-        self.n_products = len(products)
+        self.n_products = len(prompt_words)
         with torch.no_grad():
             self.register_buffer("token_embeds", tower.token_embedding(token_ids).float())  # (2P, L, d_t)
         self.register_buffer("pool_index", _pool_index(tower, token_ids))  # (2P,)

@@ -73,6 +73,7 @@ def test_round_trip_gives_identical_scores_and_state(
     assert info.products[PRODUCT].calibration == CALIBRATION
     assert info.products[PRODUCT].shots == _info().products[PRODUCT].shots
     assert info.training == {"steps": 200, "seed": 0}
+    assert reloaded.prompt_words == trained_model.prompt_words == {PRODUCT: PRODUCT}
 
 
 def test_manifest_describes_the_model(saved: Path, trained_model: AnoPLe) -> None:

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from linewatch.anople.backbone import Backbone
 from linewatch.anople.model import AnoPLe, gaussian_blur, harmonic_mean
+from linewatch.anople.settings import AnoPLeSettings
 from linewatch.preprocess import to_model_tensor
 from linewatch.synthetic import SyntheticSample
 from tests.conftest import PRODUCT, TRAINED_STEPS
@@ -144,3 +145,19 @@ def test_training_teaches_the_decoder_and_separates_defects_from_held_out_normal
     image_auroc = roc_auc_score(labels, scores)
     print(f"image AUROC after {TRAINED_STEPS} steps: {image_auroc:.3f}")
     assert image_auroc >= 0.65
+
+
+def test_products_can_share_prompt_words_but_keep_their_own_memory(tiny_backbone: Backbone) -> None:
+    torch.manual_seed(0)
+    words = {"pcb1": "printed circuit board", "pcb2": "printed circuit board", "fryum": "pipe fryum"}
+    model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=1), list(words), words)
+    text = model.refresh_text_cache()
+    torch.testing.assert_close(text[0], text[1], atol=0, rtol=0)
+    assert not torch.allclose(text[0], text[2])
+    size = model.input_size
+    generator = torch.Generator().manual_seed(1)
+    for name in words:
+        model.build_memory(name, torch.rand(1, 3, size, size, generator=generator))
+    images = torch.rand(2, 3, size, size, generator=generator)
+    first, second = model.predict(images, torch.tensor([0, 0])), model.predict(images, torch.tensor([1, 1]))
+    assert not torch.allclose(first.memory_map, second.memory_map)

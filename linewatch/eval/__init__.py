@@ -1,0 +1,1 @@
+"""Evaluation: dataset readers, metrics and the few-shot protocol of the AnoPLe paper."""

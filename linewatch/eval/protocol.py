@@ -1,0 +1,249 @@
+"""The paper's few-shot protocol: per class, k shots, several seeds; train, score the test split, measure.
+
+One *cell* is (class, k, seed) for per-class models, or (k, seed) for one multi-class model over
+every class. Shots are drawn from the sorted training normals with the recorded seed. Each finished
+cell is cached as JSON under ``<out>/cells/`` together with a fingerprint of everything that
+changes its numbers, so a rerun skips finished cells and recomputes stale ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from linewatch.anople.backbone import Backbone
+from linewatch.anople.model import AnoPLe
+from linewatch.anople.settings import AnoPLeSettings
+from linewatch.anople.train import train
+from linewatch.eval.datasets import ClassSplit, TestSample
+from linewatch.eval.metrics import aupro, f1_max, image_auroc, pixel_auroc
+from linewatch.images import heatmap_overlay, read_rgb, write_image
+from linewatch.preprocess import to_model_tensor
+from linewatch.training import draw_shots
+
+CELLS = "cells"
+EXAMPLES_PER_KIND = 2
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    shots: tuple[int, ...] = (1, 2, 4)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_size: int = 256  # maps and masks are compared at this square size
+    batch_size: int = 16
+    limit_test: int | None = None
+    multi_class: bool = False
+    device: str = "cpu"
+
+
+@dataclass
+class ClassResult:
+    """Metrics of one class in one cell; pixel metrics are None for datasets without masks."""
+
+    class_name: str
+    shots: int
+    seed: int
+    image_auroc: float
+    f1_max: float
+    pixel_auroc: float | None
+    aupro: float | None
+    n_test: int
+    n_anomalous: int
+    shot_files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fingerprint(backbone: Backbone, model_settings: AnoPLeSettings, settings: EvalSettings, split: ClassSplit) -> str:
+    """Hash of everything a cell's numbers depend on (not the seeds/shots lists: those name the cell)."""
+    payload = {
+        "backbone": asdict(backbone.spec),
+        "model": model_settings.to_dict(),
+        "eval_size": settings.eval_size,
+        "limit_test": settings.limit_test,
+        "multi_class": settings.multi_class,
+        "class": split.name,
+        "prompt": split.prompt_name,
+        "n_train": len(split.train_normals),
+        "n_test": len(split.test),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def limited(test: Sequence[TestSample], limit: int | None) -> list[TestSample]:
+    """An evenly spread subset (the list is sorted by defect type, so every type stays represented)."""
+    if limit is None or limit >= len(test):
+        return list(test)
+    picks = np.unique(np.linspace(0, len(test) - 1, num=limit).round().astype(int))
+    return [test[i] for i in picks]
+
+
+def _read_mask(path: Path, size: int) -> np.ndarray:
+    mask = read_rgb(path).max(axis=2) > 0
+    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
+
+
+@dataclass
+class _Scored:
+    samples: list[TestSample]
+    scores: np.ndarray  # (N,)
+    maps: np.ndarray  # (N, E, E) float32
+
+
+def _score_split(model: AnoPLe, product: str, samples: list[TestSample], settings: EvalSettings) -> _Scored:
+    scores, maps = [], []
+    product_id = model.product_index(product)
+    for start in range(0, len(samples), settings.batch_size):
+        chunk = samples[start : start + settings.batch_size]
+        images = to_model_tensor([read_rgb(sample.path) for sample in chunk], model.input_size)
+        prediction = model.predict(images, torch.full((len(chunk),), product_id), out_size=settings.eval_size)
+        scores.append(prediction.image_score.float().cpu().numpy())
+        maps.append(prediction.pixel_map.float().cpu().numpy())
+    return _Scored(samples, np.concatenate(scores), np.concatenate(maps))
+
+
+def _measure(split: ClassSplit, scored: _Scored, size: int) -> dict[str, Any]:
+    labels = np.array([sample.label for sample in scored.samples])
+    result: dict[str, Any] = {
+        "image_auroc": image_auroc(labels, scored.scores),
+        "f1_max": f1_max(labels, scored.scores),
+        "pixel_auroc": None,
+        "aupro": None,
+        "n_test": len(labels),
+        "n_anomalous": int(labels.sum()),
+    }
+    if split.has_masks:
+        masks = np.stack(
+            [
+                _read_mask(sample.mask, size) if sample.mask is not None else np.zeros((size, size), bool)
+                for sample in scored.samples
+            ]
+        )
+        result["pixel_auroc"] = pixel_auroc(masks, scored.maps)
+        result["aupro"] = aupro(masks, scored.maps)
+    return result
+
+
+def write_examples(out: Path, split: ClassSplit, scored: _Scored, threshold: float | None) -> None:
+    """Heatmaps a person can look at: the clearest detections, the worst misses, the worst false alarms."""
+    order = np.argsort(scored.scores)
+    anomalous = [i for i in order if scored.samples[i].label == 1]
+    normal = [i for i in order if scored.samples[i].label == 0]
+    picks = {
+        "detected": anomalous[::-1][:EXAMPLES_PER_KIND],
+        "missed": anomalous[:EXAMPLES_PER_KIND],
+        "false_alarm": normal[::-1][:EXAMPLES_PER_KIND],
+    }
+    folder = out / "heatmaps" / split.name
+    for kind, indices in picks.items():
+        for rank, index in enumerate(indices):
+            sample = scored.samples[index]
+            image = read_rgb(sample.path)
+            overlay = heatmap_overlay(image, scored.maps[index], threshold)
+            name = f"{kind}-{rank}-{sample.defect_type}-{sample.path.stem}-{scored.scores[index]:.4f}.png"
+            write_image(folder / name, overlay)
+
+
+def _normal_threshold(scored: _Scored) -> float | None:
+    """Pixel threshold for the overlays: the highest map value seen on a normal test image."""
+    normal = [i for i, sample in enumerate(scored.samples) if sample.label == 0]
+    return float(scored.maps[normal].max()) if normal else None
+
+
+def _train_cell(
+    backbone: Backbone, model_settings: AnoPLeSettings, splits: Sequence[ClassSplit], shots: int, seed: int, device: str
+) -> tuple[AnoPLe, dict[str, list[Path]]]:
+    chosen = {}
+    for split in splits:
+        if len(split.train_normals) < shots:
+            raise ValueError(f"class {split.name}: {len(split.train_normals)} training normals, fewer than k={shots}")
+        chosen[split.name] = [split.train_normals[i] for i in draw_shots(len(split.train_normals), shots, seed)[0]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AnoPLe(backbone, model_settings, [s.name for s in splits], {s.name: s.prompt_name for s in splits}).to(
+            device
+        )
+    images = {name: [read_rgb(path) for path in paths] for name, paths in chosen.items()}
+    train(model, {name: to_model_tensor(batch, 2 * model.input_size) for name, batch in images.items()}, seed)
+    for name, batch in images.items():
+        model.build_memory(name, to_model_tensor(batch, model.input_size))
+    return model.eval(), chosen
+
+
+def _cell_path(out: Path, label: str, shots: int, seed: int) -> Path:
+    return out / CELLS / f"{label}__k{shots}__s{seed}.json"
+
+
+def _load_cell(path: Path, expected: dict[str, str]) -> list[ClassResult] | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a cell cut off mid-write is simply recomputed
+    if cached.get("fingerprints") != expected:
+        return None
+    return [ClassResult(**entry) for entry in cached["results"]]
+
+
+def run_protocol(
+    splits: Sequence[ClassSplit],
+    backbone: Backbone,
+    model_settings: AnoPLeSettings,
+    settings: EvalSettings,
+    out: Path,
+    on_cell: Callable[[str, bool], None] | None = None,
+) -> list[ClassResult]:
+    """Run (or read from the cache) every cell; ``on_cell(label, cached)`` reports progress."""
+    groups = [list(splits)] if settings.multi_class else [[split] for split in splits]
+    results: list[ClassResult] = []
+    for group in groups:
+        label = "multi" if settings.multi_class else group[0].name
+        expected = {split.name: fingerprint(backbone, model_settings, settings, split) for split in group}
+        for shots in settings.shots:
+            for seed in settings.seeds:
+                path = _cell_path(out, label, shots, seed)
+                cached = _load_cell(path, expected)
+                if cached is not None:
+                    results.extend(cached)
+                    if on_cell:
+                        on_cell(f"{label} k={shots} seed={seed}", True)
+                    continue
+                started = time.monotonic()
+                model, chosen = _train_cell(backbone, model_settings, group, shots, seed, settings.device)
+                cell = []
+                for split in group:
+                    shot_set = set(chosen[split.name])
+                    samples = limited([s for s in split.test if s.path not in shot_set], settings.limit_test)
+                    scored = _score_split(model, split.name, samples, settings)
+                    measured = _measure(split, scored, settings.eval_size)
+                    if shots == max(settings.shots) and seed == settings.seeds[0]:
+                        write_examples(out, split, scored, _normal_threshold(scored))
+                    cell.append(
+                        ClassResult(
+                            class_name=split.name,
+                            shots=shots,
+                            seed=seed,
+                            shot_files=[str(p) for p in chosen[split.name]],
+                            seconds=round(time.monotonic() - started, 2),
+                            **measured,
+                        )
+                    )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                staging = path.with_suffix(".partial")
+                staging.write_text(
+                    json.dumps({"fingerprints": expected, "results": [asdict(r) for r in cell]}, indent=2)
+                )
+                staging.replace(path)
+                results.extend(cell)
+                if on_cell:
+                    on_cell(f"{label} k={shots} seed={seed}", False)
+    return results
