@@ -19,7 +19,7 @@ from tqdm import tqdm
 from linewatch.anople.artifact import ArtifactError
 from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
 from linewatch.anople.settings import AnoPLeSettings
-from linewatch.config import ConfigError
+from linewatch.config import ConfigError, load_config
 from linewatch.console import announce_random, progress_bar
 from linewatch.images import ImageError, collect_images, heatmap_overlay, read_rgb, write_image
 from linewatch.scorer import ScoredImage, Scorer
@@ -253,6 +253,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+EX_CONFIG = 78  # sysexits.h; systemd's RestartPreventExitStatus keeps a broken config from restart loops
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"linewatch: config error: {error}", file=sys.stderr)
+        return EX_CONFIG
+    cameras = ", ".join(f"{c.name} ({c.source}, {c.product})" for c in config.cameras) or "none"
+    print(
+        f"{args.config}: OK; line {config.site.site}/{config.site.line}; cameras: {cameras}; model {config.model.path}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from linewatch.app import serve
+
+    try:
+        return serve(args.config, args.verbose)
+    except ConfigError as error:
+        print(f"linewatch: config error: {error}", file=sys.stderr)
+        return EX_CONFIG
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from linewatch.demo import run_demo  # the demo pulls in the synthetic generator only when used
 
@@ -342,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")
     evaluate.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
     evaluate.set_defaults(func=cmd_eval)
+
+    run = commands.add_parser("run", help="run the inspection daemon until SIGTERM")
+    run.add_argument("--config", type=Path, default=Path("config.toml"))
+    run.set_defaults(func=cmd_run)
+    check = commands.add_parser("check-config", help="validate a config file (exit 78 when invalid)")
+    check.add_argument("--config", type=Path, default=Path("config.toml"))
+    check.set_defaults(func=cmd_check_config)
 
     demo = commands.add_parser("demo", help="train and score on synthetic parts (the default main job)")
     demo.add_argument("--config", type=Path, default=Path("config.toml"))

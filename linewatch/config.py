@@ -2,17 +2,30 @@
 
 Every error names the key path and what is allowed. Numbers and strings are strict (TOML has types:
 ``steps = true`` or ``shots = "3"`` is a mistake to report, not to coerce); paths accept strings.
-Sections so far: ``[model]`` (which artifact and backbone, on which device) and ``[demo]`` (the
-synthetic end-to-end run behind ``linewatch demo``).
+Sections: ``[site]`` (names and the data folder), ``[model]`` (which artifact and backbone, on which
+device), ``[scoring]`` (batching), ``[events]`` (defect episodes), ``[journal]``, ``[[cameras]]`` and
+``[demo]`` (the synthetic end-to-end run behind ``linewatch demo``).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -42,9 +55,11 @@ class ModelSection(_Section):
     device: StrictStr = "cpu"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     target_frr: Number = Field(0.01, ge=0.0, lt=1.0)
+    thresholds: dict[StrictStr, Number] = {}  # per product, replaces the calibrated threshold; SIGHUP reloads it
 
 
 class DemoSection(_Section):
+    model_path: Path = Path("data/demo/model")  # its own model: demo parts are square, camera frames are not
     data_dir: Path = Path("data/demo")
     product: StrictStr = "demo part"
     train_normals: StrictInt = Field(16, ge=1)
@@ -55,18 +70,142 @@ class DemoSection(_Section):
     seed: StrictInt = 0
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # goes into MQTT topics and file names
+
+
+class SiteSection(_Section):
+    site: StrictStr = Field("site", pattern=_NAME)
+    line: StrictStr = Field("line1", pattern=_NAME)
+    data_dir: Path = Path("data")
+
+
+class ScoringSection(_Section):
+    batch_max_size: StrictInt = Field(8, ge=1, le=1024)
+    batch_max_wait_ms: Number = Field(20.0, ge=0.0)
+    bootstrap_demo_model: StrictBool = False  # train a tiny random-weight demo model when [model].path is missing
+
+
+class EventsSection(_Section):
+    debounce_n: StrictInt = Field(2, ge=1)
+    debounce_m: StrictInt = Field(3, ge=1)
+    end_after_s: Number = Field(5.0, gt=0.0)
+    update_min_interval_s: Number = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _n_within_m(self) -> EventsSection:
+        if self.debounce_n > self.debounce_m:
+            raise ValueError(f"debounce_n ({self.debounce_n}) must not exceed debounce_m ({self.debounce_m})")
+        return self
+
+
+class JournalSection(_Section):
+    path: Path | None = None  # default: <data_dir>/journal.sqlite3
+    forwarder_batch: StrictInt = Field(64, ge=1)
+
+
+class CameraSection(_Section):
+    name: StrictStr = Field(pattern=_NAME)
+    source: Literal["synthetic", "device", "url", "file", "folder"]
+    product: StrictStr
+    enabled: StrictBool = True
+    device: StrictInt | None = Field(None, ge=0)  # source = "device": OpenCV index
+    url: StrictStr | None = None  # source = "url": rtsp:// or http(s)://
+    path: Path | None = None  # source = "file" (video) or "folder" (images)
+    loop: StrictBool = True  # source = "file": start again at the end, else stop the camera
+    fps: Number | None = Field(None, gt=0.0)  # at most this many frames per second; none = as fast as it comes
+    policy: Literal["latest", "queue"] = "latest"  # score only the newest frame, or every frame (bounded queue)
+    queue_size: StrictInt = Field(8, ge=1)
+    roi: tuple[StrictInt, StrictInt, StrictInt, StrictInt] | None = None  # x, y, width, height in pixels
+    rotate: Literal[0, 90, 180, 270] = 0
+    stalled_after_s: Number = Field(5.0, gt=0.0)
+    open_timeout_s: Number = Field(10.0, gt=0.0)
+    read_timeout_s: Number = Field(5.0, gt=0.0)
+    reconnect_min_s: Number = Field(0.5, gt=0.0)
+    reconnect_max_s: Number = Field(30.0, gt=0.0)
+    defect_rate: Number = Field(0.1, ge=0.0, le=1.0)  # source = "synthetic"
+    width: StrictInt = Field(640, ge=32)  # source = "synthetic"
+    height: StrictInt = Field(480, ge=32)  # source = "synthetic"
+    seed: StrictInt = 0  # source = "synthetic"
+
+    @model_validator(mode="after")
+    def _source_has_its_target(self) -> CameraSection:
+        needed = {"device": "device", "url": "url", "file": "path", "folder": "path"}.get(self.source)
+        if needed is not None and getattr(self, needed) is None:
+            raise ValueError(f"source = {self.source!r} needs the key {needed!r}")
+        if self.url is not None and not self.url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            raise ValueError("url must start with rtsp://, rtsps://, http:// or https://")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
 class Config(_Section):
+    site: SiteSection = SiteSection()
     model: ModelSection = ModelSection()
+    scoring: ScoringSection = ScoringSection()
+    events: EventsSection = EventsSection()
+    journal: JournalSection = JournalSection()
+    cameras: list[CameraSection] = []
     demo: DemoSection = DemoSection()
 
+    @model_validator(mode="after")
+    def _unique_camera_names(self) -> Config:
+        names = [camera.name for camera in self.cameras]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"camera names must be unique; repeated: {duplicates}")
+        return self
 
-def load_config(path: Path) -> Config:
+    @property
+    def journal_path(self) -> Path:
+        return self.journal.path or self.site.data_dir / "journal.sqlite3"
+
+
+SECRET_KEYS = frozenset({"url"})  # values that may carry credentials; the MQTT/DB passwords join later
+
+
+def _resolve_secrets(node: object, where: str, environ: Mapping[str, str]) -> object:
+    """Replace ``<key>_file = PATH`` and ``<key>_env = NAME`` by ``<key>`` read from the file (stripped)
+    or the environment, for the secret keys only, so credentials stay out of the config file (systemd's
+    LoadCredential= puts them in files). Errors name the key path, never the secret."""
+    if isinstance(node, list):
+        return [_resolve_secrets(item, f"{where}.{index}", environ) for index, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    resolved = {}
+    for key, value in node.items():
+        path = f"{where}.{key}" if where else key
+        base, _, source = key.rpartition("_")
+        if source in ("file", "env") and base in SECRET_KEYS:
+            if base in node or (f"{base}_env" in node and f"{base}_file" in node):
+                raise ConfigError(f"{path}: give only one of {base}, {base}_file, {base}_env")
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: expected a string")
+            if source == "file":
+                try:
+                    resolved[base] = Path(value).read_text().strip()
+                except OSError as error:
+                    raise ConfigError(f"{path}: cannot read {value} ({error.strerror})") from error
+            elif value in environ:
+                resolved[base] = environ[value]
+            else:
+                raise ConfigError(f"{path}: environment variable {value} is not set")
+        else:
+            resolved[key] = _resolve_secrets(value, path, environ)
+    return resolved
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from error
+    try:
+        data = _resolve_secrets(data, "", os.environ if environ is None else environ)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as error:

@@ -36,7 +36,7 @@ def run_demo(config_path: Path) -> int:
     model_cfg, demo = config.model, config.demo
     product = SyntheticProduct(style_seed=demo.seed)
     train_dir, test_dir = demo.data_dir / "train", demo.data_dir / "test"
-    if not model_cfg.path.exists():
+    if not demo.model_path.exists():
         shutil.rmtree(train_dir, ignore_errors=True)  # images of an earlier run must not leak into training
         write_folder_dataset(train_dir, product, demo.train_normals, 0, seed=demo.seed)
         backbone = load_backbone(
@@ -49,7 +49,7 @@ def run_demo(config_path: Path) -> int:
                 [ProductSource(demo.product, collect_images([train_dir / "good"]))],
                 backbone,
                 AnoPLeSettings(steps=demo.steps),
-                model_cfg.path,
+                demo.model_path,
                 demo.shots,
                 demo.seed,
                 model_cfg.target_frr,
@@ -58,13 +58,13 @@ def run_demo(config_path: Path) -> int:
                 device=model_cfg.device,
             )
     else:
-        _log(f"reusing the model in {model_cfg.path} (delete it to retrain)")
+        _log(f"reusing the model in {demo.model_path} (delete it to retrain)")
     scorer = Scorer.from_artifact(
-        model_cfg.path, model_cfg.models_dir, model_cfg.device, model_cfg.precision, model_cfg.weights
+        demo.model_path, model_cfg.models_dir, model_cfg.device, model_cfg.precision, model_cfg.weights
     )
     announce_random(scorer.model.backbone_spec.is_random)
     if demo.product not in scorer.products:
-        raise KeyError(f"[demo] product {demo.product!r} is not in {model_cfg.path} (holds {scorer.products})")
+        raise KeyError(f"[demo] product {demo.product!r} is not in {demo.model_path} (holds {scorer.products})")
     for stale in (test_dir, demo.data_dir / "heatmaps"):
         shutil.rmtree(stale, ignore_errors=True)
     write_folder_dataset(test_dir, product, demo.test_normals, demo.test_defects_per_kind, seed=demo.seed + 1)

@@ -83,6 +83,27 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def quick_artifact(
+    out: Path, backbone: Backbone, images: list[np.ndarray], product: str, shots: int, target_frr: float
+) -> Path:
+    """A model trained for 3 steps on ``images`` (written to a folder beside ``out``): for pipeline
+    and scorer tests, where a real artifact matters and accuracy does not."""
+    from linewatch.training import ProductSource, train_artifact
+
+    folder = image_folder(out.parent / f"{out.name}-normals", images)
+    train_artifact(
+        [ProductSource(product, sorted(folder.glob("*.png")))],
+        backbone,
+        AnoPLeSettings(steps=3),
+        out,
+        shots=shots,
+        seed=0,
+        target_frr=target_frr,
+        log=lambda _line: None,
+    )
+    return out
+
+
 def image_folder(root: Path, images: list[np.ndarray]) -> Path:
     """Write RGB images as PNGs named 000.png, 001.png, ... and return the folder."""
     from linewatch.images import write_image

@@ -32,12 +32,14 @@ def _error(tmp_path: Path, text: str) -> str:
 def test_shipped_config_loads_with_the_values_written_in_it() -> None:
     config = load_config(SHIPPED)
     raw = tomllib.loads(SHIPPED.read_text())
-    assert set(raw) == {"model", "demo"}
-    for section, values in raw.items():
-        loaded = getattr(config, section)
+    assert set(raw) == {"site", "model", "scoring", "events", "journal", "cameras", "demo"}
+    sections = [(name, getattr(config, name), values) for name, values in raw.items() if name != "cameras"]
+    sections += [(f"cameras[{i}]", config.cameras[i], values) for i, values in enumerate(raw["cameras"])]
+    for section, loaded, values in sections:
         for key, value in values.items():
             got = getattr(loaded, key)
             assert (str(got) if isinstance(got, Path) else got) == value, f"{section}.{key}"
+    assert [camera.source for camera in config.cameras] == ["synthetic"]
     assert config.model.backbone == "linewatch-tiny" and config.model.pretrained == "none"
     assert isinstance(config.model.path, Path) and isinstance(config.demo.data_dir, Path)
 
@@ -151,3 +153,74 @@ def test_demo_with_a_bad_config_exits_2_naming_the_key(tmp_path: Path, capsys: p
     assert main(["demo", "--config", str(tmp_path / "none.toml")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["linewatch.toml"]  # nothing generated or trained
+
+
+CAMERA = '[[cameras]]\nname = "cam1"\nproduct = "p"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        (CAMERA + 'source = "device"\n', ["cameras.0", "needs the key 'device'"]),
+        (CAMERA + 'source = "url"\n', ["cameras.0", "needs the key 'url'"]),
+        (CAMERA + 'source = "url"\nurl = "ftp://x"\n', ["url must start with rtsp://"]),
+        (CAMERA + 'source = "folder"\n', ["needs the key 'path'"]),
+        (CAMERA + 'source = "webcam"\n', ["cameras.0.source", "'synthetic'", "'folder'"]),
+        (CAMERA + 'source = "synthetic"\nrotate = 45\n', ["cameras.0.rotate"]),
+        (CAMERA + 'source = "synthetic"\nroi = [0, 0, 10]\n', ["cameras.0.roi"]),
+        (CAMERA + 'source = "synthetic"\nfps = 0\n', ["cameras.0.fps", "greater than 0"]),
+        (CAMERA + 'source = "synthetic"\nshutter = 3\n', ["cameras.0.shutter", "Extra inputs"]),
+        ('[[cameras]]\nname = "cam 1"\nsource = "synthetic"\nproduct = "p"\n', ["cameras.0.name", "pattern"]),
+        (CAMERA + 'source = "synthetic"\n' + CAMERA + 'source = "synthetic"\n', ["repeated: ['cam1']"]),
+        ("[events]\ndebounce_n = 4\ndebounce_m = 3\n", ["events", "debounce_n (4) must not exceed debounce_m (3)"]),
+        ("[scoring]\nbatch_max_size = 0\n", ["scoring.batch_max_size"]),
+        ('[site]\nline = "line/3"\n', ["site.line", "pattern"]),
+    ],
+)
+def test_daemon_sections_name_the_bad_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    message = _error(tmp_path, text)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_example_plant_config_is_valid() -> None:
+    config = load_config(SHIPPED.parent / "deploy" / "linewatch.example.toml")
+    assert [c.source for c in config.cameras] == ["url", "url", "device"]
+    assert config.cameras[0].roi == (320, 0, 1280, 1080) and config.cameras[1].rotate == 90
+    assert config.journal_path == Path("/var/lib/linewatch/journal.sqlite3")
+
+
+def test_check_config_exits_78_on_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from linewatch.cli import main
+
+    bad = _config(tmp_path, "[scoring]\nbatch_max_size = 0\n")
+    assert main(["check-config", "--config", str(bad)]) == 78
+    assert "scoring.batch_max_size" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(SHIPPED)]) == 0
+
+
+def test_camera_url_can_come_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "cam1.url"
+    secret.write_text("rtsp://user:s3cret@10.0.0.5/stream\n")
+    from_file = _config(tmp_path, CAMERA + f'source = "url"\nurl_file = "{secret}"\n')
+    assert load_config(from_file).cameras[0].url == "rtsp://user:s3cret@10.0.0.5/stream"
+    from_env = _config(tmp_path, CAMERA + 'source = "url"\nurl_env = "CAM1_URL"\n')
+    assert load_config(from_env, {"CAM1_URL": "rtsp://h/s"}).cameras[0].url == "rtsp://h/s"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (CAMERA + 'source = "url"\nurl_env = "NOT_SET_ANYWHERE"\n', "cameras.0.url_env: environment variable NOT_SET"),
+        (
+            CAMERA + 'source = "url"\nurl_file = "/nonexistent/url"\n',
+            "cameras.0.url_file: cannot read /nonexistent/url",
+        ),
+        (CAMERA + 'source = "url"\nurl = "rtsp://a"\nurl_env = "X"\n', "give only one of url, url_file, url_env"),
+        (CAMERA + 'source = "url"\nurl_env = 3\n', "cameras.0.url_env: expected a string"),
+        (CAMERA + 'source = "synthetic"\nproduct_env = "P"\n', "cameras.0.product_env"),  # not a secret key
+    ],
+)
+def test_secret_sources_name_the_key_but_never_the_secret(tmp_path: Path, text: str, fragment: str) -> None:
+    message = _error(tmp_path, text)
+    assert fragment in message

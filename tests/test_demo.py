@@ -36,13 +36,13 @@ def _write_config(
     path.write_text(
         f"""
 [model]
-path = "{model_path}"
 models_dir = "{model_path.parent}"
 backbone = "linewatch-tiny"
 pretrained = "none"
 target_frr = 0.25
 
 [demo]
+model_path = "{model_path}"
 data_dir = "{data_dir}"
 product = "{product}"
 train_normals = {TRAIN_NORMALS}

@@ -12,12 +12,10 @@ import torch
 
 from linewatch.anople.artifact import read_manifest
 from linewatch.anople.backbone import Backbone
-from linewatch.anople.settings import AnoPLeSettings
 from linewatch.images import read_rgb, to_rgb_uint8
 from linewatch.scorer import DEFECT, NORMAL, Scorer
 from linewatch.synthetic import SyntheticProduct
-from linewatch.training import ProductSource, train_artifact
-from tests.conftest import image_folder
+from tests.conftest import quick_artifact
 
 PRODUCT = "plate"
 
@@ -30,19 +28,8 @@ def product() -> SyntheticProduct:
 @pytest.fixture(scope="module")
 def artifact(tiny_backbone: Backbone, product: SyntheticProduct, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(11)
-    folder = image_folder(tmp_path_factory.mktemp("normals"), [product.normal(rng).image for _ in range(8)])
-    out = tmp_path_factory.mktemp("models") / "plate"
-    train_artifact(
-        [ProductSource(PRODUCT, sorted(folder.glob("*.png")))],
-        tiny_backbone,
-        AnoPLeSettings(steps=3),
-        out,
-        shots=4,
-        seed=0,
-        target_frr=0.25,
-        log=lambda _line: None,
-    )
-    return out
+    images = [product.normal(rng).image for _ in range(8)]
+    return quick_artifact(tmp_path_factory.mktemp("models") / "plate", tiny_backbone, images, PRODUCT, 4, 0.25)
 
 
 @pytest.fixture(scope="module")

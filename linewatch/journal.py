@@ -1,0 +1,596 @@
+"""The local durable journal: the daemon's transactional outbox.
+
+Every verdict and every outgoing event is committed here, one SQLite transaction per scored batch, before
+anything else (database, MQTT, evidence writer) sees it. Forwarders then read the journal in commit order
+and move their own cursor forward once a record is delivered; after a crash or an outage they replay from
+their cursor, so nothing is lost and nothing is reordered (delivery is at least once; sinks dedupe on the
+record key).
+
+Storage decisions:
+
+- stdlib ``sqlite3``, deliberately independent of the SQLAlchemy main store: the journal must keep working
+  when the main store (maybe PostgreSQL) is down.
+- WAL mode, ``synchronous=FULL``: when ``append_batch`` returns, the batch is on disk even if the power
+  fails in the next instant (NORMAL would only survive a process crash, not a power loss). The cost is one
+  fsync of the WAL per batch, not per row, so batching keeps it small.
+- ``busy_timeout`` so another process (a CLI reading backlogs) never makes a write fail outright.
+- Schema version in ``PRAGMA user_version`` (currently 1). A file written by a newer linewatch is refused
+  rather than guessed at.
+- Positions are the records' integer primary key, assigned in commit order across both kinds. Writes are
+  serialised (``BEGIN IMMEDIATE``) and a failed batch is rolled back whole, so positions are gap-free.
+- Within a batch, the verdicts come first in the order given, then the events in the order given.
+- Payloads are strict JSON (no NaN/Infinity: MQTT and PostgreSQL consumers must be able to parse them).
+  Datetimes are written as UTC ISO 8601 with exactly six fractional digits and a ``Z``
+  (``2026-01-01T08:00:00.000000Z``); they read back as timezone-aware UTC datetimes equal to the originals.
+  Naive datetimes are refused.
+
+Thread safety: one connection (``check_same_thread=False``) guarded by one lock. SQLite serialises writers
+on the file anyway, so a connection per thread would buy nothing for writes, and sharing one connection
+keeps transaction boundaries simple: a lock holder always sees and ends its own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from linewatch.backoff import backoff_delay
+from linewatch.clock import Clock
+from linewatch.types import Event, EventType, Verdict, VerdictLabel
+
+SCHEMA_VERSION = 1
+KINDS = frozenset({"verdict", "event"})
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE records (
+    position     INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL CHECK (kind IN ('verdict', 'event')),
+    key          TEXT NOT NULL,
+    camera       TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    committed_at TEXT NOT NULL,
+    UNIQUE (kind, key)
+);
+CREATE TABLE forwarders (
+    name          TEXT PRIMARY KEY,
+    position      INTEGER NOT NULL CHECK (position >= 0),
+    registered_at TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+);
+"""
+
+log = logging.getLogger(__name__)
+
+
+class JournalError(Exception):
+    """The journal cannot do what was asked: bad file, newer schema, bad payload, misuse of a cursor."""
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    position: int  # monotonically increasing, gap-free order of commit across all kinds
+    kind: str  # "verdict" | "event"
+    key: str  # inspection_id for verdicts, f"{event_id}:{seq}" for events
+    camera: str
+    payload: dict[str, Any]  # verdict_payload / event_payload
+    committed_at: str  # UTC ISO 8601 with 'Z', from the journal's clock
+
+
+# --- payloads ------------------------------------------------------------------------------------------------
+
+
+def format_ts(value: datetime) -> str:
+    """UTC ISO 8601, always six fractional digits, 'Z' suffix. Naive datetimes are refused."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise JournalError(f"datetime {value.isoformat()} is naive; the journal stores timezone-aware UTC only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_ts(text: str) -> datetime:
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise JournalError(f"timestamp {text!r} is not UTC ISO 8601 ending in 'Z'")
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError as exc:
+        raise JournalError(f"timestamp {text!r} is not ISO 8601: {exc}") from exc
+
+
+def verdict_payload(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "inspection_id": verdict.inspection_id,
+        "camera": verdict.camera,
+        "product": verdict.product,
+        "seq": verdict.seq,
+        "frame_ts": format_ts(verdict.frame_ts),
+        "captured_mono": verdict.captured_mono,
+        "score": verdict.score,
+        "threshold": verdict.threshold,
+        "label": str(verdict.label),
+        "model_version": verdict.model_version,
+        "part_id": verdict.part_id,
+    }
+
+
+def verdict_from_payload(payload: dict[str, Any]) -> Verdict:
+    try:
+        return Verdict(
+            inspection_id=str(payload["inspection_id"]),
+            camera=str(payload["camera"]),
+            product=str(payload["product"]),
+            seq=int(payload["seq"]),
+            frame_ts=parse_ts(payload["frame_ts"]),
+            captured_mono=float(payload["captured_mono"]),
+            score=float(payload["score"]),
+            threshold=float(payload["threshold"]),
+            label=VerdictLabel(payload["label"]),
+            model_version=str(payload["model_version"]),
+            part_id=_optional_str(payload.get("part_id")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError(f"bad verdict payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "type": str(event.type),
+        "seq": event.seq,
+        "camera": event.camera,
+        "product": event.product,
+        "frame_ts": format_ts(event.frame_ts),
+        "score": event.score,
+        "threshold": event.threshold,
+        "label": str(event.label),
+        "model_version": event.model_version,
+        "inspection_id": event.inspection_id,
+        "part_id": event.part_id,
+    }
+
+
+def event_from_payload(payload: dict[str, Any]) -> Event:
+    try:
+        return Event(
+            event_id=str(payload["event_id"]),
+            type=EventType(payload["type"]),
+            seq=int(payload["seq"]),
+            camera=str(payload["camera"]),
+            product=str(payload["product"]),
+            frame_ts=parse_ts(payload["frame_ts"]),
+            score=float(payload["score"]),
+            threshold=float(payload["threshold"]),
+            label=VerdictLabel(payload["label"]),
+            model_version=str(payload["model_version"]),
+            inspection_id=str(payload["inspection_id"]),
+            part_id=_optional_str(payload.get("part_id")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError(f"bad event payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+
+
+def event_key(event: Event) -> str:
+    return f"{event.event_id}:{event.seq}"
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite has already rolled back on some errors (disk full, I/O); a second ROLLBACK would mask the cause.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _dumps(kind: str, key: str, payload: dict[str, Any]) -> str:
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":"), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise JournalError(f"{kind} {key!r} cannot be journaled: {exc}") from exc
+
+
+# --- the journal ---------------------------------------------------------------------------------------------
+
+
+class Journal:
+    """The SQLite journal file. Safe to share between threads (see the module docstring)."""
+
+    def __init__(self, path: Path, clock: Clock) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+        try:
+            self._setup()
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _setup(self) -> None:
+        conn = self._db()
+        try:
+            # Check the version before anything writes to the file (switching to WAL does).
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            self._check_version(version)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); is it on a network share?")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if version == 0:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Another process may have created it between our check and the write lock.
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version == 0:
+                        self._create_schema(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                self._check_version(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        # executescript would COMMIT our transaction first, so run the statements one by one.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"{self.path}: journal schema version {version} is newer than this linewatch supports "
+                f"({SCHEMA_VERSION}); upgrade linewatch or move the file away"
+            )
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise JournalError(f"{self.path}: the journal is closed")
+        return self._conn
+
+    # --- writing -------------------------------------------------------------------------------------------
+
+    def append_batch(self, verdicts: Sequence[Verdict], events: Sequence[Event]) -> list[int]:
+        """Commit one batch in ONE transaction: all rows or none. Returns the positions, verdicts first, then
+        events. A record whose (kind, key) is already journaled is not duplicated: its original position is
+        returned (replay after a crash may re-append)."""
+        rows: list[tuple[str, str, str, str]] = []
+        for verdict in verdicts:
+            payload = _dumps("verdict", verdict.inspection_id, verdict_payload(verdict))
+            rows.append(("verdict", verdict.inspection_id, verdict.camera, payload))
+        for event in events:
+            key = event_key(event)
+            rows.append(("event", key, event.camera, _dumps("event", key, event_payload(event))))
+        if not rows:
+            return []
+        with self._lock:
+            conn = self._db()
+            committed_at = format_ts(self._clock.now())
+            positions: list[int] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for kind, key, camera, payload in rows:
+                        positions.append(self._insert(conn, kind, key, camera, payload, committed_at))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: batch of {len(rows)} records not journaled: {exc}") from exc
+            return positions
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, kind: str, key: str, camera: str, payload: str, committed_at: str) -> int:
+        existing = conn.execute("SELECT position FROM records WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        if existing is not None:
+            return int(existing[0])
+        cursor = conn.execute(
+            "INSERT INTO records (kind, key, camera, payload, committed_at) VALUES (?, ?, ?, ?, ?)",
+            (kind, key, camera, payload, committed_at),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    # --- forwarders' cursors -------------------------------------------------------------------------------
+
+    def register_forwarder(self, name: str) -> None:
+        """Create the forwarder's cursor at position 0 (it will replay everything) unless it already exists."""
+        if not name:
+            raise JournalError("a forwarder needs a non-empty name")
+        now = format_ts(self._clock.now())
+        with self._lock:
+            self._write(
+                "INSERT OR IGNORE INTO forwarders (name, position, registered_at, updated_at) VALUES (?, 0, ?, ?)",
+                (name, now, now),
+            )
+
+    def cursor(self, forwarder: str) -> int:
+        """The forwarder's cursor: every record up to and including this position is done."""
+        with self._lock:
+            return self._cursor(forwarder)
+
+    def head(self) -> int:
+        """The last committed position (0 for an empty journal)."""
+        with self._lock:
+            return int(self._query("SELECT COALESCE(MAX(position), 0) FROM records")[0][0])
+
+    def read_after(self, forwarder: str, limit: int, kinds: Collection[str] | None = None) -> list[JournalRecord]:
+        """Up to ``limit`` records after the forwarder's cursor, in position order, only of ``kinds`` (all when
+        None). The cursor still means "everything up to here is done", whatever the kind."""
+        if limit < 1:
+            raise JournalError(f"limit must be at least 1, got {limit}")
+        wanted = None if kinds is None else set(kinds)
+        if wanted is not None and not wanted <= KINDS:
+            raise JournalError(f"unknown record kinds {sorted(wanted - KINDS)}; known: {sorted(KINDS)}")
+        if wanted is not None and not wanted:
+            return []
+        with self._lock:
+            after = self._cursor(forwarder)
+            sql = "SELECT position, kind, key, camera, payload, committed_at FROM records WHERE position > ?"
+            params: list[Any] = [after]
+            if wanted is not None and wanted != KINDS:
+                sql += f" AND kind IN ({', '.join('?' for _ in wanted)})"
+                params.extend(sorted(wanted))
+            sql += " ORDER BY position LIMIT ?"
+            params.append(limit)
+            rows = self._query(sql, params)
+        return [
+            JournalRecord(
+                position=row[0], kind=row[1], key=row[2], camera=row[3], payload=json.loads(row[4]), committed_at=row[5]
+            )
+            for row in rows
+        ]
+
+    def mark_done(self, forwarder: str, position: int) -> None:
+        """Move the forwarder's cursor to ``position``. It only moves forward, and never past the head."""
+        with self._lock:
+            current = self._cursor(forwarder)
+            if position < current:
+                raise JournalError(f"forwarder {forwarder!r}: cursor cannot move back from {current} to {position}")
+            if position == current:
+                return
+            head = self.head()
+            if position > head:
+                raise JournalError(f"forwarder {forwarder!r}: position {position} is past the journal head {head}")
+            self._write(
+                "UPDATE forwarders SET position = ?, updated_at = ? WHERE name = ?",
+                (position, format_ts(self._clock.now()), forwarder),
+            )
+
+    def backlog(self, forwarder: str) -> int:
+        """How many records (of any kind) lie after the forwarder's cursor."""
+        with self._lock:
+            after = self._cursor(forwarder)
+            return int(self._query("SELECT COUNT(*) FROM records WHERE position > ?", (after,))[0][0])
+
+    def backlogs(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._query(
+                "SELECT f.name, (SELECT COUNT(*) FROM records r WHERE r.position > f.position) "
+                "FROM forwarders f ORDER BY f.name"
+            )
+        return {str(name): int(count) for name, count in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers (call with the lock held) -----------------------------------------------------------------
+
+    def _cursor(self, forwarder: str) -> int:
+        rows = self._query("SELECT position FROM forwarders WHERE name = ?", (forwarder,))
+        if not rows:
+            names = [row[0] for row in self._query("SELECT name FROM forwarders ORDER BY name")]
+            raise JournalError(f"unknown forwarder {forwarder!r} (registered: {names})")
+        return int(rows[0][0])
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._db().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: read failed: {exc}") from exc
+
+    def _write(self, sql: str, params: Sequence[Any]) -> None:
+        # In autocommit mode a single statement is its own durable transaction.
+        try:
+            self._db().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: write failed: {exc}") from exc
+
+
+# --- forwarders ----------------------------------------------------------------------------------------------
+
+
+class Forwarder(Protocol):
+    """A sink fed from the journal. ``send`` returns how many leading records were delivered (0..len); it may
+    raise. Records after the delivered prefix are offered again, in the same order, after a backoff, so a
+    forwarder must be idempotent on ``(kind, key)``."""
+
+    name: str
+    kinds: Collection[str] | None
+
+    def send(self, records: Sequence[JournalRecord]) -> int: ...
+
+
+@dataclass
+class RunnerStats:
+    delivered: int = 0
+    failures: int = 0  # exceptions, partial sends and journal errors, all counted
+    last_error: str | None = None
+
+
+class ForwarderRunner:
+    """Drives one forwarder from the journal in order: read_after -> send -> mark_done(last delivered); on an
+    exception or a partial send, back off (exponential, min/max seconds) and retry the same records — never
+    skip, never reorder.
+
+    A forwarder with a ``kinds`` filter still moves its cursor over records it does not want: when a read came
+    back short (so it saw everything up to the head taken before the read), the cursor goes to that head, and
+    the backlog of a caught-up filtered forwarder is 0."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        forwarder: Forwarder,
+        stop: threading.Event,
+        clock: Clock,
+        batch_size: int = 64,
+        idle_s: float = 0.2,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 < backoff_min_s <= backoff_max_s:
+            raise ValueError(f"need 0 < backoff_min_s <= backoff_max_s, got {backoff_min_s}, {backoff_max_s}")
+        self.journal = journal
+        self.forwarder = forwarder
+        self.name = forwarder.name
+        self.stats = RunnerStats()
+        self._stop = stop
+        self._clock = clock
+        self._batch_size = batch_size
+        self._idle_s = idle_s
+        self._backoff = (backoff_min_s, backoff_max_s)
+        self._failing = 0  # consecutive failed cycles
+        self._more = False  # the last cycle filled a whole batch: read again without idling
+        self._log = logging.getLogger(f"linewatch.forwarder.{self.name}")
+        journal.register_forwarder(self.name)
+
+    @property
+    def next_delay_s(self) -> float:
+        """How long ``run`` waits before the next cycle: a backoff while failing, 0 with more to read, else idle."""
+        if self._failing:
+            return backoff_delay(self._failing - 1, *self._backoff)
+        return 0.0 if self._more else self._idle_s
+
+    def run_once(self) -> int:
+        """One read/send/mark cycle; returns how many records were delivered. Never raises."""
+        self._more = False
+        try:
+            head = self.journal.head()  # before the read: the read sees at least up to here
+            records = self.journal.read_after(self.name, self._batch_size, self.forwarder.kinds)
+        except Exception as exc:
+            self._failed(f"journal read: {type(exc).__name__}: {exc}")
+            return 0
+        sent = 0
+        try:
+            if records:
+                sent = self.forwarder.send(records)
+                if isinstance(sent, bool) or not isinstance(sent, int) or not 0 <= sent <= len(records):
+                    raise ValueError(f"send returned {sent!r} for {len(records)} records")
+        except Exception as exc:
+            self._failed(f"send: {type(exc).__name__}: {exc}")
+            return 0
+        try:
+            if sent:
+                self.journal.mark_done(self.name, records[sent - 1].position)
+                self.stats.delivered += sent
+            if sent < len(records):
+                self._failed(f"partial send: {sent} of {len(records)} records delivered")
+                return sent
+            if len(records) < self._batch_size:
+                # Everything of our kinds up to `head` was in this read: skip the rest (other kinds).
+                if head > self.journal.cursor(self.name):
+                    self.journal.mark_done(self.name, head)
+            else:
+                self._more = True
+        except Exception as exc:  # delivered but not marked: they will be sent again (at least once)
+            self._failed(f"journal mark: {type(exc).__name__}: {exc}")
+            return sent
+        if self._failing:
+            self._log.info("forwarder %s recovered after %d failed attempts", self.name, self._failing)
+            self._failing = 0
+        return sent
+
+    def run(self) -> None:
+        """Loop until stop; then flush what is there (best effort: up to the head at stop, until a failure)."""
+        while not self._stop.is_set():
+            self.run_once()
+            delay = self.next_delay_s
+            if delay > 0 and self._clock.wait(delay, self._stop):
+                break
+        self.flush()
+
+    def flush(self) -> None:
+        """Cycle without waiting until the cursor reaches the current head or a cycle fails or comes back short."""
+        try:
+            target = self.journal.head()
+            while True:
+                self.run_once()
+                if self._failing or not self._more or self.journal.cursor(self.name) >= target:
+                    return
+        except JournalError as exc:
+            self._failed(f"journal read: {exc}")
+
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread; the owner sets the stop event and joins it."""
+        thread = threading.Thread(target=self.run, name=f"forwarder-{self.name}", daemon=True)
+        thread.start()
+        return thread
+
+    def _failed(self, message: str) -> None:
+        self._failing += 1
+        self.stats.failures += 1
+        self.stats.last_error = message
+        delay = backoff_delay(self._failing - 1, *self._backoff)
+        # Logged once per burst; the count and the last error are in the stats.
+        level = logging.WARNING if self._failing == 1 else logging.DEBUG
+        self._log.log(level, "forwarder %s failed (%s); retrying in %.1f s", self.name, message, delay)
+
+
+class LoggingForwarder:
+    """Logs one concise INFO line per record to ``linewatch.forwarder.log``. Useful on the bench and as the
+    simplest example of the Forwarder protocol."""
+
+    kinds: Collection[str] | None = None
+
+    def __init__(self, name: str = "log") -> None:
+        self.name = name
+        self._log = logging.getLogger("linewatch.forwarder.log")
+
+    def send(self, records: Sequence[JournalRecord]) -> int:
+        for record in records:
+            self._log.info("%s", describe_record(record))
+        return len(records)
+
+
+def describe_record(record: JournalRecord) -> str:
+    payload = record.payload
+    what = f"type={payload.get('type')} " if record.kind == "event" else ""
+    return (
+        f"#{record.position} {record.camera} {record.kind} {record.key} {what}"
+        f"score={_number(payload.get('score'))} threshold={_number(payload.get('threshold'))} "
+        f"verdict={payload.get('label')}"
+    )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else str(value)

@@ -1,0 +1,91 @@
+"""Value types passed between the daemon's stages. No behaviour beyond trivial derived properties.
+
+Data flows one way: source -> Frame -> batcher -> Batch -> scorer -> Verdict -> events -> Event ->
+journal. Timestamps: ``captured_at`` is wall-clock UTC (what plant systems see); ``captured_mono``
+is the monotonic clock at capture (what latency and timeouts are measured with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+
+
+class CameraStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    STALLED = "stalled"
+    DISABLED = "disabled"
+
+
+class VerdictLabel(StrEnum):
+    NORMAL = "normal"
+    DEFECT = "defect"
+
+
+class EventType(StrEnum):
+    NEW = "new"
+    UPDATE = "update"
+    END = "end"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured image, already cropped and rotated as the camera's config asks."""
+
+    camera: str
+    seq: int  # per camera, strictly increasing from 1 for the life of the process
+    captured_at: datetime  # UTC, timezone-aware
+    captured_mono: float  # monotonic seconds at capture
+    image: np.ndarray = field(repr=False)  # (H, W, 3) uint8 RGB
+    product: str
+    part_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Frames cut together by the batcher; ``reason`` says why the batch was cut."""
+
+    frames: tuple[Frame, ...]
+    reason: str  # "full" | "timeout" | "drain"
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The scorer's judgement of one frame."""
+
+    inspection_id: str  # stable, unique: "<camera>-<boot id>-<seq>"
+    camera: str
+    product: str
+    seq: int
+    frame_ts: datetime
+    captured_mono: float
+    score: float
+    threshold: float
+    label: VerdictLabel
+    model_version: str
+    part_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One message of a defect episode: new, then updates, then end. Consumers dedupe on event_id + seq."""
+
+    event_id: str  # stable for the whole episode
+    type: EventType
+    seq: int  # 1, 2, ... within the episode
+    camera: str
+    product: str
+    frame_ts: datetime
+    score: float
+    threshold: float
+    label: VerdictLabel
+    model_version: str
+    inspection_id: str
+    part_id: str | None = None
