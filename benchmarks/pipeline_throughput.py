@@ -9,7 +9,9 @@ The pipeline is the real daemon (App): camera reader threads -> batcher -> scori
 1. Throughput: each camera is paced at 1.25x its share of the scorer-alone rate (the pipeline is
    saturated, as on a busy line), queue policy; frames/s = verdicts journaled per second.
    Scorer alone: Scorer.score on the same frames in batches of the same size, preprocessing included.
-   Both with the tiny model (random weights) and with a no-op scorer (pipeline overhead only).
+   Both with the tiny model (random weights) and with a no-op scorer (the pipeline's own capacity; a
+   single fast camera then commits one frame per journal transaction, so fsync bounds it). p99 in the
+   throughput rows is queueing under overload, not the latency target.
 2. Latency: 4 cameras x 10 fps with the tiny model; capture -> journal commit, p50/p99.
 Targets: pipeline >= 0.9 x scorer alone with the tiny model; p99 < 50 ms at 4 x 10 fps.
 """
@@ -187,9 +189,9 @@ def main() -> None:
                     root, model, frames, cameras, fps, args.seconds, name == "no-op", args.max_wait_ms
                 )
                 p99 = 1000 * float(np.percentile(latencies, 99))
-                print(
-                    f"{name:<8} {cameras:>7} {alone:>10.1f} {rate:>12.1f} {rate / alone:>6.3f} {p99:>7.1f}", flush=True
-                )
+                # No model and no preprocessing in the no-op rows: only the pipeline's own capacity counts.
+                alone_text, ratio_text = ("-", "-") if name == "no-op" else (f"{alone:.1f}", f"{rate / alone:.3f}")
+                print(f"{name:<8} {cameras:>7} {alone_text:>10} {rate:>12.1f} {ratio_text:>6} {p99:>7.1f}", flush=True)
         rate, latencies, drops = pipeline(root, model, frames, 4, 10.0, 2 * args.seconds, False, args.max_wait_ms)
         p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
         print(
