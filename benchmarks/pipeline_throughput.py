@@ -30,7 +30,7 @@ import numpy as np
 
 from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.anople.settings import AnoPLeSettings
-from linewatch.app import App
+from linewatch.app import App, apply_cpu_threads
 from linewatch.clock import SystemClock
 from linewatch.config import CameraSection, Config, JournalSection, ModelSection, ScoringSection, SiteSection
 from linewatch.images import write_image
@@ -137,6 +137,7 @@ def pipeline(
     max_wait_ms: float,
 ) -> tuple[float, list[float], dict]:
     config = _config(root, model, cameras, fps, max_wait_ms)
+    apply_cpu_threads(config)  # as `linewatch run` does
     app = MeasuredApp(config, SystemClock(), lambda _c, _s: ReplaySource(frames))
     app.latencies = []
     app.start(scorer_thread=False)  # as `linewatch run`: the scorer runs on the main thread
@@ -179,7 +180,8 @@ def main() -> None:
         root = Path(tmp)
         model = _model(root, frames)
         real = Scorer.from_artifact(model, root / "models")
-        print(f"batch max size {BATCH}, max wait {args.max_wait_ms} ms")
+        threads = apply_cpu_threads(_config(root, model, 1, 10.0, args.max_wait_ms))  # the scorer alone too
+        print(f"batch max size {BATCH}, max wait {args.max_wait_ms} ms, {threads} torch thread(s)")
         print(f"{'scorer':<8} {'cameras':>7} {'alone f/s':>10} {'pipeline f/s':>12} {'ratio':>6} {'p99 ms':>7}")
         for name, scorer in () if args.latency_only else (("no-op", NoOpScorer(real)), ("tiny", real)):
             alone = scorer_alone(scorer, frames, args.seconds)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from linewatch.anople.artifact import MANIFEST
 from linewatch.anople.settings import AnoPLeSettings
@@ -27,6 +29,7 @@ from linewatch.config import CameraSection, Config
 from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step
 from linewatch.images import collect_images, write_image
 from linewatch.journal import ForwarderRunner, Journal, LoggingForwarder
+from linewatch.preprocess import resize_rgb
 from linewatch.scorer import Scorer, ScoringWorker
 from linewatch.synthetic import SyntheticProduct
 from linewatch.training import ProductSource, train_artifact
@@ -50,6 +53,18 @@ def make_source(camera: CameraSection, on_skipped: SkipReporter) -> FrameSource:
     if camera.source == "file":
         return VideoFileSource(camera.path, loop=camera.loop)
     return FolderSource(camera.path, on_skipped=on_skipped)
+
+
+def apply_cpu_threads(config: Config) -> int:
+    """Set torch's CPU thread count for scoring; by default every core but one.
+
+    The spare core keeps camera, journal and forwarder threads from preempting an OpenMP worker in the
+    middle of a parallel region: on 2 cores with 4 cameras, 2 torch threads gave a capture-to-journal
+    p99 of 110 ms against 56 ms with 1 (benchmarks/pipeline_throughput.py).
+    """
+    threads = config.scoring.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def model_version(artifact: Path) -> str:
@@ -94,6 +109,7 @@ class App:
         self._drain = threading.Event()
         self._forwarder_stop = threading.Event()
         self._shutdown_thread: threading.Thread | None = None
+        self._input_size = 0
         self.journal: Journal | None = None
         self.forwarders: list[ForwarderRunner] = []
         self._forwarder_threads: list[threading.Thread] = []
@@ -128,6 +144,8 @@ class App:
             config.model.weights,
         )
         scorer.set_threshold_overrides(dict(config.model.thresholds))
+        # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
+        self._input_size = scorer.model.input_size
         if scorer.model.backbone_spec.is_random:
             log.warning("model %s runs on RANDOM backbone weights: a demo model, not for real parts", config.model.path)
         self.batcher = Batcher(config.scoring.batch_max_size, config.scoring.batch_max_wait_ms / 1000, self.clock)
@@ -190,8 +208,10 @@ class App:
 
     # ---- data path -----------------------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
+        """Runs on the camera's thread: resize for the model here (OpenCV releases the GIL), off the
+        scorer's critical path, then hand the frame to the batcher."""
         assert self.batcher is not None
-        self.batcher.put(frame)
+        self.batcher.put(replace(frame, model_image=resize_rgb(frame.image, self._input_size)))
 
     def _on_status(self, camera: str, status: CameraStatus) -> None:
         """Kept for the status topic and health check; the reader already logged the change."""
@@ -387,6 +407,7 @@ def serve(config_path: Path, verbose: bool = False) -> int:
     except Interrupted as interrupted:
         log.info("%s; exiting", interrupted)
         return 0
+    log.info("scoring with %d CPU thread(s)", apply_cpu_threads(config))
     app = App(config, stop_event=stop)
 
     def apply_reloads() -> None:

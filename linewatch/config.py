@@ -83,6 +83,7 @@ class ScoringSection(_Section):
     batch_max_size: StrictInt = Field(8, ge=1, le=1024)
     batch_max_wait_ms: Number = Field(20.0, ge=0.0)
     bootstrap_demo_model: StrictBool = False  # train a tiny random-weight demo model when [model].path is missing
+    cpu_threads: StrictInt = Field(0, ge=0)  # torch threads for CPU scoring; 0 = all cores but one
 
 
 class EventsSection(_Section):

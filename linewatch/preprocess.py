@@ -15,8 +15,14 @@ from torch import Tensor
 
 
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8; area filter when shrinking, bilinear when enlarging."""
+    """(H, W, 3) uint8 -> (size, size, 3) uint8; area filter when shrinking, bilinear when enlarging.
+
+    An image already at the size is returned as is, so frames resized early (in the camera threads) are
+    not resized again on the scorer's critical path.
+    """
     height, width = image.shape[:2]
+    if height == width == size:
+        return image
     interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interpolation)
 

@@ -221,9 +221,8 @@ class ScoringWorker:
         def count_retry(_size: int) -> None:
             self.stats.oom_retries += 1
 
-        results = score_halving_on_oom(
-            self._scorer.score, [f.image for f in frames], [f.product for f in frames], count_retry
-        )
+        images = [f.model_image if f.model_image is not None else f.image for f in frames]
+        results = score_halving_on_oom(self._scorer.score, images, [f.product for f in frames], count_retry)
         verdicts = [
             Verdict(
                 inspection_id=f"{frame.camera}-{self._boot_id}-{frame.seq}",

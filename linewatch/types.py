@@ -43,6 +43,7 @@ class Frame:
     image: np.ndarray = field(repr=False)  # (H, W, 3) uint8 RGB
     product: str
     part_id: str | None = None
+    model_image: np.ndarray | None = field(default=None, repr=False)  # (S, S, 3) resized for the model
 
 
 @dataclass(frozen=True)
