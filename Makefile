@@ -1,4 +1,4 @@
-# The README's two commands: `make run` (set up, then the main job on config.toml) and `make test`
+# The README's two commands: `make run` (set up, then the daemon on config.toml) and `make test`
 # (set up, then lint and the test suite). Both install what they need, apt packages included.
 
 PYTHON ?= python3.11
@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 .PHONY: run test setup system-deps lint bench clean
 
 run: setup
-	$(BIN)/linewatch demo --config config.toml
+	$(BIN)/linewatch run --config config.toml
 
 test: setup lint
 	$(BIN)/python -m pytest -q --durations=10
@@ -36,4 +36,4 @@ bench: setup
 	$(BIN)/python benchmarks/scorer_throughput.py
 
 clean:
-	rm -rf $(VENV) data/demo models/demo
+	rm -rf $(VENV) data models/demo
