@@ -183,8 +183,14 @@ def test_daemon_sections_name_the_bad_key(tmp_path: Path, text: str, fragments: 
         assert fragment in message, (fragment, message)
 
 
-def test_example_plant_config_is_valid() -> None:
-    config = load_config(SHIPPED.parent / "deploy" / "linewatch.example.toml")
+def test_example_plant_config_is_valid(tmp_path: Path) -> None:
+    example = (SHIPPED.parent / "deploy" / "linewatch.example.toml").read_text()
+    url_file = tmp_path / "press3-top.url"
+    url_file.write_text("rtsp://inspect:pw@10.20.3.11:554/stream1\n")
+    path = tmp_path / "example.toml"
+    path.write_text(example.replace("/run/credentials/linewatch.service/press3-top.url", str(url_file)))
+    config = load_config(path)
+    assert config.cameras[0].url == "rtsp://inspect:pw@10.20.3.11:554/stream1"
     assert [c.source for c in config.cameras] == ["url", "url", "device"]
     assert config.cameras[0].roi == (320, 0, 1280, 1080) and config.cameras[1].rotate == 90
     assert config.journal_path == Path("/var/lib/linewatch/journal.sqlite3")
