@@ -26,7 +26,7 @@ from linewatch.camera.reader import CameraReader
 from linewatch.camera.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource, VideoFileSource
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import CameraSection, Config
-from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step
+from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step, tick
 from linewatch.images import collect_images, write_image
 from linewatch.journal import ForwarderRunner, Journal, LoggingForwarder
 from linewatch.preprocess import resize_rgb
@@ -220,7 +220,11 @@ class App:
             runtime.status = status
 
     def _record(self, batch: Batch, verdicts: list[Verdict]) -> None:
-        """Episodes from the verdicts, then one journal transaction for the whole batch."""
+        """Episodes from the verdicts, then one journal transaction for the whole batch.
+
+        Cameras without a verdict in this batch get a ``tick``, so an episode of a camera that went
+        silent (stopped, disabled, stalled) still ends after the quiet period.
+        """
         assert self.journal is not None
         events: list[Event] = []
         for verdict in verdicts:
@@ -229,6 +233,12 @@ class App:
                 continue
             runtime.episodes, new_events = step(runtime.episodes, verdict, self._policy, event_id_for)
             events.extend(new_events)
+        seen = {verdict.camera for verdict in verdicts}
+        now = self.clock.now()
+        for name, runtime in self.cameras.items():
+            if name not in seen and runtime.episodes.is_open:
+                runtime.episodes, ended = tick(runtime.episodes, now, self._policy)
+                events.extend(ended)
         self.journal.append_batch(verdicts, events)
 
     def run_scorer(self) -> None:

@@ -15,11 +15,11 @@ import pytest
 
 from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.app import App
-from linewatch.clock import SystemClock
+from linewatch.clock import FakeClock, SystemClock
 from linewatch.config import load_config
 from linewatch.journal import Journal, JournalRecord
 from linewatch.synthetic import SyntheticProduct
-from linewatch.types import CameraStatus
+from linewatch.types import Batch, CameraStatus, Frame, Verdict, VerdictLabel
 from tests.conftest import quick_artifact
 
 PRODUCT = "bracket"
@@ -226,3 +226,25 @@ def test_unknown_product_threshold_is_refused(daemon_model: Path, tmp_path: Path
     with pytest.raises(KeyError, match="unknown product"):
         app.start()
     app.stop()
+
+
+def test_episode_of_a_silent_camera_ends_on_other_cameras_batches(daemon_model: Path, tmp_path: Path) -> None:
+    clock = FakeClock()
+    app = App(load_config(_write_config(tmp_path, daemon_model)), clock)  # debounce 1 of 1, end after 0.2 s
+    app.cameras = {name: app._camera_runtime(camera) for name, camera in ((c.name, c) for c in app.config.cameras)}
+    app.journal = Journal(tmp_path / "journal.sqlite3", clock)
+
+    def verdict(camera: str, seq: int, label: VerdictLabel) -> tuple[Batch, list[Verdict]]:
+        now = clock.now()
+        frame = Frame(camera, seq, now, clock.monotonic(), np.zeros((2, 2, 3), np.uint8), PRODUCT)
+        result = Verdict(f"{camera}-t-{seq}", camera, PRODUCT, seq, now, 0.0, 0.9, 0.5, label, "v1")
+        return Batch((frame,), "full"), [result]
+
+    app._record(*verdict("cam0", 1, VerdictLabel.DEFECT))  # opens an episode on cam0, which then goes silent
+    clock.advance(0.1)
+    app._record(*verdict("cam1", 1, VerdictLabel.NORMAL))  # cam0 quiet for 0.1 s: still open
+    clock.advance(0.15)
+    app._record(*verdict("cam1", 2, VerdictLabel.NORMAL))  # cam0 quiet for 0.25 s > 0.2 s: ends now
+    events = _records(tmp_path / "journal.sqlite3", "event")
+    assert [(e.camera, e.payload["type"], e.payload["seq"]) for e in events] == [("cam0", "new", 1), ("cam0", "end", 2)]
+    app.journal.close()
