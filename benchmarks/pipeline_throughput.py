@@ -104,11 +104,11 @@ def _model(root: Path, frames: list[np.ndarray]) -> Path:
     return out
 
 
-def _config(root: Path, model: Path, cameras: int, fps: float, max_wait_ms: float) -> Config:
+def _config(root: Path, model: Path, cameras: int, fps: float, max_wait_ms: float, cpu_threads: int) -> Config:
     return Config(
         site=SiteSection(site="bench", line="l1", data_dir=root / f"data-{time.monotonic_ns()}"),
         model=ModelSection(path=model, backbone=TINY_MODEL, pretrained="none"),
-        scoring=ScoringSection(batch_max_size=BATCH, batch_max_wait_ms=max_wait_ms),
+        scoring=ScoringSection(batch_max_size=BATCH, batch_max_wait_ms=max_wait_ms, cpu_threads=cpu_threads),
         journal=JournalSection(),
         cameras=[
             CameraSection(name=f"cam{i}", source="synthetic", product=PRODUCT, fps=fps, policy="queue", queue_size=64)
@@ -135,8 +135,9 @@ def pipeline(
     seconds: float,
     noop: bool,
     max_wait_ms: float,
+    cpu_threads: int,
 ) -> tuple[float, list[float], dict]:
-    config = _config(root, model, cameras, fps, max_wait_ms)
+    config = _config(root, model, cameras, fps, max_wait_ms, cpu_threads)
     apply_cpu_threads(config)  # as `linewatch run` does
     app = MeasuredApp(config, SystemClock(), lambda _c, _s: ReplaySource(frames))
     app.latencies = []
@@ -171,6 +172,7 @@ def main() -> None:
         "--max-wait-ms", type=float, default=ScoringSection().batch_max_wait_ms, help="batch max wait (config default)"
     )
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput table")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="[scoring] cpu_threads (0: cores - 1)")
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)
     product = SyntheticProduct(style_seed=0, width=640, height=480)
@@ -180,7 +182,9 @@ def main() -> None:
         root = Path(tmp)
         model = _model(root, frames)
         real = Scorer.from_artifact(model, root / "models")
-        threads = apply_cpu_threads(_config(root, model, 1, 10.0, args.max_wait_ms))  # the scorer alone too
+        threads = apply_cpu_threads(
+            _config(root, model, 1, 10.0, args.max_wait_ms, args.cpu_threads)
+        )  # the scorer alone too
         print(f"batch max size {BATCH}, max wait {args.max_wait_ms} ms, {threads} torch thread(s)")
         print(f"{'scorer':<8} {'cameras':>7} {'alone f/s':>10} {'pipeline f/s':>12} {'ratio':>6} {'p99 ms':>7}")
         for name, scorer in () if args.latency_only else (("no-op", NoOpScorer(real)), ("tiny", real)):
@@ -188,13 +192,15 @@ def main() -> None:
             for cameras in (1, 4):
                 fps = 1.25 * alone / cameras
                 rate, latencies, _drops = pipeline(
-                    root, model, frames, cameras, fps, args.seconds, name == "no-op", args.max_wait_ms
+                    root, model, frames, cameras, fps, args.seconds, name == "no-op", args.max_wait_ms, args.cpu_threads
                 )
                 p99 = 1000 * float(np.percentile(latencies, 99))
                 # No model and no preprocessing in the no-op rows: only the pipeline's own capacity counts.
                 alone_text, ratio_text = ("-", "-") if name == "no-op" else (f"{alone:.1f}", f"{rate / alone:.3f}")
                 print(f"{name:<8} {cameras:>7} {alone_text:>10} {rate:>12.1f} {ratio_text:>6} {p99:>7.1f}", flush=True)
-        rate, latencies, drops = pipeline(root, model, frames, 4, 10.0, 2 * args.seconds, False, args.max_wait_ms)
+        rate, latencies, drops = pipeline(
+            root, model, frames, 4, 10.0, 2 * args.seconds, False, args.max_wait_ms, args.cpu_threads
+        )
         p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
         print(
             f"latency, tiny model, 4 cameras x 10 fps: {len(latencies)} frames, {rate:.1f} f/s, "
