@@ -50,7 +50,8 @@ class Scorer:
         self.device = torch_device
         self.precision = precision
         self._threshold_overrides: dict[str, float] = {}
-        self.model.refresh_text_cache()
+        if self.model.text_cache is None:  # load_artifact and train already computed it
+            self.model.refresh_text_cache()
 
     @classmethod
     def from_artifact(

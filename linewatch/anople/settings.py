@@ -79,9 +79,6 @@ class AnoPLeSettings:
                 values[key] = tuple(values[key])
         return cls(**values)
 
-    def with_overrides(self, **overrides: Any) -> AnoPLeSettings:
-        return AnoPLeSettings.from_dict({**self.to_dict(), **overrides})
-
 
 def layer_indices(depth: int, fractions: tuple[float, ...]) -> tuple[int, ...]:
     """Block indices (0-based, ascending, unique) at the given fractions of the depth.

@@ -21,14 +21,6 @@ _log = logging.getLogger(__name__)
 
 DATASET_KINDS = ("mvtec", "visa", "folder")
 
-MVTEC_CLASSES: tuple[str, ...] = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
-    "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
-)  # fmt: skip
-VISA_CLASSES: tuple[str, ...] = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1",
-    "macaroni2", "pcb1", "pcb2", "pcb3", "pcb4", "pipe_fryum",
-)  # fmt: skip
 
 GOOD = "good"
 # VisA's 1cls.csv carries no defect type per image, so all its anomalies share this one.
