@@ -100,6 +100,8 @@ def _event(event_id: str, type_: EventType, seq: int, v: Verdict) -> Event:
         model_version=v.model_version,
         inspection_id=v.inspection_id,
         part_id=v.part_id,
+        snapshot=v.snapshot,
+        heatmap=v.heatmap,
     )
 
 

@@ -14,11 +14,14 @@ Storage decisions:
   fails in the next instant (NORMAL would only survive a process crash, not a power loss). The cost is one
   fsync of the WAL per batch, not per row, so batching keeps it small.
 - ``busy_timeout`` so another process (a CLI reading backlogs) never makes a write fail outright.
-- Schema version in ``PRAGMA user_version`` (currently 1). A file written by a newer linewatch is refused
-  rather than guessed at.
+- Schema version in ``PRAGMA user_version`` (currently 2: version 2 added operator labels as a record
+  kind; a version-1 file is migrated in place, in one transaction). A file written by a newer linewatch is
+  refused rather than guessed at.
 - Positions are the records' integer primary key, assigned in commit order across both kinds. Writes are
   serialised (``BEGIN IMMEDIATE``) and a failed batch is rolled back whole, so positions are gap-free.
 - Within a batch, the verdicts come first in the order given, then the events in the order given.
+- Operator labels are journaled too (kind ``label``), so feedback given while the main store is down is
+  not lost and reaches it after the verdict it refers to.
 - Payloads are strict JSON (no NaN/Infinity: MQTT and PostgreSQL consumers must be able to parse them).
   Datetimes are written as UTC ISO 8601 with exactly six fractional digits and a ``Z``
   (``2026-01-01T08:00:00.000000Z``); they read back as timezone-aware UTC datetimes equal to the originals.
@@ -43,16 +46,16 @@ from typing import Any, Protocol
 
 from linewatch.backoff import backoff_delay
 from linewatch.clock import Clock
-from linewatch.types import Event, EventType, Verdict, VerdictLabel
+from linewatch.types import Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
 
-SCHEMA_VERSION = 1
-KINDS = frozenset({"verdict", "event"})
+SCHEMA_VERSION = 2
+KINDS = frozenset({"verdict", "event", "label"})
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
 CREATE TABLE records (
     position     INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind         TEXT NOT NULL CHECK (kind IN ('verdict', 'event')),
+    kind         TEXT NOT NULL CHECK (kind IN ('verdict', 'event', 'label')),
     key          TEXT NOT NULL,
     camera       TEXT NOT NULL,
     payload      TEXT NOT NULL,
@@ -67,6 +70,24 @@ CREATE TABLE forwarders (
 );
 """
 
+# Version 1 -> 2: the kind CHECK constraint gains 'label'. SQLite cannot alter a constraint, so the table
+# is rebuilt; positions are copied as they are, so forwarders' cursors stay valid.
+_MIGRATE_1_TO_2 = """
+CREATE TABLE records_v2 (
+    position     INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL CHECK (kind IN ('verdict', 'event', 'label')),
+    key          TEXT NOT NULL,
+    camera       TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    committed_at TEXT NOT NULL,
+    UNIQUE (kind, key)
+);
+INSERT INTO records_v2 (position, kind, key, camera, payload, committed_at)
+    SELECT position, kind, key, camera, payload, committed_at FROM records ORDER BY position;
+DROP TABLE records;
+ALTER TABLE records_v2 RENAME TO records
+"""
+
 log = logging.getLogger(__name__)
 
 
@@ -77,10 +98,10 @@ class JournalError(Exception):
 @dataclass(frozen=True)
 class JournalRecord:
     position: int  # monotonically increasing, gap-free order of commit across all kinds
-    kind: str  # "verdict" | "event"
-    key: str  # inspection_id for verdicts, f"{event_id}:{seq}" for events
+    kind: str  # "verdict" | "event" | "label"
+    key: str  # inspection_id for verdicts, f"{event_id}:{seq}" for events, label_id for labels
     camera: str
-    payload: dict[str, Any]  # verdict_payload / event_payload
+    payload: dict[str, Any]  # verdict_payload / event_payload / label_payload
     committed_at: str  # UTC ISO 8601 with 'Z', from the journal's clock
 
 
@@ -116,6 +137,8 @@ def verdict_payload(verdict: Verdict) -> dict[str, Any]:
         "label": str(verdict.label),
         "model_version": verdict.model_version,
         "part_id": verdict.part_id,
+        "snapshot": verdict.snapshot,
+        "heatmap": verdict.heatmap,
     }
 
 
@@ -133,6 +156,8 @@ def verdict_from_payload(payload: dict[str, Any]) -> Verdict:
             label=VerdictLabel(payload["label"]),
             model_version=str(payload["model_version"]),
             part_id=_optional_str(payload.get("part_id")),
+            snapshot=_optional_str(payload.get("snapshot")),
+            heatmap=_optional_str(payload.get("heatmap")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise JournalError(f"bad verdict payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
@@ -152,6 +177,8 @@ def event_payload(event: Event) -> dict[str, Any]:
         "model_version": event.model_version,
         "inspection_id": event.inspection_id,
         "part_id": event.part_id,
+        "snapshot": event.snapshot,
+        "heatmap": event.heatmap,
     }
 
 
@@ -170,9 +197,40 @@ def event_from_payload(payload: dict[str, Any]) -> Event:
             model_version=str(payload["model_version"]),
             inspection_id=str(payload["inspection_id"]),
             part_id=_optional_str(payload.get("part_id")),
+            snapshot=_optional_str(payload.get("snapshot")),
+            heatmap=_optional_str(payload.get("heatmap")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise JournalError(f"bad event payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+
+
+def label_payload(label: Label) -> dict[str, Any]:
+    return {
+        "label_id": label.label_id,
+        "target": str(label.target),
+        "target_id": label.target_id,
+        "camera": label.camera,
+        "label": str(label.label),
+        "source": label.source,
+        "user": label.user,
+        "labelled_at": format_ts(label.labelled_at),
+    }
+
+
+def label_from_payload(payload: dict[str, Any]) -> Label:
+    try:
+        return Label(
+            label_id=str(payload["label_id"]),
+            target=LabelTarget(payload["target"]),
+            target_id=str(payload["target_id"]),
+            camera=str(payload["camera"]),
+            label=VerdictLabel(payload["label"]),
+            source=str(payload["source"]),
+            labelled_at=parse_ts(payload["labelled_at"]),
+            user=_optional_str(payload.get("user")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError(f"bad label payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
 
 
 def event_key(event: Event) -> str:
@@ -232,13 +290,15 @@ class Journal:
                 raise JournalError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); is it on a network share?")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-            if version == 0:
+            if version < SCHEMA_VERSION:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     # Another process may have created it between our check and the write lock.
                     version = conn.execute("PRAGMA user_version").fetchone()[0]
                     if version == 0:
                         self._create_schema(conn)
+                    elif version == 1:
+                        self._migrate_1_to_2(conn)
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
@@ -254,6 +314,13 @@ class Journal:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def _migrate_1_to_2(self, conn: sqlite3.Connection) -> None:
+        for statement in _MIGRATE_1_TO_2.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        log.info("%s: journal migrated from schema 1 to 2 (operator labels)", self.path)
+
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
             raise JournalError(
@@ -268,10 +335,12 @@ class Journal:
 
     # --- writing -------------------------------------------------------------------------------------------
 
-    def append_batch(self, verdicts: Sequence[Verdict], events: Sequence[Event]) -> list[int]:
-        """Commit one batch in ONE transaction: all rows or none. Returns the positions, verdicts first, then
-        events. A record whose (kind, key) is already journaled is not duplicated: its original position is
-        returned (replay after a crash may re-append)."""
+    def append_batch(
+        self, verdicts: Sequence[Verdict], events: Sequence[Event], labels: Sequence[Label] = ()
+    ) -> list[int]:
+        """Commit one batch in ONE transaction: all rows or none. Returns the positions: verdicts first, then
+        events, then labels. A record whose (kind, key) is already journaled is not duplicated: its original
+        position is returned (replay after a crash may re-append)."""
         rows: list[tuple[str, str, str, str]] = []
         for verdict in verdicts:
             payload = _dumps("verdict", verdict.inspection_id, verdict_payload(verdict))
@@ -279,6 +348,8 @@ class Journal:
         for event in events:
             key = event_key(event)
             rows.append(("event", key, event.camera, _dumps("event", key, event_payload(event))))
+        for label in labels:
+            rows.append(("label", label.label_id, label.camera, _dumps("label", label.label_id, label_payload(label))))
         if not rows:
             return []
         with self._lock:
@@ -309,6 +380,14 @@ class Journal:
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def camera_of(self, target: LabelTarget, target_id: str) -> str | None:
+        """The camera of a journaled inspection or event (episode), or None when the id is unknown. Feedback
+        is checked against this before it is accepted, so labels never point at nothing."""
+        kind, key = ("verdict", target_id) if target == LabelTarget.INSPECTION else ("event", f"{target_id}:1")
+        with self._lock:
+            rows = self._query("SELECT camera FROM records WHERE kind = ? AND key = ?", (kind, key))
+        return str(rows[0][0]) if rows else None
 
     # --- forwarders' cursors -------------------------------------------------------------------------------
 

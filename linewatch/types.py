@@ -72,6 +72,8 @@ class Verdict:
     label: VerdictLabel
     model_version: str
     part_id: str | None = None
+    snapshot: str | None = None  # evidence JPEG, relative to the evidence folder; None when not kept
+    heatmap: str | None = None  # heatmap overlay JPEG, same rules
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,24 @@ class Event:
     model_version: str
     inspection_id: str
     part_id: str | None = None
+    snapshot: str | None = None  # evidence of the inspection that produced this message
+    heatmap: str | None = None
+
+
+class LabelTarget(StrEnum):
+    INSPECTION = "inspection"
+    EVENT = "event"
+
+
+@dataclass(frozen=True)
+class Label:
+    """An operator's judgement of one inspection or one whole defect episode (event)."""
+
+    label_id: str  # unique per submission (uuid4 hex); the journal and the store dedupe on it
+    target: LabelTarget
+    target_id: str  # inspection_id or event_id
+    camera: str
+    label: VerdictLabel
+    source: str  # "mqtt" | "cli" | "http" | "web"
+    labelled_at: datetime  # UTC, timezone-aware
+    user: str | None = None

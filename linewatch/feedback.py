@@ -1,0 +1,103 @@
+"""Operator feedback: one path for every channel (MQTT, ``linewatch label``, HTTP, the review page).
+
+A label names an inspection or a whole defect episode (event) and says ``normal`` or ``defect``. It is
+checked against the journal (an unknown id is refused, so labels never point at nothing) and then
+journaled like a verdict: durable at once, forwarded to the main store in order after the record it
+refers to, and replayed if the store is down. Retraining later reads confirmed normals from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from linewatch.clock import Clock
+from linewatch.journal import Journal
+from linewatch.types import Label, LabelTarget, VerdictLabel
+
+MAX_ID_LENGTH = 128
+MAX_USER_LENGTH = 64
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+
+
+class FeedbackError(ValueError):
+    """A feedback request that cannot be accepted. ``reason`` is a short counter label (no ids in it)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FeedbackRequest:
+    target: LabelTarget
+    target_id: str
+    label: VerdictLabel
+    user: str | None = None
+
+
+def parse_feedback(data: bytes, max_bytes: int) -> FeedbackRequest:
+    """Validate a JSON feedback body: ``{"inspection_id" | "event_id": ID, "label": "normal"|"defect",
+    "user": optional name}``. Anything else (too big, not UTF-8, not JSON, both or neither id, extra keys,
+    wrong types) raises :class:`FeedbackError` naming the problem."""
+    if len(data) > max_bytes:
+        raise FeedbackError("too_large", f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FeedbackError("not_utf8", "payload is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise FeedbackError("bad_json", f"payload is not JSON ({exc.msg} at position {exc.pos})") from None
+    return feedback_from_document(document)
+
+
+def feedback_from_document(document: Any) -> FeedbackRequest:
+    if not isinstance(document, dict):
+        raise FeedbackError("schema", f"payload must be a JSON object, got {type(document).__name__}")
+    unknown = sorted(set(document) - {"inspection_id", "event_id", "label", "user"})
+    if unknown:
+        raise FeedbackError("schema", f"unknown keys {unknown}; allowed: inspection_id or event_id, label, user")
+    ids = [
+        (target, document[key])
+        for target, key in ((LabelTarget.INSPECTION, "inspection_id"), (LabelTarget.EVENT, "event_id"))
+        if key in document
+    ]
+    if len(ids) != 1:
+        raise FeedbackError("schema", "give exactly one of inspection_id and event_id")
+    target, target_id = ids[0]
+    if not isinstance(target_id, str) or len(target_id) > MAX_ID_LENGTH or not _ID.match(target_id):
+        raise FeedbackError("schema", f"{target}_id must be an id string of at most {MAX_ID_LENGTH} characters")
+    label = document.get("label")
+    if label not in ("normal", "defect"):
+        raise FeedbackError("schema", 'label must be "normal" or "defect"')
+    user = document.get("user")
+    if user is not None and not (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH and user.isprintable()):
+        raise FeedbackError("schema", f"user must be a printable string of 1 to {MAX_USER_LENGTH} characters")
+    return FeedbackRequest(target, target_id, VerdictLabel(label), user)
+
+
+def submit(journal: Journal, clock: Clock, request: FeedbackRequest, source: str, camera: str | None = None) -> Label:
+    """Journal the label after checking its target exists (and, when the channel names a camera, as the
+    MQTT topic does, that the target belongs to it). Raises FeedbackError("unknown_id" | "wrong_camera")."""
+    found = journal.camera_of(request.target, request.target_id)
+    if found is None:
+        raise FeedbackError("unknown_id", f"no {request.target} with id {request.target_id!r} in the journal")
+    if camera is not None and found != camera:
+        raise FeedbackError(
+            "wrong_camera", f"{request.target} {request.target_id!r} belongs to camera {found!r}, not {camera!r}"
+        )
+    label = Label(
+        label_id=uuid.uuid4().hex,
+        target=request.target,
+        target_id=request.target_id,
+        camera=found,
+        label=request.label,
+        source=source,
+        labelled_at=clock.now(),
+        user=request.user,
+    )
+    journal.append_batch((), (), (label,))
+    return label
