@@ -1,0 +1,1 @@
+"""Where journaled records go: the SQL store, the MQTT broker, evidence files on disk, the HTTP port."""

@@ -1,0 +1,190 @@
+"""The main store's tables (SQLAlchemy 2 declarative). Alembic's ``linewatch/migrations`` creates them;
+a test checks that the migrations and these classes describe the same schema.
+
+Decisions:
+
+- Ids are the daemon's own stable strings (inspection id, event id, label id), so every write is an upsert
+  keyed on them and a replay from the journal can never duplicate a row.
+- Strings have no length limit (VARCHAR on PostgreSQL, TEXT on SQLite): a long id or path must never
+  make an insert fail and wedge the forwarder.
+- Timestamps are timezone-aware UTC in and out (:class:`UtcDateTime`), on SQLite too, where they are
+  stored as UTC text with microseconds, so text order is time order and range queries work.
+- Constraint and index names come from one naming convention, so later migrations (batch mode on
+  SQLite) can refer to them by name on both dialects.
+- The labels table keeps the full history; ``inspections.label*`` and ``events.label*`` hold the latest.
+  Its user column is ``username``: ``user`` is reserved in PostgreSQL (``SELECT user`` silently returns
+  the session's role, a trap for anyone writing a dashboard query).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, BigInteger, CheckConstraint, DateTime, Dialect, Float, Index, Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VERDICTS = ("normal", "defect")
+LABEL_TARGETS = ("inspection", "event")
+EVENT_TYPES = ("new", "update", "end")
+MODEL_STATUSES = ("active", "retired", "failed", "candidate")
+
+
+def _one_of(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
+    allowed = ", ".join(f"'{value}'" for value in values)
+    check = f"{column} IN ({allowed})"
+    return f"{column} IS NULL OR {check}" if nullable else check
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every dialect; naive values are refused rather than guessed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} for a UTC column")
+        value = value.astimezone(UTC)
+        # SQLite keeps no offset: store UTC wall time so the text compares in time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, str: String()}
+
+
+class Inspection(Base):
+    """One verdict of the scorer: every inspected frame, whatever its result."""
+
+    __tablename__ = "inspections"
+    __table_args__ = (
+        CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
+        CheckConstraint(_one_of("label", VERDICTS, nullable=True), name="label"),
+        Index("ix_inspections_camera_frame_ts", "camera", "frame_ts"),
+        Index("ix_inspections_label", "label"),
+        Index("ix_inspections_frame_ts", "frame_ts"),
+    )
+
+    id: Mapped[str] = mapped_column(primary_key=True)  # the inspection id
+    inspection_id = synonym("id")
+    camera: Mapped[str]
+    product: Mapped[str]
+    seq: Mapped[int] = mapped_column(BigInteger)
+    frame_ts: Mapped[datetime]
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    verdict: Mapped[str]  # "normal" | "defect", the scorer's
+    model_version: Mapped[str]
+    part_id: Mapped[str | None]
+    snapshot: Mapped[str | None]  # evidence paths, relative to the evidence folder
+    heatmap: Mapped[str | None]
+    label: Mapped[str | None]  # the operator's latest judgement; None until labelled
+    label_source: Mapped[str | None]
+    label_user: Mapped[str | None]
+    labelled_at: Mapped[datetime | None]
+    trained_into: Mapped[str | None]  # model version whose retraining used this confirmed sample
+    journal_position: Mapped[int] = mapped_column(BigInteger)
+
+
+class DefectEvent(Base):
+    """One defect episode, folded from its journal messages (new, updates, end)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        CheckConstraint(_one_of("last_type", EVENT_TYPES), name="last_type"),
+        CheckConstraint(_one_of("label", VERDICTS, nullable=True), name="label"),
+        Index("ix_events_camera_started_at", "camera", "started_at"),
+        Index("ix_events_label", "label"),
+    )
+
+    event_id: Mapped[str] = mapped_column(primary_key=True)
+    camera: Mapped[str]
+    product: Mapped[str]
+    started_at: Mapped[datetime]  # frame time of the "new" message
+    last_at: Mapped[datetime]  # frame time of the latest message
+    ended_at: Mapped[datetime | None]  # frame time of the "end" message; None while open
+    last_type: Mapped[str]
+    last_seq: Mapped[int] = mapped_column(Integer)
+    peak_score: Mapped[float] = mapped_column(Float)  # highest score announced (new/update)
+    threshold: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str]
+    first_inspection_id: Mapped[str]
+    last_inspection_id: Mapped[str]
+    snapshot: Mapped[str | None]  # evidence of the peak message
+    heatmap: Mapped[str | None]
+    label: Mapped[str | None]
+    label_source: Mapped[str | None]
+    label_user: Mapped[str | None]
+    labelled_at: Mapped[datetime | None]
+
+
+class LabelRecord(Base):
+    """Every operator judgement ever submitted, deduplicated on its id."""
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        CheckConstraint(_one_of("target", LABEL_TARGETS), name="target"),
+        CheckConstraint(_one_of("label", VERDICTS), name="label"),
+        Index("ix_labels_target_target_id", "target", "target_id"),
+    )
+
+    label_id: Mapped[str] = mapped_column(primary_key=True)
+    target: Mapped[str]  # "inspection" | "event"
+    target_id: Mapped[str]
+    camera: Mapped[str]
+    label: Mapped[str]
+    source: Mapped[str]  # "mqtt" | "cli" | "http" | "web"
+    username: Mapped[str | None]
+    labelled_at: Mapped[datetime]
+
+
+class ModelVersion(Base):
+    """A trained model artifact and its fate; filled by retraining."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (CheckConstraint(_one_of("status", MODEL_STATUSES), name="status"),)
+
+    version: Mapped[str] = mapped_column(primary_key=True)
+    artifact_path: Mapped[str]
+    backbone: Mapped[str]
+    backbone_sha256: Mapped[str]
+    manifest_sha256: Mapped[str]
+    thresholds: Mapped[dict[str, Any]]
+    metrics: Mapped[dict[str, Any] | None]
+    status: Mapped[str]
+    reason: Mapped[str | None]
+    created_at: Mapped[datetime]
+    activated_at: Mapped[datetime | None]
+
+
+class RetrainRun(Base):
+    """One retraining attempt, whatever its outcome; filled by retraining."""
+
+    __tablename__ = "retrain_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    trigger: Mapped[str]  # "schedule" | "mqtt" | "cli" | ...
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str]
+    reason: Mapped[str | None]
+    candidate_version: Mapped[str | None]
+    metrics: Mapped[dict[str, Any] | None]

@@ -1,0 +1,150 @@
+"""The main store's engines and migrations, on SQLite and on a real PostgreSQL (tests.services.postgres)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from linewatch.sinks.db import (
+    DatabaseError,
+    UpgradeResult,
+    backup_sqlite,
+    database_revision,
+    head_revision,
+    make_engine,
+    upgrade_database,
+)
+from linewatch.sinks.db_schema import Base
+from tests.services.postgres import PASSWORD, free_port
+
+TABLES = {"inspections", "events", "labels", "model_versions", "retrain_runs", "alembic_version"}
+NOW = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
+
+
+def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(store_url: str, tmp_path: Path) -> None:
+    backups = tmp_path / "backups"
+    assert upgrade_database(store_url, backups) == UpgradeResult(None, head_revision(), None)
+    engine = make_engine(store_url)
+    try:
+        inspector = inspect(engine)
+        assert set(inspector.get_table_names()) == TABLES
+        assert {index["name"] for index in inspector.get_indexes("inspections")} == {
+            "ix_inspections_camera_frame_ts",
+            "ix_inspections_label",
+            "ix_inspections_frame_ts",
+        }
+        assert database_revision(engine) == head_revision() == "0001"
+    finally:
+        engine.dispose()
+    assert upgrade_database(store_url, backups) == UpgradeResult("0001", "0001", None)
+    assert not backups.exists()  # a new SQLite file and a no-op upgrade need no backup
+
+
+def test_the_migration_creates_exactly_what_the_models_declare(store_url: str, tmp_path: Path) -> None:
+    upgrade_database(store_url, tmp_path / "backups")
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_an_existing_sqlite_file_is_backed_up_before_upgrading(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "linewatch.sqlite3"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:  # a database from before linewatch's schema: revision None
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('kept')")
+    conn.close()
+    backups = tmp_path / "backups"
+
+    result = upgrade_database(f"sqlite:///{path}", backups, now=NOW)
+
+    assert result == UpgradeResult(None, "0001", backups / "linewatch-empty-20260302T080000Z.sqlite3")
+    assert sorted(p.name for p in backups.iterdir()) == ["linewatch-empty-20260302T080000Z.sqlite3"]
+    backup_engine = make_engine(f"sqlite:///{result.backup}")
+    try:
+        assert database_revision(backup_engine) is None  # the backup is the old database, not the new one
+        with backup_engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            assert conn.exec_driver_sql("SELECT body FROM notes").scalars().all() == ["kept"]
+    finally:
+        backup_engine.dispose()
+    assert upgrade_database(f"sqlite:///{path}", backups, now=NOW).backup is None
+    assert len(list(backups.iterdir())) == 1
+
+
+def test_backups_taken_in_the_same_second_do_not_overwrite_each_other(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    sqlite3.connect(path).close()
+    first = backup_sqlite(path, "0001", tmp_path / "b", NOW)
+    second = backup_sqlite(path, "0001", tmp_path / "b", NOW)
+    assert (first.name, second.name) == ("store-0001-20260302T080000Z.sqlite3", "store-0001-20260302T080000Z-1.sqlite3")
+
+
+def test_a_database_from_a_newer_linewatch_is_refused(store_url: str, tmp_path: Path) -> None:
+    upgrade_database(store_url, tmp_path / "backups")
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0042_future'"))
+        with pytest.raises(DatabaseError, match=r"revision '0042_future'.*upgrade linewatch"):
+            upgrade_database(store_url, tmp_path / "backups")
+        assert database_revision(engine) == "0042_future"
+    finally:
+        engine.dispose()
+    assert not (tmp_path / "backups").exists()  # refused before anything, backup included
+
+
+def test_a_failed_migration_leaves_nothing_behind(store_url: str, tmp_path: Path) -> None:
+    """The whole upgrade is one transaction on both dialects (SQLite through linewatch's own BEGIN)."""
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE labels (something INTEGER)"))  # makes 0001 fail midway
+        with pytest.raises(DatabaseError, match=r"upgrading the schema from empty to 0001 failed"):
+            upgrade_database(store_url, tmp_path / "backups")
+        assert set(inspect(engine).get_table_names()) == {"labels"}
+        assert database_revision(engine) is None
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_engines_use_wal_a_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'new' / 'folder' / 'store.sqlite3'}")
+    try:
+        with engine.connect() as conn:
+            pragmas = [conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in ("journal_mode", "busy_timeout")]
+            pragmas += [conn.exec_driver_sql(f"PRAGMA {name}").scalar() for name in ("foreign_keys", "synchronous")]
+        assert pragmas == ["wal", 5000, 1, 2]  # synchronous 2 = FULL
+        assert (tmp_path / "new" / "folder" / "store.sqlite3").is_file()
+    finally:
+        engine.dispose()
+
+
+def test_postgresql_urls_use_psycopg_3_and_other_databases_are_refused() -> None:
+    engine = make_engine("postgresql://plant:s3cret@db.example:5432/linewatch")
+    assert engine.url.drivername == "postgresql+psycopg"
+    engine.dispose()
+    with pytest.raises(DatabaseError, match=r"mysql://plant:\*\*\*@db.example/x: unsupported database") as error:
+        make_engine("mysql://plant:s3cret@db.example/x")
+    assert "s3cret" not in str(error.value)
+    with pytest.raises(DatabaseError, match="not an SQLAlchemy URL"):
+        make_engine("linewatch.sqlite3")
+
+
+def test_a_down_postgresql_fails_fast_and_the_error_hides_the_password(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://linewatch:{PASSWORD}@127.0.0.1:{free_port()}/linewatch"  # nothing listens
+    started = time.monotonic()
+    with pytest.raises(DatabaseError, match=r"linewatch:\*\*\*@127\.0\.0\.1.*OperationalError") as error:
+        upgrade_database(url, tmp_path)
+    assert time.monotonic() - started < 5
+    assert PASSWORD not in str(error.value)

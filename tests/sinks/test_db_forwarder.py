@@ -1,0 +1,330 @@
+"""The DB forwarder fed by a real journal (verdicts and episodes from the real events.step, labels as the
+feedback path journals them), on SQLite and on a real PostgreSQL (tests.services.postgres)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from linewatch.clock import FakeClock
+from linewatch.events import EpisodePolicy, initial_state, step
+from linewatch.journal import ForwarderRunner, Journal, JournalRecord, parse_ts
+from linewatch.sinks.db import (
+    DatabaseError,
+    confirmed_normal_inspections,
+    inspection_counts,
+    make_engine,
+    upgrade_database,
+)
+from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
+from linewatch.types import Event, Label, LabelTarget, Verdict, VerdictLabel
+from tests.services.postgres import PostgresServer
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+THRESHOLD = 0.5
+POLICY = EpisodePolicy(debounce_n=1, debounce_m=1, end_after_s=2.0, update_min_interval_s=0.0)
+# One episode: new at seq 3 (0.7), updates at 4 (0.8) and 6 (0.9), end at seq 10 (2 s after the last defect).
+SCORES = [0.1, 0.2, 0.7, 0.8, 0.65, 0.9, 0.3, 0.2, 0.1, 0.1, 0.1, 0.2]
+
+
+@pytest.fixture
+def store(store_url: str, tmp_path: Path) -> Iterator[Engine]:
+    upgrade_database(store_url, tmp_path / "backups")
+    engine = make_engine(store_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "journal.sqlite3", FakeClock(T0)) as journal:
+        journal.register_forwarder("db")
+        yield journal
+
+
+def inspect_line(journal: Journal, camera: str, scores: list[float], start: datetime = T0, first_seq: int = 1):
+    """Score frames 0.5 s apart, fold them into episodes and journal them in batches of 4, as the daemon does."""
+    state = initial_state()
+    verdicts: list[Verdict] = []
+    events: list[Event] = []
+    for batch_start in range(0, len(scores), 4):
+        batch_verdicts, batch_events = [], []
+        for offset, score in enumerate(scores[batch_start : batch_start + 4]):
+            seq = first_seq + batch_start + offset
+            defect = score >= THRESHOLD
+            inspection_id = f"{camera}-boot1-{seq}"
+            verdict = Verdict(
+                inspection_id=inspection_id,
+                camera=camera,
+                product="metal plate",
+                seq=seq,
+                frame_ts=start + timedelta(seconds=0.5 * (batch_start + offset)),
+                captured_mono=100.0 + seq,
+                score=score,
+                threshold=THRESHOLD,
+                label=VerdictLabel.DEFECT if defect else VerdictLabel.NORMAL,
+                model_version="v1",
+                part_id=f"P-{seq}" if seq % 2 else None,
+                snapshot=f"{camera}/2026-03-02/{inspection_id}.jpg" if defect else None,
+                heatmap=f"{camera}/2026-03-02/{inspection_id}-heatmap.jpg" if defect else None,
+            )
+            state, new_events = step(state, verdict, POLICY)
+            batch_verdicts.append(verdict)
+            batch_events += new_events
+        journal.append_batch(batch_verdicts, batch_events)
+        verdicts += batch_verdicts
+        events += batch_events
+    return verdicts, events
+
+
+def label(target: LabelTarget, target_id: str, value: str, minutes: float, label_id: str, camera: str = "cam1"):
+    return Label(
+        label_id=label_id,
+        target=target,
+        target_id=target_id,
+        camera=camera,
+        label=VerdictLabel(value),
+        source="cli",
+        labelled_at=T0 + timedelta(minutes=minutes),
+        user="ana",
+    )
+
+
+def all_records(journal: Journal, kind: str | None = None) -> list[JournalRecord]:
+    """Everything journaled (of one kind), whatever the db forwarder's cursor: read on a cursor that never moves."""
+    journal.register_forwarder("audit")
+    return journal.read_after("audit", 10_000, kinds=None if kind is None else {kind})
+
+
+def drain(journal: Journal, forwarder: DbForwarder, batch_size: int = 5) -> ForwarderRunner:
+    runner = ForwarderRunner(journal, forwarder, threading.Event(), FakeClock(T0), batch_size=batch_size)
+    runner.flush()
+    return runner
+
+
+def dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the three tables the forwarder writes, in key order."""
+    with engine.connect() as conn:
+        return {
+            entity.__tablename__: [tuple(row) for row in conn.execute(select(entity).order_by(*key))]
+            for entity, key in (
+                (Inspection, [Inspection.id]),
+                (DefectEvent, [DefectEvent.event_id]),
+                (LabelRecord, [LabelRecord.label_id]),
+            )
+        }
+
+
+def rows_by_id(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {row.id: row for row in conn.execute(select(Inspection))}
+
+
+def event_row(engine: Engine, event_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(DefectEvent).where(DefectEvent.event_id == event_id)).one()
+
+
+def test_verdicts_and_an_episode_round_trip_field_by_field(store: Engine, journal: Journal) -> None:
+    _, events = inspect_line(journal, "cam1", SCORES)
+    assert [e.type for e in events] == ["new", "update", "update", "end"]
+    records = all_records(journal)
+    forwarder = DbForwarder(store)
+
+    drain(journal, forwarder)
+
+    assert journal.backlog("db") == 0
+    rows = rows_by_id(store)
+    for record in (r for r in records if r.kind == "verdict"):
+        p, row = record.payload, rows[record.key]
+        assert row.frame_ts == parse_ts(p["frame_ts"]) and row.frame_ts.tzinfo is not None
+        assert (row.camera, row.product, row.seq, row.score, row.threshold, row.verdict, row.model_version) == (
+            p["camera"], p["product"], p["seq"], p["score"], p["threshold"], p["label"], p["model_version"],
+        )  # fmt: skip
+        assert (row.part_id, row.snapshot, row.heatmap, row.journal_position) == (
+            p["part_id"], p["snapshot"], p["heatmap"], record.position,
+        )  # fmt: skip
+        assert (row.label, row.label_source, row.label_user, row.labelled_at, row.trained_into) == (None,) * 5
+    new, _, peak, end = events
+    episode = event_row(store, new.event_id)
+    assert (episode.camera, episode.product, episode.threshold, episode.model_version) == (
+        "cam1",
+        "metal plate",
+        0.5,
+        "v1",
+    )
+    assert (episode.started_at, episode.last_at, episode.ended_at) == (new.frame_ts, end.frame_ts, end.frame_ts)
+    assert (episode.last_type, episode.last_seq, episode.peak_score) == ("end", 4, 0.9)
+    assert (episode.first_inspection_id, episode.last_inspection_id) == (new.inspection_id, end.inspection_id)
+    assert (episode.snapshot, episode.heatmap) == (peak.snapshot, peak.heatmap)
+    assert episode.label is None
+    assert inspection_counts(store) == {
+        "inspections": 12, "defects": 4, "labelled": 0, "events": 1, "open_events": 0, "labels": 0,
+    }  # fmt: skip
+    assert (forwarder.stats.inspections, forwarder.stats.events, forwarder.stats.skipped) == (12, 4, 0)
+
+
+def test_a_replayed_chunk_leaves_identical_rows(store: Engine, journal: Journal) -> None:
+    inspect_line(journal, "cam1", SCORES)
+    journal.append_batch([], [], [label(LabelTarget.INSPECTION, "cam1-boot1-2", "normal", 1, "l1")])
+    records = all_records(journal)
+    forwarder = DbForwarder(store)
+    assert forwarder.send(records) == len(records)
+    once = dump(store)
+
+    assert forwarder.send(records) == len(records)
+    assert forwarder.send(records[3:9]) == 6  # a replay from another chunk boundary
+
+    assert dump(store) == once
+    assert len(once["labels"]) == 1  # the label history did not grow either
+    assert forwarder.send([]) == 0
+
+
+def test_replayed_older_event_messages_never_move_an_episode_backwards(store: Engine, journal: Journal) -> None:
+    _, events = inspect_line(journal, "cam1", SCORES)
+    records = all_records(journal)
+    messages = [r for r in records if r.kind == "event"]
+    forwarder = DbForwarder(store)
+    forwarder.send(records)
+    final = event_row(store, events[0].event_id)
+
+    for message in reversed(messages):  # every older message again, newest first
+        forwarder.send([message])
+    forwarder.send(messages[:2])
+
+    assert event_row(store, events[0].event_id) == final
+    assert final.ended_at is not None
+
+
+def test_an_episode_whose_new_message_comes_late_ends_up_the_same(store: Engine, journal: Journal) -> None:
+    """Never from one journal, but robust: a later message first creates the row, 'new' restores the start."""
+    _, events = inspect_line(journal, "cam1", SCORES)
+    records = all_records(journal)
+    new, update_1, update_2, end = (r for r in records if r.kind == "event")
+    forwarder = DbForwarder(store)
+    forwarder.send([r for r in records if r.kind == "verdict"])
+
+    forwarder.send([update_1])
+    assert event_row(store, events[0].event_id).started_at == events[1].frame_ts
+    forwarder.send([new, update_2, end])
+
+    episode = event_row(store, events[0].event_id)
+    assert (episode.started_at, episode.first_inspection_id) == (events[0].frame_ts, events[0].inspection_id)
+    assert (episode.last_seq, episode.peak_score, episode.ended_at) == (4, 0.9, events[3].frame_ts)
+
+
+def test_labels_reach_inspections_events_and_the_episodes_defect_frames(
+    store: Engine, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, events = inspect_line(journal, "cam1", SCORES)
+    inspect_line(journal, "cam2", SCORES)  # the same times on another camera: its frames are not judged
+    inspect_line(journal, "cam1", [0.9, 0.9], start=T0 + timedelta(minutes=5), first_seq=100)  # a later episode
+    event_id = events[0].event_id
+    journal.append_batch(
+        [],
+        [],
+        [
+            label(LabelTarget.INSPECTION, "cam1-boot1-1", "normal", 10, "l-confirm"),
+            label(LabelTarget.INSPECTION, "cam1-boot1-4", "defect", 30, "l-frame"),  # later than the event's
+            label(LabelTarget.EVENT, event_id, "normal", 20, "l-event"),  # a false alarm
+            label(LabelTarget.INSPECTION, "cam1-boot1-999", "normal", 21, "l-orphan"),
+        ],
+    )
+    forwarder = DbForwarder(store)
+    with caplog.at_level(logging.WARNING, logger="linewatch.sinks.db_forwarder"):
+        drain(journal, forwarder, batch_size=7)
+
+    rows = rows_by_id(store)
+    labelled = {key: (row.label, row.label_source, row.label_user) for key, row in rows.items() if row.label}
+    assert labelled == {
+        "cam1-boot1-1": ("normal", "cli", "ana"),
+        "cam1-boot1-3": ("normal", "cli", "ana"),  # the episode's defect frames...
+        "cam1-boot1-4": ("defect", "cli", "ana"),  # ...except one judged later on its own
+        "cam1-boot1-5": ("normal", "cli", "ana"),
+        "cam1-boot1-6": ("normal", "cli", "ana"),
+    }
+    assert rows["cam1-boot1-3"].labelled_at == T0 + timedelta(minutes=20)
+    episode = event_row(store, event_id)
+    assert (episode.label, episode.label_user, episode.labelled_at) == ("normal", "ana", T0 + timedelta(minutes=20))
+    assert "l-orphan" in caplog.text and "cam1-boot1-999" in caplog.text
+    assert (forwarder.stats.labels, forwarder.stats.orphan_labels) == (4, 1)
+    assert confirmed_normal_inspections(store) == {"cam1-boot1-1", "cam1-boot1-3", "cam1-boot1-5", "cam1-boot1-6"}
+
+    before = dump(store)
+    forwarder.send(all_records(journal, "verdict"))  # replayed verdicts never erase labels
+    assert dump(store) == before
+    forwarder.send(all_records(journal))  # nor does a full replay duplicate or change anything
+    assert dump(store) == before
+    assert len(before["labels"]) == 4
+
+
+def test_confirmed_normals_used_by_a_retraining_are_not_offered_again(store: Engine, journal: Journal) -> None:
+    inspect_line(journal, "cam1", SCORES[:4])
+    labels = [label(LabelTarget.INSPECTION, f"cam1-boot1-{seq}", "normal", seq, f"l{seq}") for seq in (1, 2, 3)]
+    journal.append_batch([], [], labels)
+    drain(journal, DbForwarder(store))
+    with store.begin() as conn:
+        conn.execute(update(Inspection).where(Inspection.id == "cam1-boot1-1").values(trained_into="v2"))
+
+    assert confirmed_normal_inspections(store) == {"cam1-boot1-2", "cam1-boot1-3"}
+    assert confirmed_normal_inspections(store, unused_only=False) == {"cam1-boot1-1", "cam1-boot1-2", "cam1-boot1-3"}
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_malformed_records_are_skipped_and_counted_not_fatal(
+    store: Engine, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    inspect_line(journal, "cam1", SCORES[:1])
+    good = all_records(journal)[0]
+    bad_verdict = JournalRecord(2, "verdict", "x", "cam1", {**good.payload, "inspection_id": "x", "score": "high"}, "")
+    bad_event = JournalRecord(3, "event", "e:1", "cam1", {"event_id": "e", "type": "explode"}, "")
+    bad_label = JournalRecord(4, "label", "l", "cam1", {"label_id": "l", "target": "camera"}, "")
+    unknown = JournalRecord(5, "banana", "b", "cam1", {}, "")
+    forwarder = DbForwarder(store)
+
+    with caplog.at_level(logging.ERROR, logger="linewatch.sinks.db_forwarder"):
+        assert forwarder.send([bad_verdict, good, bad_event, bad_label, unknown]) == 5
+
+    assert set(rows_by_id(store)) == {good.key}
+    assert forwarder.stats.skipped == 4
+    assert "score must be a finite number" in caplog.text and "unknown record kind 'banana'" in caplog.text
+
+
+def test_a_postgresql_outage_delays_rows_but_loses_none(
+    postgres_server: PostgresServer, postgres_url: str, journal: Journal, tmp_path: Path
+) -> None:
+    upgrade_database(postgres_url, tmp_path)
+    engine = make_engine(postgres_url)
+    forwarder = DbForwarder(engine)
+    runner = ForwarderRunner(journal, forwarder, threading.Event(), FakeClock(T0), batch_size=8)
+    try:
+        inspect_line(journal, "cam1", SCORES)
+        runner.flush()
+        postgres_server.stop()
+        try:
+            inspect_line(journal, "cam1", SCORES, start=T0 + timedelta(minutes=1), first_seq=100)
+            started = time.monotonic()
+            with pytest.raises(DatabaseError, match=r"linewatch:\*\*\*@127\.0\.0\.1.*journal records not written"):
+                forwarder.send(journal.read_after("db", 8))
+            assert runner.run_once() == 0
+            assert time.monotonic() - started < 6  # two attempts, each failing fast
+            assert runner.stats.failures == 1 and journal.backlog("db") == 16
+        finally:
+            postgres_server.start()
+        runner.flush()
+
+        assert journal.backlog("db") == 0
+        counts = inspection_counts(engine)
+        assert (counts["inspections"], counts["events"], counts["open_events"]) == (24, 2, 0)
+        assert set(rows_by_id(engine)) == {r.key for r in all_records(journal, "verdict")}
+    finally:
+        engine.dispose()
