@@ -1,0 +1,375 @@
+"""The broker connection: one paho-mqtt 2 client (callback API VERSION2) for the daemon's whole life.
+
+Session: MQTT 3.1.1 with ``clean_session=False`` and the stable client id from the config. Every plant broker
+speaks 3.1.1 (MQTT 5 is not a given on older Mosquitto, PLC-embedded or cloud brokers), and 3.1.1's
+persistent session gives what we need: the broker keeps our subscriptions and queues QoS 1 commands
+(feedback, enable, retrain) that arrive while linewatch is offline. The cost: a session outlives a renamed
+client id until the broker expires it (Mosquitto: ``persistent_client_expiration``).
+
+Connection: ``start`` never blocks and never fails for a missing broker (``connect_async`` +
+``loop_start``); paho reconnects with exponential backoff between ``reconnect_min_s`` and
+``reconnect_max_s``. The last will is ``offline`` (QoS 1, retained) on ``P/available``; a clean ``stop``
+publishes ``stopped`` and sends DISCONNECT, so the broker discards the will.
+
+"Connected" (the ``connected`` property, what forwarders wait for) starts only when the broker has
+answered our SUBSCRIBE, not at CONNACK: paho calls ``on_connect`` *before* it resends the QoS 1 messages
+left unacknowledged by the previous connection. Anything published from ``on_connect`` (or by another
+thread right after it) would overtake those resends: a fresh ``status`` would be overwritten by the stale
+one resent after it, and a new event would overtake older ones. By SUBACK the resends are already queued
+ahead, so from then on publication order is preserved. At that point ``online`` and every remembered
+retained state (camera status, model state, enabled echoes, retrain state) are published again, which
+also restores them on a broker that lost its retained store.
+
+Incoming commands run their handler on paho's network thread, so handlers must be quick (hand long work to
+another thread). Bad messages are counted in ``stats.rejected[(kind, reason)]`` and logged at most once per
+``REJECT_LOG_INTERVAL_S`` per (kind, reason); they never raise out of the callback (which would kill the
+network thread). Passwords are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from linewatch.clock import Clock, SystemClock
+from linewatch.config import MqttSection
+from linewatch.feedback import FeedbackRequest
+from linewatch.sinks.mqtt_payloads import CAMERA, Rejected, Topics, dumps, parse_payload, topic_kind
+from linewatch.types import CameraStatus, LabelTarget, VerdictLabel
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 128  # QoS 1 messages on the wire at once; more wait in paho's queue, in order
+REJECT_LOG_INTERVAL_S = 10.0
+STOP_WAIT_S = 2.0  # how long stop() waits for the broker to acknowledge "stopped"
+ACK_POLL_S = 0.02  # paho signals on_publish just before it marks the message published: re-check this often
+
+
+class RejectedPayload(Exception):
+    """Raised by a handler for a well-formed command it refuses (unknown id or camera). ``reason`` is a
+    short counter label (no ids in it); ``detail`` (or the chained cause) goes to the log line."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class MqttUnavailable(ConnectionError):
+    """Not connected to the broker (forwarders back off and retry)."""
+
+
+class InboundHandlers(Protocol):
+    """What the application does with validated commands. Called on the MQTT network thread."""
+
+    def feedback(
+        self, camera: str, target: LabelTarget, target_id: str, label: VerdictLabel, user: str | None
+    ) -> None: ...
+
+    def set_enabled(self, camera: str, enabled: bool) -> None: ...
+
+    def retrain(self, reason: str | None) -> dict[str, Any]: ...  # echoed on P/retrain/state
+
+
+@dataclass
+class MqttStats:
+    connects: int = 0  # sessions established (SUBACK received)
+    disconnects: int = 0  # established sessions lost or closed
+    published: int = 0  # QoS 1 messages the broker acknowledged
+    received: int = 0  # command messages received, valid or not
+    accepted: int = 0  # commands a handler accepted
+    rejected: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic kind, reason) -> count
+
+
+def paho_client(client_id: str) -> mqtt.Client:
+    """The production client: callback API VERSION2, MQTT 3.1.1, persistent session."""
+    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+
+
+class MqttLink:
+    """One broker connection shared by the MQTT forwarder (events, verdicts) and the app (states, commands)."""
+
+    def __init__(
+        self,
+        section: MqttSection,
+        prefix: str,
+        client_id: str,
+        handlers: InboundHandlers,
+        client_factory: Callable[[str], mqtt.Client] = paho_client,
+        clock: Clock | None = None,
+    ) -> None:
+        self.section = section
+        self.topics = Topics(prefix)
+        self.client_id = client_id
+        self.stats = MqttStats()
+        self._handlers = handlers
+        self._clock = clock or SystemClock()
+        self._where = f"{section.host}:{section.port}"
+        self._connected = threading.Event()
+        self._acks = threading.Condition()  # notified on every PUBACK and on disconnect
+        self._epoch = 0  # +1 per established session
+        self._state_lock = threading.Lock()  # orders retained-state publishes against the on-connect replay
+        self._retained: dict[str, bytes] = {}  # topic -> latest retained payload we own
+        self._subscribe_mid: int | None = None
+        self._reported = ""  # last connection state logged: log once per change
+        self._reject_log: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (last logged, suppressed)
+        self._started = self._stopping = False
+        self._client = client_factory(client_id)
+        self._configure()
+
+    def _configure(self) -> None:
+        section, client = self.section, self._client
+        if section.username is not None:
+            client.username_pw_set(section.username, section.password)
+        if section.tls:
+            try:
+                client.tls_set(
+                    ca_certs=None if section.ca_file is None else str(section.ca_file),  # None: system CAs
+                    certfile=None if section.cert_file is None else str(section.cert_file),
+                    keyfile=None if section.key_file is None else str(section.key_file),
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ValueError(f"mqtt.ca_file / cert_file / key_file: cannot load the TLS files: {exc}") from exc
+        client.will_set(self.topics.available, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(section.reconnect_min_s, section.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(MAX_INFLIGHT)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; returns at once whether or not a broker answers."""
+        if self._started:
+            raise RuntimeError("MqttLink.start() called twice")
+        self._started = True
+        self._client.connect_async(self.section.host, self.section.port, keepalive=self.section.keepalive_s)
+        self._client.loop_start()
+        log.info(
+            "MQTT: connecting to %s as %s (tls %s, %s)", self._where, self.client_id,
+            "on" if self.section.tls else "off", "with credentials" if self.section.username else "anonymous",
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Say ``stopped`` (retained; waits up to STOP_WAIT_S for the broker's ack when connected), disconnect
+        cleanly so the will is not published, and stop the network thread."""
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        if self.connected:
+            with self._state_lock:
+                info = self._client.publish(self.topics.available, "stopped", qos=1, retain=True)
+            try:
+                info.wait_for_publish(STOP_WAIT_S)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("MQTT: could not publish 'stopped': %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._set_disconnected()
+        self._report("stopped", logging.INFO, "MQTT: disconnected from %s (stopped)", self._where)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def epoch(self) -> int:
+        """Changes with every established session: a publisher that sees it change knows the connection
+        it was using is gone."""
+        return self._epoch
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # --- publishing ---------------------------------------------------------------------------------------
+
+    def publish_camera_status(self, camera: str, status: CameraStatus | str) -> None:
+        if not CAMERA.match(camera):
+            raise ValueError(f"camera name {camera!r} cannot be used in a topic")
+        self._publish_retained(self.topics.status(camera), str(CameraStatus(status)).encode())
+
+    def publish_model_state(self, state: dict[str, Any]) -> None:
+        self._publish_retained(self.topics.model_state, dumps(state))
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        """Remember (for the on-connect replay) and publish now when connected, QoS 1, retained."""
+        with self._state_lock:
+            self._retained[topic] = payload
+            if self.connected:
+                self._client.publish(topic, payload, qos=1, retain=True)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Hand one message to paho; the returned info tells when the broker acknowledged it."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos > 0:
+            # The connection dropped under us: paho keeps the message and resends it after the reconnect, but
+            # its info would keep the error and make is_published() raise even once it is acknowledged.
+            info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise MqttUnavailable(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
+        return info
+
+    def wait_acked(self, infos: Sequence[mqtt.MQTTMessageInfo], timeout: float, epoch: int) -> int:
+        """Wait until all ``infos`` are acknowledged, ``timeout`` seconds pass, or session ``epoch`` ends;
+        returns how many LEADING infos are acknowledged. Real time: this waits on the network."""
+        deadline = time.monotonic() + timeout
+        with self._acks:
+            while True:
+                done = 0
+                while done < len(infos) and infos[done].is_published():
+                    done += 1
+                remaining = deadline - time.monotonic()
+                if done == len(infos) or remaining <= 0 or self._epoch != epoch or not self.connected:
+                    return done
+                self._acks.wait(min(remaining, ACK_POLL_S))
+
+    # --- paho callbacks (network thread) ---------------------------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, _props: Any
+    ) -> None:
+        if reason.is_failure:  # paho disconnects and retries with backoff
+            self._report(f"refused {reason}", logging.ERROR, "MQTT: broker %s refused us: %s", self._where, reason)
+            return
+        log.debug("MQTT: CONNACK from %s (session present: %s)", self._where, flags.session_present)
+        # Subscribe even with a session present: cheap, and right if the broker lost the session.
+        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
+
+    def _on_subscribe(
+        self, client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode], _props: Any
+    ) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [t for t, r in zip(self.topics.subscriptions, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.error(
+                "MQTT: broker refused the subscriptions %s (check its ACL): those commands will not arrive", refused
+            )
+        with self._state_lock:  # see the module docstring: paho's resends are queued by now
+            client.publish(self.topics.available, "online", qos=1, retain=True)
+            for topic, payload in self._retained.items():
+                client.publish(topic, payload, qos=1, retain=True)
+            with self._acks:
+                self._epoch += 1
+                self.stats.connects += 1
+                self._connected.set()
+                self._acks.notify_all()
+        self._report("connected", logging.INFO, "MQTT: connected to %s as %s", self._where, self.client_id)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self._report(
+            "unreachable", logging.WARNING, "MQTT: broker %s unreachable; retrying every %s to %s s",
+            self._where, self.section.reconnect_min_s, self.section.reconnect_max_s,
+        )  # fmt: skip
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        # Also called after every failed attempt (refused CONNACK): only losing a session is news.
+        if self._set_disconnected() and not self._stopping:
+            self._report(
+                "disconnected", logging.WARNING, "MQTT: lost the connection to %s (%s); reconnecting",
+                self._where, reason,
+            )  # fmt: skip
+
+    def _set_disconnected(self) -> bool:
+        """Clear "connected" and wake ack waiters; True if a session was established until now."""
+        with self._acks:
+            was = self._connected.is_set()
+            if was:
+                self.stats.disconnects += 1
+            self._connected.clear()
+            self._acks.notify_all()
+        return was
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, _mid: int, _reason: ReasonCode, _props: Any) -> None:
+        # Runs with paho's message lock held: only touch our own condition here (never call into paho).
+        with self._acks:
+            self.stats.published += 1
+            self._acks.notify_all()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle(message)
+        except Exception:  # an exception escaping a callback would stop paho's network thread
+            log.exception("MQTT: unexpected error handling a message")
+            self._count(("unknown", "internal_error"))
+
+    # --- commands -------------------------------------------------------------------------------------------
+
+    def _handle(self, message: mqtt.MQTTMessage) -> None:
+        self.stats.received += 1
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            self._reject("unknown", "bad_topic", "?", "topic is not UTF-8")
+            return
+        try:
+            kind, camera = topic_kind(self.topics, topic)
+        except Rejected as problem:
+            self._reject("unknown", problem.reason, topic, problem.detail)
+            return
+        try:
+            value = parse_payload(kind, bytes(message.payload), bool(message.retain), self.section.max_payload_bytes)
+            self._dispatch(kind, camera, value)
+        except Rejected as problem:
+            self._reject(kind, problem.reason, topic, problem.detail)
+        except RejectedPayload as problem:
+            cause = problem.__cause__
+            self._reject(kind, problem.reason, topic, problem.detail or (str(cause) if cause else problem.reason))
+        except Exception as exc:
+            self._reject(kind, "handler_error", topic, f"{type(exc).__name__}: {exc}", exc_info=True)
+        else:
+            self.stats.accepted += 1
+
+    def _dispatch(self, kind: str, camera: str | None, value: FeedbackRequest | bool | str | None) -> None:
+        if kind == "feedback":
+            assert camera is not None and isinstance(value, FeedbackRequest)
+            self._handlers.feedback(camera, value.target, value.target_id, value.label, value.user)
+            log.info("MQTT: %s labelled %s on %s %s by %s", camera, value.label, value.target, value.target_id,
+                     value.user or "an unnamed operator")  # fmt: skip
+        elif kind == "enabled":
+            assert camera is not None and isinstance(value, bool)
+            self._handlers.set_enabled(camera, value)
+            log.info("MQTT: camera %s %s", camera, "enabled" if value else "disabled")
+            self._publish_retained(self.topics.enabled(camera), b"true" if value else b"false")
+        else:
+            assert value is None or isinstance(value, str)
+            state = self._handlers.retrain(value)
+            log.info("MQTT: retrain requested (%s)", value or "no reason given")
+            self._publish_retained(self.topics.retrain_state, dumps(state))
+
+    def _reject(self, kind: str, reason: str, topic: str, detail: str, exc_info: bool = False) -> None:
+        key = (kind, reason)
+        self._count(key)
+        now = self._clock.monotonic()
+        last, suppressed = self._reject_log.get(key, (None, 0))
+        if last is not None and now - last < REJECT_LOG_INTERVAL_S:
+            self._reject_log[key] = (last, suppressed + 1)
+            return
+        self._reject_log[key] = (now, 0)
+        more = f" ({suppressed} more like it since the last report)" if suppressed else ""
+        log.warning("MQTT: rejected a %s message on %s: %s: %s%s", kind, repr(topic)[:120], reason, detail[:300],
+                    more, exc_info=exc_info)  # fmt: skip
+
+    def _count(self, key: tuple[str, str]) -> None:
+        self.stats.rejected[key] = self.stats.rejected.get(key, 0) + 1
+
+    def _report(self, state: str, level: int, message: str, *args: object) -> None:
+        """Log a connection state once per change; repeats go to DEBUG."""
+        if state == self._reported:
+            level = logging.DEBUG
+        self._reported = state
+        log.log(level, message, *args)

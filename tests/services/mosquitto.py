@@ -1,0 +1,303 @@
+"""A real, throwaway Mosquitto broker for tests, plus a subscriber that records what it sees.
+
+Loaded as a pytest plugin (``pytest_plugins = [..., "tests.services.mosquitto"]`` in tests/conftest.py, or
+``-p tests.services.mosquitto``). Fixtures:
+
+- ``mosquitto`` (session): one broker on a free 127.0.0.1 port. Tests that ``stop()`` it must ``start()`` it
+  again (the per-test ``broker`` fixture restarts it if a failed test left it down).
+- ``broker`` (per test): the same broker, guaranteed running.
+- ``mqtt_prefix`` (per test): a topic prefix of its own, so tests sharing the broker never see each
+  other's retained messages.
+
+The broker persists to its own temp folder (``persistence true``), so a ``stop()``/``start()`` pair keeps
+sessions, subscriptions, queued QoS 1 messages and retained messages, like a plant broker restarting; it
+comes back on the SAME port, which is what outage tests need. ``stop()`` is a clean SIGTERM (Mosquitto
+writes its database then); ``kill()`` is a crash that loses what was not saved yet.
+
+As root, Mosquitto would drop privileges to the ``mosquitto`` user and then fail to write its database in a
+root-owned temp folder: the config says ``user root`` in that case (ignored when not running as root).
+
+A missing ``mosquitto`` binary fails the fixture loudly (``make test`` installs the package): a skipped
+MQTT test would silently drop the broker side of the daemon from the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+class MosquittoUnavailable(RuntimeError):
+    """No mosquitto binary on this machine."""
+
+
+def find_mosquitto() -> Path:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise MosquittoUnavailable(
+            "the mosquitto broker binary was not found (looked on PATH and in /usr/sbin); install it: "
+            "apt-get install mosquitto (make test does this)"
+        )
+    return Path(found)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MosquittoBroker:
+    """One Mosquitto process with its config, database and log in a temp folder. ``start``/``stop`` may be
+    repeated and keep the port; ``cleanup`` stops it and deletes the folder."""
+
+    host = "127.0.0.1"
+
+    def __init__(self) -> None:
+        self.binary = find_mosquitto()
+        self.root = Path(tempfile.mkdtemp(prefix="linewatch-mosquitto-"))
+        self.config = self.root / "mosquitto.conf"
+        self.log = self.root / "mosquitto.log"
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _write_config(self) -> None:
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.root}/",
+            "persistence_file mosquitto.db",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        """Start on the same port as before (a new free port only if the very first start finds it taken)."""
+        if self.running:
+            return
+        for attempt in range(3):
+            self._write_config()
+            self._process = subprocess.Popen(
+                [str(self.binary), "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            if self._wait_listening():
+                return
+            stderr = self._reap()
+            if attempt == 2 or "Address already in use" not in stderr + self._log_tail():
+                raise RuntimeError(f"mosquitto did not start on port {self.port}: {stderr}\n{self._log_tail()}")
+            time.sleep(0.2)  # a restart on the same port: give the old listener's socket a moment
+
+    def stop(self) -> None:
+        """Clean shutdown (SIGTERM): clients are cut without a DISCONNECT, so their wills are published to
+        whoever is still connected (nobody, here); the database with sessions and retained messages is saved."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Crash (SIGKILL): nothing is saved since the last autosave."""
+        self._signal(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is answered (no PUBACK), like a hung broker. Keep it
+        shorter than the clients' keepalive, then ``resume()``."""
+        assert self._process is not None, "broker not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    def forget(self) -> None:
+        """Delete the saved database (while stopped): the next start has no sessions and no retained
+        messages, like a broker reinstalled or crashed before its autosave."""
+        assert not self.running, "stop the broker first"
+        (self.root / "mosquitto.db").unlink(missing_ok=True)
+
+    def cleanup(self) -> None:
+        try:
+            self.kill()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.send_signal(sig)
+            self._process.send_signal(signal.SIGCONT)  # a paused broker must run to act on SIGTERM
+        self._reap()
+
+    def _reap(self) -> str:
+        assert self._process is not None
+        try:
+            _, stderr = self._process.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            _, stderr = self._process.communicate()
+        self._process = None
+        return stderr.decode(errors="replace").strip()
+
+    def _wait_listening(self) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def _log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+
+
+@dataclass(frozen=True)
+class Seen:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8")
+
+
+class MqttWatcher:
+    """A paho subscriber (QoS 1) that records every message it receives, in order, and can wait for one to
+    show up: ``wait_for(lambda seen: ...)``. Use as a context manager. It reconnects quickly after a broker
+    restart; ``persistent=True`` gives it a persistent session, so the broker queues what is published while
+    it is away (an HMI that must not miss an alert)."""
+
+    def __init__(self, broker: MosquittoBroker, *topics: str, persistent: bool = False) -> None:
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:10]}", clean_session=not persistent
+        )
+        self._client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]
+        self._topics = topics
+        self._lock = threading.Condition()
+        self._subscribed = threading.Event()
+        self.messages: list[Seen] = []
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect(broker.host, broker.port, keepalive=10)
+        self._client.loop_start()
+        if topics and not self._subscribed.wait(START_TIMEOUT_S):
+            raise TimeoutError(f"watcher could not subscribe to {topics}")
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: object, _flags: object, reason: object, _props: object
+    ) -> None:
+        if self._topics:
+            client.subscribe([(topic, 1) for topic in self._topics])
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Seen(message.topic, bytes(message.payload), bool(message.retain), message.qos))
+            self._lock.notify_all()
+
+    def on(self, topic: str) -> list[Seen]:
+        with self._lock:
+            return [seen for seen in self.messages if seen.topic == topic]
+
+    def wait_for(self, predicate: Callable[[Seen], bool], timeout: float = 5.0) -> Seen:
+        """The first recorded message (also one already seen) that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for seen in self.messages:
+                    if predicate(seen):
+                        return seen
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    recent = [(seen.topic, seen.payload[:80]) for seen in self.messages[-10:]]
+                    raise TimeoutError(f"no matching message within {timeout} s; last seen: {recent}")
+                self._lock.wait(remaining)
+
+    def wait_until(self, condition: Callable[[list[Seen]], bool], timeout: float = 5.0) -> list[Seen]:
+        """Wait until ``condition(all messages so far)`` holds; returns a copy of the messages."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not condition(self.messages):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"condition not met within {timeout} s; {len(self.messages)} messages seen")
+                self._lock.wait(remaining)
+            return list(self.messages)
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
+        self._client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(START_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def __enter__(self) -> MqttWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Poll ``condition`` until it holds; TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoBroker]:
+    try:
+        broker = MosquittoBroker()
+    except MosquittoUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.cleanup()
+
+
+@pytest.fixture
+def broker(mosquitto: MosquittoBroker) -> MosquittoBroker:
+    if not mosquitto.running:  # a previous outage test failed before starting it again
+        mosquitto.start()
+    return mosquitto
+
+
+@pytest.fixture
+def mqtt_prefix() -> str:
+    return f"lwtest/{uuid.uuid4().hex[:10]}/line1"

@@ -1,0 +1,209 @@
+"""Commands arriving over MQTT, through a real Mosquitto: every malformed payload on every subscribed topic
+is rejected with its reason and counted, nothing crashes, valid ones reach the handlers and are echoed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from linewatch.clock import FakeClock
+from linewatch.config import MqttSection
+from linewatch.sinks.mqtt import MqttLink
+from linewatch.sinks.mqtt_payloads import Rejected, Topics, topic_kind
+from linewatch.types import LabelTarget, VerdictLabel
+from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
+from tests.sinks.mqtt_fakes import RecordingHandlers
+
+FEEDBACK, ENABLED, RETRAIN = "cam1/feedback/set", "cam1/enabled/set", "retrain/set"
+
+MALFORMED: list[tuple[str, bytes, tuple[str, str]]] = [
+    (FEEDBACK, b"{not json", ("feedback", "bad_json")),
+    (FEEDBACK, b"", ("feedback", "bad_json")),
+    (FEEDBACK, b"\xff\xfe\x00\x01binary", ("feedback", "not_utf8")),
+    (FEEDBACK, b'{"inspection_id": "' + b"x" * 5000 + b'"}', ("feedback", "too_large")),
+    (FEEDBACK, b'{"inspection_id": "insp-1", "label": "normal", "label": "defect"}', ("feedback", "bad_json")),
+    (FEEDBACK, b"[]", ("feedback", "schema")),
+    (FEEDBACK, b'{"label": "normal"}', ("feedback", "schema")),
+    (FEEDBACK, b'{"event_id": 5, "label": "normal"}', ("feedback", "schema")),
+    (FEEDBACK, b'{"inspection_id": "insp-1", "label": "maybe"}', ("feedback", "schema")),
+    (FEEDBACK, b'{"inspection_id": "insp-1", "label": "normal", "extra": 1}', ("feedback", "schema")),
+    (FEEDBACK, b'{"inspection_id": "insp-1", "event_id": "ev-1", "label": "normal"}', ("feedback", "schema")),
+    (FEEDBACK, b'{"inspection_id": "insp-1", "label": "normal", "user": "' + b"u" * 65 + b'"}', ("feedback", "schema")),
+    (FEEDBACK, b'{"inspection_id": "../etc", "label": "normal"}', ("feedback", "schema")),
+    (FEEDBACK, b'{"inspection_id": "unknown-1", "label": "normal"}', ("feedback", "unknown_id")),
+    ("ghost/feedback/set", b'{"inspection_id": "insp-1", "label": "normal"}', ("feedback", "unknown_camera")),
+    (ENABLED, b"yes", ("enabled", "bad_json")),
+    (ENABLED, b"NaN", ("enabled", "bad_json")),
+    (ENABLED, b'"true"', ("enabled", "schema")),
+    (ENABLED, b"1", ("enabled", "schema")),
+    (ENABLED, b'{"enabled": "true"}', ("enabled", "schema")),
+    (ENABLED, b'{"enabled": true, "camera": "cam2"}', ("enabled", "schema")),
+    ("ghost/enabled/set", b"true", ("enabled", "unknown_camera")),
+    (RETRAIN, b"null", ("retrain", "schema")),
+    (RETRAIN, b"[]", ("retrain", "schema")),
+    (RETRAIN, b'{"reason": 5}', ("retrain", "schema")),
+    (RETRAIN, b'{"reason": "' + b"r" * 201 + b'"}', ("retrain", "schema")),
+    (RETRAIN, b'{"because": "x"}', ("retrain", "schema")),
+    (RETRAIN, b"\x00" * 10, ("retrain", "bad_json")),
+    ("bad cam/enabled/set", b"true", ("unknown", "bad_topic")),
+    ("kamerä/feedback/set", b'{"inspection_id": "insp-1", "label": "normal"}', ("unknown", "bad_topic")),
+    ("cam.1/enabled/set", b"true", ("unknown", "bad_topic")),
+]
+
+
+def make_link(
+    broker: MosquittoBroker, prefix: str, handlers: RecordingHandlers, clock: FakeClock | None = None
+) -> MqttLink:
+    mqtt = MqttSection(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    return MqttLink(mqtt, prefix, f"lw-in-{prefix.split('/')[1]}", handlers, clock=clock)
+
+
+@pytest.fixture
+def handlers() -> RecordingHandlers:
+    return RecordingHandlers()
+
+
+@pytest.fixture
+def link(broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers) -> Iterator[MqttLink]:
+    link = make_link(broker, mqtt_prefix, handlers, FakeClock())
+    link.start()
+    assert link.wait_connected(5)
+    yield link
+    link.stop()
+
+
+def test_malformed_commands_change_nothing_and_are_counted_by_reason(
+    broker: MosquittoBroker, mqtt_prefix: str, link: MqttLink, handlers: RecordingHandlers
+) -> None:
+    with MqttWatcher(broker, f"{mqtt_prefix}/+/enabled", f"{mqtt_prefix}/retrain/state") as watcher:
+        for suffix, payload, _ in MALFORMED:
+            watcher.publish(f"{mqtt_prefix}/{suffix}", payload)
+        wait_until(lambda: link.stats.received == len(MALFORMED))
+        assert link.stats.rejected == dict(Counter(expected for _, _, expected in MALFORMED))
+        assert handlers.calls == []
+        assert link.stats.accepted == 0
+        # still alive and listening: a valid command after all that is carried out and echoed
+        watcher.publish(f"{mqtt_prefix}/{ENABLED}", b"false")
+        echo = watcher.wait_for(lambda seen: seen.topic == f"{mqtt_prefix}/cam1/enabled")
+        assert echo.text == "false"
+        assert watcher.on(f"{mqtt_prefix}/retrain/state") == []  # no echo for the rejected ones
+    assert handlers.calls == [("set_enabled", "cam1", False)]
+    assert link.connected
+
+
+def test_valid_commands_reach_the_handlers_and_are_echoed_retained(
+    broker: MosquittoBroker, mqtt_prefix: str, link: MqttLink, handlers: RecordingHandlers
+) -> None:
+    topics = Topics(mqtt_prefix)
+    commands = [
+        ("cam1/feedback/set", {"inspection_id": "insp-1", "label": "normal", "user": "anna"}),
+        ("cam_2/feedback/set", {"event_id": "ev-1", "label": "defect"}),
+        ("cam1/enabled/set", False),
+        ("cam_2/enabled/set", {"enabled": True}),
+        ("retrain/set", {}),
+        ("retrain/set", {"reason": "new supplier batch"}),
+    ]
+    echoes = f"{mqtt_prefix}/+/enabled", topics.retrain_state
+    with MqttWatcher(broker, *echoes) as watcher:
+        for suffix, document in commands:
+            watcher.publish(f"{mqtt_prefix}/{suffix}", json.dumps(document))
+        watcher.wait_until(lambda seen: len(seen) == 4)
+    assert handlers.calls == [
+        ("feedback", "cam1", LabelTarget.INSPECTION, "insp-1", VerdictLabel.NORMAL, "anna"),
+        ("feedback", "cam_2", LabelTarget.EVENT, "ev-1", VerdictLabel.DEFECT, None),
+        ("set_enabled", "cam1", False),
+        ("set_enabled", "cam_2", True),
+        ("retrain", None),
+        ("retrain", "new supplier batch"),
+    ]
+    with MqttWatcher(broker, *echoes) as late:
+        retained = {s.topic: s for s in late.wait_until(lambda seen: len(seen) == 3)}
+    assert all(seen.retain for seen in retained.values())
+    assert retained[topics.enabled("cam1")].text == "false"
+    assert retained[topics.enabled("cam_2")].text == "true"
+    assert json.loads(retained[topics.retrain_state].payload) == {"status": "queued", "reason": "new supplier batch"}
+    assert link.stats.accepted == len(commands)
+    assert link.stats.received == len(commands)  # our own echoes never came back to us
+    assert link.stats.rejected == {}
+
+
+def test_a_failing_handler_is_counted_and_the_link_carries_on(
+    broker: MosquittoBroker, mqtt_prefix: str, link: MqttLink, handlers: RecordingHandlers
+) -> None:
+    with MqttWatcher(broker) as publisher:
+        handlers.fail = True
+        publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"true")
+        publisher.publish(f"{mqtt_prefix}/{RETRAIN}", b"{}")
+        wait_until(lambda: link.stats.received == 2)
+        handlers.fail = False
+        publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"true")
+        wait_until(lambda: link.stats.accepted == 1)
+    assert link.stats.rejected == {("enabled", "handler_error"): 1, ("retrain", "handler_error"): 1}
+    assert handlers.calls == [("set_enabled", "cam1", True)]
+
+
+def test_a_retained_command_is_not_replayed_on_subscribe(broker: MosquittoBroker, mqtt_prefix: str) -> None:
+    handlers = RecordingHandlers()
+    with MqttWatcher(broker) as publisher:
+        publisher.publish(f"{mqtt_prefix}/{RETRAIN}", b"{}", retain=True)
+    link = make_link(broker, mqtt_prefix, handlers)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        wait_until(lambda: link.stats.received == 1)
+        assert link.stats.rejected == {("retrain", "retained"): 1}
+        assert handlers.calls == []
+    finally:
+        link.stop()
+
+
+def test_rejections_are_logged_once_per_burst(
+    broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="linewatch.sinks.mqtt_link")
+    clock = FakeClock()
+    link = make_link(broker, mqtt_prefix, handlers, clock)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        with MqttWatcher(broker) as publisher:
+            for _ in range(5):
+                publisher.publish(f"{mqtt_prefix}/{FEEDBACK}", b"{oops")
+            publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"maybe")
+            wait_until(lambda: link.stats.received == 6)
+            clock.advance(10.0)
+            publisher.publish(f"{mqtt_prefix}/{FEEDBACK}", b"{oops")
+            wait_until(lambda: link.stats.received == 7)
+    finally:
+        link.stop()
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(lines) == 3, lines  # feedback twice (first, and after the quiet period), enabled once
+    assert "4 more like it" in lines[-1]
+    assert link.stats.rejected == {("feedback", "bad_json"): 6, ("enabled", "bad_json"): 1}
+
+
+@pytest.mark.parametrize(
+    ("topic", "expected"),
+    [
+        ("p/l/cam1/feedback/set", ("feedback", "cam1")),
+        ("p/l/Cam-2_b/enabled/set", ("enabled", "Cam-2_b")),
+        ("p/l/retrain/set", ("retrain", None)),
+        ("p/l/cam1/feedback/set/x", None),
+        ("p/l/cam1/status", None),
+        ("p/l/-cam/enabled/set", None),
+        ("p/l//enabled/set", None),
+        ("p/other/cam1/enabled/set", None),
+        ("p/l", None),
+    ],
+)
+def test_topic_shapes(topic: str, expected: tuple[str, str | None] | None) -> None:
+    if expected is None:
+        with pytest.raises(Rejected) as problem:
+            topic_kind(Topics("p/l"), topic)
+        assert problem.value.reason == "bad_topic"
+    else:
+        assert topic_kind(Topics("p/l"), topic) == expected
