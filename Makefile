@@ -4,7 +4,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := python3.11 python3.11-venv
+# mosquitto and postgresql: the tests start their own throwaway broker and database server.
+APT_PACKAGES := python3.11 python3.11-venv mosquitto postgresql
 export HF_HUB_OFFLINE := 1
 
 .PHONY: run test setup system-deps lint bench clean
@@ -12,14 +13,18 @@ export HF_HUB_OFFLINE := 1
 run: setup
 	$(BIN)/linewatch run --config config.toml
 
-test: setup lint
+test: system-deps setup lint
 	$(BIN)/python -m pytest -q --durations=10
 
 setup: $(VENV)/.installed
 
-# Debian/Ubuntu packages; skipped when the interpreter is already there (pyenv, a prior install).
+# Debian/Ubuntu packages; skipped when everything is already there (pyenv, a prior install).
 system-deps:
-	@if ! command -v $(PYTHON) >/dev/null 2>&1; then \
+	@missing=; \
+	command -v $(PYTHON) >/dev/null 2>&1 || missing=1; \
+	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing=1; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	if [ -n "$$missing" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi

@@ -32,7 +32,16 @@ from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.app import App, apply_cpu_threads
 from linewatch.clock import SystemClock
-from linewatch.config import CameraSection, Config, JournalSection, ModelSection, ScoringSection, SiteSection
+from linewatch.config import (
+    CameraSection,
+    Config,
+    HttpSection,
+    JournalSection,
+    ModelSection,
+    MqttSection,
+    ScoringSection,
+    SiteSection,
+)
 from linewatch.images import write_image
 from linewatch.scorer import ScoredImage, Scorer
 from linewatch.synthetic import SyntheticProduct
@@ -80,8 +89,8 @@ class MeasuredApp(App):
 
     latencies: list[float]
 
-    def _record(self, batch: Batch, verdicts: list[Verdict]) -> None:
-        super()._record(batch, verdicts)
+    def _record(self, batch: Batch, verdicts: list[Verdict], pixel_maps: list[np.ndarray]) -> None:
+        super()._record(batch, verdicts, pixel_maps)
         now = self.clock.monotonic()
         self.latencies.extend(now - frame.captured_mono for frame in batch.frames)
 
@@ -110,6 +119,8 @@ def _config(root: Path, model: Path, cameras: int, fps: float, max_wait_ms: floa
         model=ModelSection(path=model, backbone=TINY_MODEL, pretrained="none"),
         scoring=ScoringSection(batch_max_size=BATCH, batch_max_wait_ms=max_wait_ms, cpu_threads=cpu_threads),
         journal=JournalSection(),
+        mqtt=MqttSection(enabled=False),  # the SQLite store and evidence writer run; no broker is assumed
+        http=HttpSection(port=0),
         cameras=[
             CameraSection(name=f"cam{i}", source="synthetic", product=PRODUCT, fps=fps, policy="queue", queue_size=64)
             for i in range(cameras)

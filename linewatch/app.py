@@ -1,8 +1,12 @@
 """Composition root: builds the daemon from the config, starts it in order, stops it in reverse.
 
-Start order: journal -> forwarders -> model (loaded, warmed up) -> batcher -> scorer thread -> cameras.
-Stop order is the exact reverse: cameras stop capturing, the scorer drains what the batcher holds,
-forwarders flush, the journal closes. A verdict is durable in the journal before anything else sees it.
+Start order: journal -> outputs (store, forwarders, broker, evidence, HTTP; see outputs.py) -> model
+(loaded, warmed up) -> batcher -> scorer thread -> cameras. Stop order is the exact reverse: cameras
+stop capturing, the scorer drains what the batcher holds, the outputs take no more work, forwarders
+flush, the broker hears ``stopped``, the journal closes. A verdict is durable in the journal before
+anything else sees it.
+
+The App also answers what arrives over MQTT (feedback, camera enable/disable, retrain requests).
 """
 
 from __future__ import annotations
@@ -20,21 +24,20 @@ import numpy as np
 import torch
 
 from linewatch.anople.artifact import MANIFEST
-from linewatch.anople.settings import AnoPLeSettings
 from linewatch.batcher import Batcher, SlotPolicy
 from linewatch.camera.reader import CameraReader
 from linewatch.camera.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource, VideoFileSource
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import CameraSection, Config
 from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step, tick
-from linewatch.images import collect_images, write_image
-from linewatch.journal import ForwarderRunner, Journal, LoggingForwarder
+from linewatch.feedback import FeedbackError, FeedbackRequest, submit
+from linewatch.journal import Journal
+from linewatch.outputs import Outputs
 from linewatch.preprocess import resize_rgb
 from linewatch.scorer import Scorer, ScoringWorker
+from linewatch.sinks.mqtt import RejectedPayload
 from linewatch.synthetic import SyntheticProduct
-from linewatch.training import ProductSource, train_artifact
-from linewatch.types import Batch, CameraStatus, Event, Frame, Verdict
-from linewatch.weights import load_backbone
+from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verdict, VerdictLabel
 
 log = logging.getLogger(__name__)
 SkipReporter = Callable[[Path, str], None]
@@ -92,12 +95,14 @@ class App:
         clock: Clock | None = None,
         source_factory: SourceFactory = make_source,
         stop_event: threading.Event | None = None,
+        outputs_factory: Callable[[Config, Journal, Clock, App], Outputs] = Outputs,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.stop_event = stop_event or threading.Event()
         self.boot_id = uuid.uuid4().hex[:8]
         self._source_factory = source_factory
+        self._outputs_factory = outputs_factory
         self._policy = EpisodePolicy(
             debounce_n=config.events.debounce_n,
             debounce_m=config.events.debounce_m,
@@ -105,14 +110,12 @@ class App:
             update_min_interval_s=config.events.update_min_interval_s,
         )
         # Shutdown is staged so nothing captured is lost: stop_event (a signal) -> cameras stop ->
-        # the scorer drains what is pending (_drain) -> forwarders flush (_forwarder_stop) -> journal.
+        # the scorer drains what is pending (_drain) -> outputs flush -> journal.
         self._drain = threading.Event()
-        self._forwarder_stop = threading.Event()
         self._shutdown_thread: threading.Thread | None = None
         self._input_size = 0
         self.journal: Journal | None = None
-        self.forwarders: list[ForwarderRunner] = []
-        self._forwarder_threads: list[threading.Thread] = []
+        self.outputs: Outputs | None = None
         self.batcher: Batcher | None = None
         self.worker: ScoringWorker | None = None
         self._worker_thread: threading.Thread | None = None
@@ -127,15 +130,8 @@ class App:
         config = self.config
         config.site.data_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal_path, self.clock)
-        runner = ForwarderRunner(
-            self.journal,
-            LoggingForwarder(),
-            self._forwarder_stop,
-            self.clock,
-            batch_size=config.journal.forwarder_batch,
-        )
-        self.forwarders.append(runner)
-        self._forwarder_threads.append(runner.start())
+        self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
+        self.outputs.start()
         scorer = Scorer.from_artifact(
             config.model.path,
             config.model.models_dir,
@@ -159,6 +155,7 @@ class App:
             self.boot_id,
         )
         self.worker.warm_up(config.scoring.batch_max_size)
+        self.outputs.model_state(self._model_state(scorer, "active"))
         if scorer_thread:
             self._worker_thread = threading.Thread(target=self.worker.run, name="scorer")
             self._worker_thread.start()
@@ -186,6 +183,22 @@ class App:
             if runtime.thread is not None:
                 runtime.thread.join(timeout=10)
         self._drain.set()
+
+    def _model_state(self, scorer: Scorer, status: str) -> dict[str, object]:
+        """What ``model/state`` says about the model in service (retained for HMIs and MES)."""
+        assert self.worker is not None
+        spec = scorer.model.backbone_spec
+        return {
+            "version": self.worker.model_version,
+            "path": str(self.config.model.path),
+            "backbone": spec.model_name,
+            "pretrained": spec.pretrained,
+            "backbone_sha256": spec.weights_sha256,
+            "random_weights": spec.is_random,
+            "thresholds": {product: scorer.threshold(product) for product in scorer.products},
+            "trained_at": scorer.info.created_at,
+            "status": status,
+        }
 
     def _camera_runtime(self, camera: CameraSection) -> CameraRuntime:
         stop = threading.Event()
@@ -218,14 +231,18 @@ class App:
         runtime = self.cameras.get(camera)
         if runtime is not None:
             runtime.status = status
+        if self.outputs is not None:
+            self.outputs.camera_status(camera, status)
 
-    def _record(self, batch: Batch, verdicts: list[Verdict]) -> None:
-        """Episodes from the verdicts, then one journal transaction for the whole batch.
+    def _record(self, batch: Batch, verdicts: list[Verdict], pixel_maps: list[np.ndarray]) -> None:
+        """Evidence queued (its paths go into the verdicts), episodes from the verdicts, then one journal
+        transaction for the whole batch.
 
         Cameras without a verdict in this batch get a ``tick``, so an episode of a camera that went
         silent (stopped, disabled, stalled) still ends after the quiet period.
         """
-        assert self.journal is not None
+        assert self.journal is not None and self.outputs is not None
+        verdicts = self.outputs.with_evidence(batch.frames, verdicts, pixel_maps)
         events: list[Event] = []
         for verdict in verdicts:
             runtime = self.cameras.get(verdict.camera)
@@ -292,7 +309,7 @@ class App:
 
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Reverse order of start: cameras, scorer (drains the batcher), forwarders, journal."""
+        """Reverse order of start: cameras, scorer (drains the batcher), outputs, journal."""
         self.stop_event.set()
         if self._shutdown_thread is not None:
             self._shutdown_thread.join(timeout=30)
@@ -309,135 +326,28 @@ class App:
             size = self.config.scoring.batch_max_size
             for start in range(0, len(leftover), size):
                 batch = Batch(tuple(leftover[start : start + size]), "drain")
-                self._record(batch, self.worker.score_batch(batch))
-        self._forwarder_stop.set()
-        for thread in self._forwarder_threads:
-            thread.join(timeout=30)
+                self._record(batch, *self.worker.score_batch(batch))
+        if self.outputs is not None:
+            self.outputs.stop_intake()
+            self.outputs.stop()
         if self.journal is not None:
             self.journal.close()
         log.info("stopped")
 
+    # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT client's thread -------------
+    def feedback(self, camera: str, target: LabelTarget, target_id: str, label: VerdictLabel, user: str | None) -> None:
+        assert self.journal is not None
+        try:
+            submit(self.journal, self.clock, FeedbackRequest(target, target_id, label, user), "mqtt", camera)
+        except FeedbackError as problem:
+            raise RejectedPayload(problem.reason) from problem
 
-class Interrupted(Exception):
-    """The stop event was set while a long start-up step ran; nothing of that step was kept."""
+    def set_enabled(self, camera: str, enabled: bool) -> None:
+        if camera not in self.cameras:
+            raise RejectedPayload("unknown_camera")
+        # Stopping a reader may take seconds (a blocked read); never hold the MQTT network thread that long.
+        threading.Thread(target=self.set_camera_enabled, args=(camera, enabled), name=f"enable-{camera}").start()
 
-
-def bootstrap_demo_model(config: Config, stop: threading.Event) -> bool:
-    """Train a demo model from synthetic normals when the configured model is missing and the config
-    allows it. Only synthetic cameras can supply normals; the result runs on the configured (random)
-    backbone and is announced as a demo model. Returns True when a model was trained.
-
-    Setting ``stop`` aborts the training at the next step with ``Interrupted``; the artifact is only
-    ever written whole, so an aborted bootstrap leaves nothing behind and the next start retries.
-    """
-    if config.model.path.exists() or not config.scoring.bootstrap_demo_model:
-        return False
-    cameras = {c.product: c for c in config.cameras if c.source == "synthetic"}
-    if not cameras:
-        raise ValueError("[scoring] bootstrap_demo_model needs at least one synthetic camera to draw normals from")
-    log.warning("no model at %s: training a DEMO model on synthetic normals (not for real parts)", config.model.path)
-    sources = []
-    for product, camera in cameras.items():
-        folder = config.site.data_dir / "bootstrap" / camera.name
-        synthetic = SyntheticProduct(style_seed=camera.seed, width=camera.width, height=camera.height)
-        rng = np.random.default_rng(camera.seed + 1)
-        for index in range(config.demo.train_normals):
-            write_image(folder / f"{index:03d}.png", synthetic.normal(rng).image)
-        sources.append(ProductSource(product, collect_images([folder])))
-    backbone = load_backbone(
-        config.model.backbone, config.model.pretrained, config.model.models_dir, config.model.weights, config.demo.seed
-    )
-
-    def check_stop(step: int, total: int, _losses: dict[str, float]) -> None:
-        if stop.is_set():
-            raise Interrupted(f"demo model training stopped at step {step} of {total}")
-        if step % 50 == 0 or step == total:
-            log.info("demo model training: step %d of %d", step, total)
-
-    train_artifact(
-        sources,
-        backbone,
-        AnoPLeSettings(steps=config.demo.steps),
-        config.model.path,
-        config.demo.shots,
-        config.demo.seed,
-        config.model.target_frr,
-        progress=check_stop,
-        log=log.info,
-        device=config.model.device,
-    )
-    return True
-
-
-class _LineContext(logging.Filter):
-    """Puts site/line into every record, so one journald stream holds several lines legibly, and drops
-    third-party chatter logged on the root logger below WARNING."""
-
-    def __init__(self, line: str) -> None:
-        super().__init__()
-        self.line = line
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "root" and record.levelno < logging.WARNING:
-            return False  # open_clip narrates model creation on the root logger at INFO
-        record.line = self.line
-        return True
-
-
-def configure_logging(config: Config, verbose: bool = False) -> None:
-    """Single-line records without timestamps (journald adds its own), line context on each."""
-    handler = logging.StreamHandler()
-    handler.addFilter(_LineContext(f"{config.site.site}/{config.site.line}"))
-    handler.setFormatter(logging.Formatter("%(levelname)s [%(line)s] %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def serve(config_path: Path, verbose: bool = False) -> int:
-    """``linewatch run``: start, run until SIGTERM/SIGINT, reload safe fields on SIGHUP, stop cleanly."""
-    import signal
-
-    from linewatch.config import ConfigError, load_config
-
-    config = load_config(config_path)
-    configure_logging(config, verbose)
-    stop = threading.Event()
-    reload_requested = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
-    try:
-        bootstrap_demo_model(config, stop)
-    except Interrupted as interrupted:
-        log.info("%s; exiting", interrupted)
-        return 0
-    log.info("scoring with %d CPU thread(s)", apply_cpu_threads(config))
-    app = App(config, stop_event=stop)
-
-    def apply_reloads() -> None:
-        while not stop.is_set():
-            if reload_requested.wait(0.2) and not stop.is_set():
-                reload_requested.clear()
-                try:
-                    changes = app.reload(load_config(config_path))
-                    log.info("reloaded %s: %s", config_path, "; ".join(changes) or "nothing to change")
-                except (ConfigError, KeyError, ValueError) as error:
-                    log.error("reload refused, keeping the running config: %s", error)
-
-    control = threading.Thread(target=apply_reloads, name="reload")
-    try:
-        app.start(scorer_thread=False)
-        control.start()
-        app.run_scorer()  # returns once stopped and drained
-    finally:
-        stop.set()
-        if control.is_alive():
-            control.join(timeout=10)
-        app.stop()
-    return 0
+    def retrain(self, reason: str | None) -> dict[str, object]:
+        log.warning("retrain requested over MQTT (%s): this version cannot retrain yet", reason or "no reason given")
+        return {"status": "unavailable", "reason": "retraining is not available in this version", "requested": reason}

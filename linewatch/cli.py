@@ -1,4 +1,4 @@
-"""``linewatch`` command line: a thin layer over training, scoring, weights and the demo.
+"""``linewatch`` command line: a thin layer over training, scoring, weights, the daemon and the demo.
 
 Exit codes: 0 success, 1 some inputs failed while others were processed, 2 bad usage or input
 (the message names the file, key or value at fault).
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from linewatch.anople.artifact import ArtifactError
 from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
 from linewatch.anople.settings import AnoPLeSettings
+from linewatch.cli_ops import add_commands as add_operating_commands
 from linewatch.config import ConfigError, load_config
 from linewatch.console import announce_random, progress_bar
 from linewatch.images import ImageError, collect_images, heatmap_overlay, read_rgb, write_image
@@ -270,7 +271,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from linewatch.app import serve
+    from linewatch.daemon import serve
 
     try:
         return serve(args.config, args.verbose)
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train and score on synthetic parts (the default main job)")
     demo.add_argument("--config", type=Path, default=Path("config.toml"))
     demo.set_defaults(func=cmd_demo)
+    add_operating_commands(commands)
     return parser
 
 

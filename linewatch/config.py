@@ -3,12 +3,14 @@
 Every error names the key path and what is allowed. Numbers and strings are strict (TOML has types:
 ``steps = true`` or ``shots = "3"`` is a mistake to report, not to coerce); paths accept strings.
 Sections: ``[site]`` (names and the data folder), ``[model]`` (which artifact and backbone, on which
-device), ``[scoring]`` (batching), ``[events]`` (defect episodes), ``[journal]``, ``[[cameras]]`` and
-``[demo]`` (the synthetic end-to-end run behind ``linewatch demo``).
+device), ``[scoring]`` (batching), ``[events]`` (defect episodes), ``[journal]``, ``[store]`` (the SQL
+database), ``[mqtt]`` (the broker), ``[evidence]`` (snapshots and heatmaps on disk), ``[http]`` (the
+metrics/feedback port), ``[[cameras]]`` and ``[demo]`` (the synthetic run behind ``linewatch demo``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -102,6 +104,90 @@ class EventsSection(_Section):
 class JournalSection(_Section):
     path: Path | None = None  # default: <data_dir>/journal.sqlite3
     forwarder_batch: StrictInt = Field(64, ge=1)
+    log_records: StrictBool = False  # also log one line per journaled record (bench work; noisy on a line)
+
+
+class StoreSection(_Section):
+    url: StrictStr | None = None  # SQLAlchemy URL; default sqlite:///<data_dir>/linewatch.sqlite3; url_file/url_env
+    upgrade_at_start: StrictBool = True  # run Alembic migrations at start (an SQLite file is backed up first)
+    backup_dir: Path | None = None  # default <data_dir>/backups
+    retry_min_s: Number = Field(0.5, gt=0.0)
+    retry_max_s: Number = Field(30.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> StoreSection:
+        if self.url is not None and not self.url.startswith(("sqlite://", "postgresql")):
+            raise ValueError("url must be an SQLAlchemy URL starting with sqlite:// or postgresql+psycopg://")
+        if self.retry_min_s > self.retry_max_s:
+            raise ValueError("retry_min_s must not exceed retry_max_s")
+        return self
+
+
+class MqttSection(_Section):
+    enabled: StrictBool = True  # false: no broker at all; events stay in the journal
+    host: StrictStr = "localhost"
+    port: StrictInt = Field(1883, ge=1, le=65535)
+    client_id: StrictStr | None = None  # default linewatch-<site>-<line>; stable, for the persistent session
+    prefix: StrictStr | None = None  # default linewatch/<site>/<line>
+    username: StrictStr | None = None
+    password: StrictStr | None = None  # or password_file / password_env
+    tls: StrictBool = False
+    ca_file: Path | None = None  # default: the system's CA store
+    cert_file: Path | None = None  # client certificate (with key_file)
+    key_file: Path | None = None
+    keepalive_s: StrictInt = Field(30, ge=5, le=65535)
+    ack_timeout_s: Number = Field(10.0, gt=0.0)  # a defect event not acknowledged by then is sent again
+    max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
+    reconnect_min_s: Number = Field(1.0, gt=0.0)
+    reconnect_max_s: Number = Field(60.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        prefix = self.prefix
+        if prefix is not None and (not prefix or any(c in prefix for c in "#+") or prefix.endswith("/")):
+            raise ValueError("prefix must be a non-empty topic without wildcards (# +) or a trailing /")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if (self.cert_file is not None or self.ca_file is not None) and not self.tls:
+            raise ValueError("ca_file, cert_file and key_file need tls = true")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+
+class EvidenceSection(_Section):
+    dir: Path | None = None  # default <data_dir>/evidence; layout <camera>/<YYYY-MM-DD>/<inspection id>-...
+    every_nth_normal: StrictInt = Field(100, ge=0)  # keep every Nth normal frame per camera; 0 = none
+    jpeg_quality: StrictInt = Field(85, ge=1, le=100)
+    max_age_days: Number = Field(30.0, gt=0.0)  # older evidence is deleted (verdict rows stay)
+    min_free_mb: Number = Field(2048.0, ge=0.0)  # below this much free disk, the oldest evidence goes first
+    sweep_interval_s: Number = Field(60.0, gt=0.0)
+    queue_size: StrictInt = Field(64, ge=1)  # frames waiting to be written; beyond it evidence is dropped (counted)
+
+
+class HttpSection(_Section):
+    host: StrictStr = "127.0.0.1"  # metrics, health and feedback; loopback by default
+    port: StrictInt = Field(9108, ge=0, le=65535)  # 0 = any free port (tests)
+    token: StrictStr | None = None  # required beyond loopback; or token_file / token_env
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpSection:
+        if self.token is None and not is_loopback(self.host):
+            raise ValueError(f"host {self.host!r} is reachable beyond this machine: set token (or token_file)")
+        if self.token is not None and len(self.token) < 16:
+            raise ValueError("token must be at least 16 characters")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class CameraSection(_Section):
@@ -146,6 +232,10 @@ class Config(_Section):
     scoring: ScoringSection = ScoringSection()
     events: EventsSection = EventsSection()
     journal: JournalSection = JournalSection()
+    store: StoreSection = StoreSection()
+    mqtt: MqttSection = MqttSection()
+    evidence: EvidenceSection = EvidenceSection()
+    http: HttpSection = HttpSection()
     cameras: list[CameraSection] = []
     demo: DemoSection = DemoSection()
 
@@ -161,8 +251,28 @@ class Config(_Section):
     def journal_path(self) -> Path:
         return self.journal.path or self.site.data_dir / "journal.sqlite3"
 
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.site.data_dir / 'linewatch.sqlite3'}"
 
-SECRET_KEYS = frozenset({"url"})  # values that may carry credentials; the MQTT/DB passwords join later
+    @property
+    def backup_dir(self) -> Path:
+        return self.store.backup_dir or self.site.data_dir / "backups"
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.evidence.dir or self.site.data_dir / "evidence"
+
+    @property
+    def mqtt_prefix(self) -> str:
+        return self.mqtt.prefix or f"linewatch/{self.site.site}/{self.site.line}"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"linewatch-{self.site.site}-{self.site.line}"
+
+
+SECRET_KEYS = frozenset({"url", "password", "token"})  # values that may carry credentials
 
 
 def _resolve_secrets(node: object, where: str, environ: Mapping[str, str]) -> object:

@@ -164,7 +164,8 @@ class ScoringWorker:
     """The scorer thread: batches in, verdicts out, the model swapped only between batches.
 
     ``next_batch(stop)`` blocks until a batch is cut (None when stopping with nothing left);
-    ``on_scored(batch, verdicts)`` must make the verdicts durable before it returns (the journal).
+    ``on_scored(batch, verdicts, pixel_maps)`` must make the verdicts durable before it returns (the
+    journal); the (S, S) pixel maps come along for the evidence writer.
     """
 
     def __init__(
@@ -172,7 +173,7 @@ class ScoringWorker:
         scorer: Scorer,
         model_version: str,
         next_batch: Callable[[threading.Event], Batch | None],
-        on_scored: Callable[[Batch, list[Verdict]], None],
+        on_scored: Callable[[Batch, list[Verdict], list[np.ndarray]], None],
         stop: threading.Event,
         clock: Clock,
         boot_id: str,
@@ -214,7 +215,8 @@ class ScoringWorker:
             self._scorer, self._model_version = pending
             self.stats.swaps += 1
 
-    def score_batch(self, batch: Batch) -> list[Verdict]:
+    def score_batch(self, batch: Batch) -> tuple[list[Verdict], list[np.ndarray]]:
+        """Verdicts in frame order, and each frame's (S, S) pixel map."""
         self._apply_swap()
         started = self._clock.monotonic()
         frames = list(batch.frames)
@@ -243,7 +245,7 @@ class ScoringWorker:
         self.stats.batches += 1
         self.stats.frames += len(frames)
         self.stats.last_batch_seconds = self._clock.monotonic() - started
-        return verdicts
+        return verdicts, [result.pixel_map for result in results]
 
     def run(self) -> None:
         """Until the batch source runs dry on stop: take a batch, score it, hand the verdicts on.
@@ -251,4 +253,4 @@ class ScoringWorker:
         ``next_batch`` keeps returning drain batches after stop until nothing is pending, then None.
         """
         while (batch := self._next_batch(self._stop)) is not None:
-            self._on_scored(batch, self.score_batch(batch))
+            self._on_scored(batch, *self.score_batch(batch))

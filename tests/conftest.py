@@ -22,6 +22,9 @@ from linewatch.synthetic import SyntheticProduct, SyntheticSample
 
 torch.set_num_threads(1)
 
+# Throwaway PostgreSQL and Mosquitto servers on free loopback ports, never the machine's own.
+pytest_plugins = ["tests.services.postgres", "tests.services.mosquitto"]
+
 TRAINED_STEPS = 200
 PRODUCT = "metal plate"
 

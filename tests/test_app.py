@@ -76,6 +76,12 @@ batch_max_wait_ms = 20
 debounce_n = 1
 debounce_m = 1
 end_after_s = 0.2
+
+[mqtt]
+enabled = false  # the outputs have their own tests against a throwaway broker
+
+[http]
+port = 0
 {camera_blocks}"""
     )
     return path
@@ -228,17 +234,25 @@ def test_unknown_product_threshold_is_refused(daemon_model: Path, tmp_path: Path
     app.stop()
 
 
+class _NoEvidence:
+    """Stands in for the outputs where only the journal matters."""
+
+    def with_evidence(self, _frames: object, verdicts: list[Verdict], _maps: object) -> list[Verdict]:
+        return verdicts
+
+
 def test_episode_of_a_silent_camera_ends_on_other_cameras_batches(daemon_model: Path, tmp_path: Path) -> None:
     clock = FakeClock()
     app = App(load_config(_write_config(tmp_path, daemon_model)), clock)  # debounce 1 of 1, end after 0.2 s
     app.cameras = {name: app._camera_runtime(camera) for name, camera in ((c.name, c) for c in app.config.cameras)}
     app.journal = Journal(tmp_path / "journal.sqlite3", clock)
+    app.outputs = _NoEvidence()  # type: ignore[assignment]
 
-    def verdict(camera: str, seq: int, label: VerdictLabel) -> tuple[Batch, list[Verdict]]:
+    def verdict(camera: str, seq: int, label: VerdictLabel) -> tuple[Batch, list[Verdict], list[np.ndarray]]:
         now = clock.now()
         frame = Frame(camera, seq, now, clock.monotonic(), np.zeros((2, 2, 3), np.uint8), PRODUCT)
         result = Verdict(f"{camera}-t-{seq}", camera, PRODUCT, seq, now, 0.0, 0.9, 0.5, label, "v1")
-        return Batch((frame,), "full"), [result]
+        return Batch((frame,), "full"), [result], [np.zeros((4, 4), np.float32)]
 
     app._record(*verdict("cam0", 1, VerdictLabel.DEFECT))  # opens an episode on cam0, which then goes silent
     clock.advance(0.1)

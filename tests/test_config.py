@@ -32,7 +32,9 @@ def _error(tmp_path: Path, text: str) -> str:
 def test_shipped_config_loads_with_the_values_written_in_it() -> None:
     config = load_config(SHIPPED)
     raw = tomllib.loads(SHIPPED.read_text())
-    assert set(raw) == {"site", "model", "scoring", "events", "journal", "cameras", "demo"}
+    assert set(raw) == {
+        *("site", "model", "scoring", "events", "journal", "store", "mqtt", "evidence", "http", "cameras", "demo")
+    }
     sections = [(name, getattr(config, name), values) for name, values in raw.items() if name != "cameras"]
     sections += [(f"cameras[{i}]", config.cameras[i], values) for i, values in enumerate(raw["cameras"])]
     for section, loaded, values in sections:
@@ -175,6 +177,19 @@ CAMERA = '[[cameras]]\nname = "cam1"\nproduct = "p"\n'
         ("[events]\ndebounce_n = 4\ndebounce_m = 3\n", ["events", "debounce_n (4) must not exceed debounce_m (3)"]),
         ("[scoring]\nbatch_max_size = 0\n", ["scoring.batch_max_size"]),
         ('[site]\nline = "line/3"\n', ["site.line", "pattern"]),
+        ('[store]\nurl = "mysql://x"\n', ["store", "sqlite:// or postgresql"]),
+        ("[store]\nretry_min_s = 5\nretry_max_s = 1\n", ["store", "retry_min_s must not exceed"]),
+        ("[mqtt]\nport = 70000\n", ["mqtt.port", "less than or equal to 65535"]),
+        ('[mqtt]\nprefix = "plant/#"\n', ["mqtt", "wildcards"]),
+        ('[mqtt]\ncert_file = "c.pem"\ntls = true\n', ["mqtt", "cert_file and key_file go together"]),
+        ('[mqtt]\nca_file = "ca.pem"\n', ["mqtt", "need tls = true"]),
+        ('[mqtt]\npassword = "pw"\n', ["mqtt", "password needs a username"]),
+        ("[mqtt]\ntls = 1\n", ["mqtt.tls", "boolean"]),
+        ("[evidence]\nevery_nth_normal = -1\n", ["evidence.every_nth_normal"]),
+        ("[evidence]\njpeg_quality = 101\n", ["evidence.jpeg_quality"]),
+        ('[http]\nhost = "0.0.0.0"\n', ["http", "reachable beyond this machine", "token"]),
+        ('[http]\ntoken = "short"\n', ["http", "at least 16 characters"]),
+        ('[http]\nhost = "::1"\nport = 99999\n', ["http.port"]),
     ],
 )
 def test_daemon_sections_name_the_bad_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
@@ -185,11 +200,19 @@ def test_daemon_sections_name_the_bad_key(tmp_path: Path, text: str, fragments: 
 
 def test_example_plant_config_is_valid(tmp_path: Path) -> None:
     example = (SHIPPED.parent / "deploy" / "linewatch.example.toml").read_text()
-    url_file = tmp_path / "press3-top.url"
-    url_file.write_text("rtsp://inspect:pw@10.20.3.11:554/stream1\n")
+    secrets = {
+        "press3-top.url": "rtsp://inspect:pw@10.20.3.11:554/stream1",
+        "store.url": "postgresql+psycopg://linewatch:pw@db.plant/linewatch",
+        "mqtt.password": "mqtt-pw",
+        "http.token": "0123456789abcdef0123",
+    }
+    for name, value in secrets.items():
+        (tmp_path / name).write_text(value + "\n")
     path = tmp_path / "example.toml"
-    path.write_text(example.replace("/run/credentials/linewatch.service/press3-top.url", str(url_file)))
+    path.write_text(example.replace("/run/credentials/linewatch.service", str(tmp_path)))
     config = load_config(path)
+    assert config.store_url == secrets["store.url"] and config.mqtt.password == "mqtt-pw"
+    assert config.http.token == "0123456789abcdef0123" and config.mqtt.tls
     assert config.cameras[0].url == "rtsp://inspect:pw@10.20.3.11:554/stream1"
     assert [c.source for c in config.cameras] == ["url", "url", "device"]
     assert config.cameras[0].roi == (320, 0, 1280, 1080) and config.cameras[1].rotate == 90

@@ -93,7 +93,8 @@ def test_worker_turns_batches_into_verdicts_and_swaps_between_batches(
             return None
         return batches.pop(0)
 
-    def on_scored(batch: Batch, verdicts: list) -> None:
+    def on_scored(batch: Batch, verdicts: list, pixel_maps: list) -> None:
+        assert [m.shape for m in pixel_maps] == [(lenient.model.input_size,) * 2] * len(verdicts)
         delivered.append((batch, verdicts))
         if len(delivered) == 1:
             worker.swap(strict, "v2")  # arrives mid-run: must apply to the next batch only

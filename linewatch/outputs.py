@@ -1,0 +1,252 @@
+"""The daemon's outputs, built from the config: the SQL store, the MQTT broker, evidence files and the
+HTTP port, all fed from the journal or beside it.
+
+Start order: store (migrated) -> forwarders -> broker link -> evidence writer and retention sweeper ->
+HTTP port. ``stop_intake`` closes what takes new work (HTTP, evidence) once scoring has drained; ``stop``
+then lets the forwarders flush what the journal holds, says ``stopped`` on the broker and disposes of
+the store. A down broker or database never stops inspection: the journal keeps everything and the
+forwarders replay it in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from linewatch.clock import Clock
+from linewatch.config import Config
+from linewatch.feedback import FeedbackError, parse_feedback, submit
+from linewatch.journal import Forwarder, ForwarderRunner, Journal, JournalRecord, LoggingForwarder
+from linewatch.sinks.db import (
+    DatabaseError,
+    confirmed_normal_inspections,
+    database_revision,
+    head_revision,
+    make_engine,
+    masked,
+    upgrade_database,
+)
+from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWriter, evidence_paths
+from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer, error
+from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink
+from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes
+from linewatch.types import CameraStatus, Frame, Verdict
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+
+
+class StoreForwarder:
+    """The DB forwarder behind a schema check. The schema is made current (or, without
+    ``upgrade_at_start``, checked) before the first write; until that succeeds every send raises and the
+    runner backs off, so a PostgreSQL that is down when the daemon starts delays the store, never the
+    inspection."""
+
+    name = "db"
+    kinds = None
+
+    def __init__(self, config: Config, engine: Any) -> None:
+        self._config = config
+        self._engine = engine
+        self._inner = DbForwarder(engine)
+        self.ready = False
+
+    def ensure_schema(self) -> None:
+        config = self._config
+        if config.store.upgrade_at_start:
+            result = upgrade_database(config.store_url, config.backup_dir)
+            if result.from_revision != result.to_revision:
+                log.info("store migrated from %s to %s", result.from_revision or "empty", result.to_revision)
+            if result.backup is not None:
+                log.info("store backed up to %s before migrating", result.backup)
+        else:
+            found, head = database_revision(self._engine), head_revision()
+            if found != head:
+                raise DatabaseError(
+                    f"{masked(config.store_url)}: schema at revision {found or 'empty'}, this linewatch needs "
+                    f"{head}: run `linewatch db upgrade` (or set [store] upgrade_at_start = true)"
+                )
+        self.ready = True
+
+    def send(self, records: Sequence[JournalRecord]) -> int:
+        if not self.ready:
+            self.ensure_schema()
+        return self._inner.send(records)
+
+
+class Outputs:
+    """Owns every consumer of the journal and the operator channels. ``handlers`` answer what arrives
+    over MQTT (the App); ``free_bytes`` and ``mqtt_client_factory`` are injectable for tests."""
+
+    def __init__(
+        self,
+        config: Config,
+        journal: Journal,
+        clock: Clock,
+        handlers: InboundHandlers,
+        free_bytes: Callable[[], int] | None = None,
+        mqtt_client_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.clock = clock
+        self._handlers = handlers
+        evidence_dir = config.evidence_dir
+        self._free_bytes = free_bytes or (lambda: disk_free_bytes(evidence_dir))
+        self._mqtt_client_factory = mqtt_client_factory
+        self._forwarder_stop = threading.Event()
+        self._sweeper_stop = threading.Event()
+        self.engine: Any = None
+        self.link: MqttLink | None = None
+        self.runners: list[ForwarderRunner] = []
+        self._threads: list[threading.Thread] = []
+        self._sweeper_thread: threading.Thread | None = None
+        self.sampler = EvidenceSampler(config.evidence.every_nth_normal)
+        self.evidence: EvidenceWriter | None = None
+        self.sweeper: RetentionSweeper | None = None
+        self.http: HttpServer | None = None
+
+    # ---- start ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        config = self.config
+        self.engine = make_engine(config.store_url)
+        store = StoreForwarder(config, self.engine)
+        try:
+            store.ensure_schema()
+        except DatabaseError as problem:
+            log.error("store not ready (%s); inspecting anyway: the journal keeps everything until it is", problem)
+        forwarders: list[Forwarder] = [store]
+        if config.mqtt.enabled:
+            self.link = MqttLink(
+                config.mqtt,
+                config.mqtt_prefix,
+                config.mqtt_client_id,
+                self._handlers,
+                **({"client_factory": self._mqtt_client_factory} if self._mqtt_client_factory else {}),
+            )
+            forwarders.append(MqttForwarder(self.link, config.site.site, config.site.line))
+        if config.journal.log_records:
+            forwarders.append(LoggingForwarder())
+        for forwarder in forwarders:
+            self._start_runner(forwarder)
+        if self.link is not None:
+            self.link.start()  # connects in the background; a missing broker only delays delivery
+        self.evidence = EvidenceWriter(
+            config.evidence_dir,
+            config.evidence.jpeg_quality,
+            config.evidence.queue_size,
+            self._free_bytes,
+            int(config.evidence.min_free_mb * MB),
+        )
+        self.evidence.start()
+        self.sweeper = RetentionSweeper(
+            config.evidence_dir,
+            self.clock,
+            config.evidence.max_age_days * 86400,
+            int(config.evidence.min_free_mb * MB),
+            self._free_bytes,
+            self._protected_evidence,
+        )
+        self._sweeper_thread = threading.Thread(
+            target=self.sweeper.run, args=(self._sweeper_stop, config.evidence.sweep_interval_s), name="retention"
+        )
+        self._sweeper_thread.start()
+        self.http = HttpServer(config.http.host, config.http.port, config.http.token, self._routes())
+        self.http.start()
+        log.info("HTTP port %s:%d (feedback)", config.http.host, self.http.port)
+
+    def _start_runner(self, forwarder: Forwarder) -> None:
+        runner = ForwarderRunner(
+            self.journal,
+            forwarder,
+            self._forwarder_stop,
+            self.clock,
+            batch_size=self.config.journal.forwarder_batch,
+            backoff_min_s=self.config.store.retry_min_s,
+            backoff_max_s=self.config.store.retry_max_s,
+        )
+        self.runners.append(runner)
+        self._threads.append(runner.start())
+
+    def _protected_evidence(self) -> set[str]:
+        """Confirmed normals that retraining has not used yet keep their evidence (read from the store)."""
+        return confirmed_normal_inspections(self.engine)
+
+    def _routes(self) -> dict[tuple[str, str], Callable[[HttpRequest], HttpResponse]]:
+        return {("POST", "/feedback"): self._http_feedback}
+
+    def _http_feedback(self, request: HttpRequest) -> HttpResponse:
+        try:
+            feedback = parse_feedback(request.body, self.config.mqtt.max_payload_bytes)
+            label = submit(self.journal, self.clock, feedback, "http")
+        except FeedbackError as problem:
+            return error(404 if problem.reason == "unknown_id" else 400, str(problem))
+        return HttpResponse(
+            200,
+            {
+                "label_id": label.label_id,
+                "target": str(label.target),
+                "target_id": label.target_id,
+                "camera": label.camera,
+                "label": str(label.label),
+            },
+        )
+
+    # ---- data path -----------------------------------------------------------------------------
+    def with_evidence(
+        self, frames: Sequence[Frame], verdicts: list[Verdict], pixel_maps: list[np.ndarray]
+    ) -> list[Verdict]:
+        """Queue evidence for the frames the sampler wants and put its paths into their verdicts. A frame
+        whose evidence could not be queued (queue full, disk low) gets no paths. A queued write can still
+        fail later (counted) and retention deletes old files by design, so readers of a path must expect
+        it to be missing now and then; the verdict row outlives the image."""
+        assert self.evidence is not None
+        kept = []
+        for frame, verdict, pixel_map in zip(frames, verdicts, pixel_maps, strict=True):
+            if self.sampler.wants(verdict.camera, verdict.label):
+                paths = evidence_paths(verdict.camera, verdict.frame_ts, verdict.inspection_id, verdict.label)
+                job = EvidenceJob(
+                    paths.snapshot, paths.heatmap, frame.image, pixel_map, verdict.threshold, verdict.label
+                )
+                if self.evidence.submit(job):
+                    verdict = replace(verdict, snapshot=paths.snapshot, heatmap=paths.heatmap)
+            kept.append(verdict)
+        return kept
+
+    def camera_status(self, camera: str, status: CameraStatus) -> None:
+        if self.link is not None:
+            self.link.publish_camera_status(camera, status)
+
+    def model_state(self, state: dict[str, Any]) -> None:
+        if self.link is not None:
+            self.link.publish_model_state(state)
+
+    def backlogs(self) -> dict[str, int]:
+        return self.journal.backlogs()
+
+    # ---- stop ----------------------------------------------------------------------------------
+    def stop_intake(self) -> None:
+        """After scoring drained: no more feedback over HTTP, evidence written out, sweeps stopped."""
+        if self.http is not None:
+            self.http.stop()
+        if self.evidence is not None:
+            self.evidence.stop(timeout=30)
+        self._sweeper_stop.set()
+        if self._sweeper_thread is not None:
+            self._sweeper_thread.join(timeout=30)
+
+    def stop(self) -> None:
+        """Forwarders flush what the journal holds (best effort), then the broker hears ``stopped``."""
+        self._forwarder_stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.link is not None:
+            self.link.stop()
+        if self.engine is not None:
+            self.engine.dispose()

@@ -1,0 +1,97 @@
+"""Outputs built from the config: a store that is down at start, the schema gate, evidence paths in verdicts."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from linewatch.clock import SystemClock
+from linewatch.config import Config, EvidenceSection, HttpSection, MqttSection, SiteSection, StoreSection
+from linewatch.journal import Journal
+from linewatch.outputs import Outputs
+from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db_schema import Inspection
+from linewatch.types import Frame, VerdictLabel
+from tests.services.mosquitto import wait_until
+from tests.services.postgres import PostgresServer
+from tests.test_journal import make_verdict
+
+
+def _config(tmp_path: Path, store_url: str, **store: object) -> Config:
+    return Config(
+        site=SiteSection(data_dir=tmp_path / "data"),
+        store=StoreSection(url=store_url, retry_min_s=0.05, retry_max_s=0.2, **store),
+        mqtt=MqttSection(enabled=False),
+        evidence=EvidenceSection(every_nth_normal=2, queue_size=1),
+        http=HttpSection(port=0),
+    )
+
+
+def _stored(url: str) -> int:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        count = int(connection.execute(select(func.count()).select_from(Inspection)).scalar_one())
+    engine.dispose()
+    return count
+
+
+def test_a_store_down_at_start_delays_the_store_not_the_daemon(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    postgres_server.stop()
+    try:
+        journal = Journal(tmp_path / "journal.sqlite3", SystemClock())
+        outputs = Outputs(_config(tmp_path, postgres_url), journal, SystemClock(), handlers=None)  # type: ignore[arg-type]
+        with caplog.at_level(logging.ERROR, logger="linewatch.outputs"):
+            outputs.start()
+        assert "store not ready" in caplog.text and "test-secret-pw" not in caplog.text
+        journal.append_batch([make_verdict(index) for index in range(1, 6)], [])
+        assert journal.backlog("db") == 5
+    finally:
+        postgres_server.start()
+    wait_until(lambda: journal.backlog("db") == 0, timeout=30, interval=0.05)  # migrated, then caught up
+    outputs.stop_intake()
+    outputs.stop()
+    journal.close()
+    assert _stored(postgres_url) == 5
+
+
+def test_without_upgrade_at_start_an_old_schema_holds_the_store_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    journal = Journal(tmp_path / "journal.sqlite3", SystemClock())
+    outputs = Outputs(_config(tmp_path, url, upgrade_at_start=False), journal, SystemClock(), handlers=None)  # type: ignore[arg-type]
+    outputs.start()
+    journal.append_batch([make_verdict(1)], [])
+    wait_until(lambda: outputs.runners[0].stats.failures >= 2, timeout=10, interval=0.05)
+    assert "linewatch db upgrade" in (outputs.runners[0].stats.last_error or "")
+    assert journal.backlog("db") == 1  # held in the journal, not lost
+    upgrade_database(url, tmp_path / "backups")  # the operator runs `linewatch db upgrade`
+    wait_until(lambda: journal.backlog("db") == 0, timeout=10, interval=0.05)
+    outputs.stop_intake()
+    outputs.stop()
+    journal.close()
+    assert _stored(url) == 1
+
+
+def test_verdicts_carry_evidence_paths_only_when_the_evidence_was_queued(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    journal = Journal(tmp_path / "journal.sqlite3", SystemClock())
+    outputs = Outputs(_config(tmp_path, url), journal, SystemClock(), handlers=None, free_bytes=lambda: 10**12)  # type: ignore[arg-type]
+    outputs.start()
+    assert outputs.evidence is not None
+    outputs.evidence.stop()  # a stopped writer refuses every job, as a full queue would
+    frame_ts = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    frames = [Frame("cam1", i, frame_ts, 0.0, np.zeros((8, 8, 3), np.uint8), "p") for i in (1, 2, 3)]
+    verdicts = [make_verdict(1, label=VerdictLabel.DEFECT), make_verdict(2), make_verdict(3)]
+    maps = [np.zeros((4, 4), np.float32)] * 3
+    assert [(v.snapshot, v.heatmap) for v in outputs.with_evidence(frames, verdicts, maps)] == [(None, None)] * 3
+    outputs.stop_intake()
+    outputs.stop()
+    journal.close()
+    # Wanted: the defect and the first normal (every 2nd normal); the second normal was never submitted.
+    assert outputs.evidence.stats.dropped == {"stopped": 2}
