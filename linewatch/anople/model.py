@@ -39,15 +39,23 @@ def harmonic_mean(a: Tensor, b: Tensor, eps: float) -> Tensor:
     return 2 * a * b / (a + b + eps)
 
 
-def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """maps (B, 1, H, W) blurred with a separable Gaussian, edges replicated."""
+def upsample_blur_matrix(grid: int, size: int, sigma: float) -> Tensor:
+    """(size, grid) float64: bilinear upsampling (align_corners=False) from ``grid`` to ``size`` followed by
+    a Gaussian blur with replicated edges, as ONE linear map along an axis.
+
+    Both steps are linear and separable, so for a (g, g) map ``A @ map @ A.T`` equals interpolate-then-blur
+    exactly (up to float rounding). Two tiny matmuls replace a 2-D resize and two single-channel
+    convolutions over the full output, which cost about 15% of the tiny model's whole predict on the CPU.
+    """
+    impulses = torch.eye(grid, dtype=torch.float64).view(grid, 1, grid)  # each row: a unit impulse
+    upsample = F.interpolate(impulses, size=size, mode="linear", align_corners=False).view(grid, size).T
     radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
-    padded = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))
+    taps = (torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]).clamp(0, size - 1)
+    blur = torch.zeros(size, size, dtype=torch.float64).scatter_add_(1, taps, kernel.expand(size, -1).clone())
+    return blur @ upsample  # (size, grid)
 
 
 class AnoPLe(nn.Module):
@@ -82,6 +90,7 @@ class AnoPLe(nn.Module):
         text_width = text_tower.token_embedding.embedding_dim
         embed_dim = visual.proj.shape[1]
         self.grid = visual.grid_size[0]
+        self._spread_cache: dict[tuple[int, torch.device], Tensor] = {}  # see _upsample_blur
         self.learner = PromptLearner(settings, text_width, vision_width, prompt_depth)
         self.decoder_layers = layer_indices(vision_depth, settings.decoder_fractions)
         self.memory_layers = layer_indices(vision_depth, settings.memory_fractions)
@@ -215,6 +224,16 @@ class AnoPLe(nn.Module):
             self.text_cache = self.text(self.learner).float()
         return self.text_cache
 
+    def _upsample_blur(self, out_size: int) -> Tensor:
+        """The (out_size, grid) map of :func:`upsample_blur_matrix` for this model, built once per size."""
+        key = (out_size, self.device)
+        matrix = self._spread_cache.get(key)
+        if matrix is None:
+            sigma = self.settings.blur_sigma_at_400px * out_size / 400
+            matrix = upsample_blur_matrix(self.grid, out_size, sigma).float().to(self.device)
+            self._spread_cache[key] = matrix
+        return matrix
+
     @torch.inference_mode()
     def predict(self, images: Tensor, product_ids: Tensor, out_size: int | None = None) -> Prediction:
         """images (B, 3, S, S) in [0, 1], product_ids (B,) -> Prediction with maps at ``out_size``."""
@@ -236,10 +255,10 @@ class AnoPLe(nn.Module):
         decoder_map, _ = self.decoder([tokens[i] for i in self.decoder_layers], text, tau)  # (B, N)
         memory_map = self._memory_map(tokens, product_ids)  # (B, N)
         eps = self.settings.harmonic_eps
-        fused = harmonic_mean(decoder_map.float(), memory_map, eps).view(batch, 1, self.grid, self.grid)
-        upsampled = F.interpolate(fused, size=(out_size, out_size), mode="bilinear", align_corners=False)
-        sigma = self.settings.blur_sigma_at_400px * out_size / 400
-        pixel_map = gaussian_blur(upsampled, sigma).squeeze(1)  # (B, H, W)
+        fused = harmonic_mean(decoder_map.float(), memory_map, eps).view(batch, self.grid, self.grid)
+        spread = self._upsample_blur(out_size)  # (H, g): upsampled to out_size and blurred, per axis
+        with torch.autocast(self.device.type, enabled=False):  # in fp32 even under bf16/fp16 autocast
+            pixel_map = spread @ fused @ spread.T  # (B, H, W)
         image_score = harmonic_mean(global_probability, pixel_map.flatten(1).amax(dim=1), eps)
         return Prediction(
             image_score=image_score,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from linewatch.anople.backbone import Backbone
-from linewatch.anople.model import AnoPLe, gaussian_blur, harmonic_mean
+from linewatch.anople.model import AnoPLe, harmonic_mean, upsample_blur_matrix
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.preprocess import to_model_tensor
 from linewatch.synthetic import SyntheticSample
@@ -88,15 +90,31 @@ def test_wrong_input_shape_and_unknown_product_are_named(untrained_model: AnoPLe
         untrained_model.predict(torch.rand(1, 3, 224, 224), torch.zeros(1, dtype=torch.long))
 
 
-def test_harmonic_mean_and_blur_basics() -> None:
+def _interpolate_then_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """The reference the matrix form must equal: 2-D bilinear resize, then a replicate-padded separable
+    Gaussian, written the direct way (as anople.md states it)."""
+    up = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    padded = F.pad(up, (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    return blurred[:, 0]
+
+
+@pytest.mark.parametrize(("grid", "size", "sigma"), [(14, 224, 2.24), (15, 240, 2.4), (14, 256, 2.56), (4, 9, 1.0)])
+def test_upsample_blur_matrix_equals_interpolate_then_blur(grid: int, size: int, sigma: float) -> None:
+    maps = torch.rand(3, grid, grid, generator=torch.Generator().manual_seed(grid), dtype=torch.float64)
+    matrix = upsample_blur_matrix(grid, size, sigma)
+    assert matrix.shape == (size, grid)
+    torch.testing.assert_close(matrix @ maps @ matrix.T, _interpolate_then_blur(maps, size, sigma), atol=1e-12, rtol=0)
+    torch.testing.assert_close(matrix.sum(dim=1), torch.ones(size, dtype=torch.float64))  # a weighted average
+
+
+def test_harmonic_mean_basics() -> None:
     a, b = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.0, 0.5, 0.25])
     torch.testing.assert_close(harmonic_mean(a, b, 1e-6), torch.tensor([0.0, 0.5, 0.4]), atol=1e-5, rtol=0)
-    impulse = torch.zeros(1, 1, 21, 21)
-    impulse[0, 0, 10, 10] = 1
-    blurred = gaussian_blur(impulse, 2.0)
-    assert blurred.shape == impulse.shape
-    torch.testing.assert_close(blurred.sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
-    assert blurred[0, 0, 10, 10] == blurred.max() and torch.allclose(blurred, blurred.flip(-1))
 
 
 def _pixel_auroc(maps: torch.Tensor, samples: list[SyntheticSample]) -> float:
