@@ -1,10 +1,10 @@
 """Composition root: builds the daemon from the config, starts it in order, stops it in reverse.
 
 Start order: journal -> outputs (store, forwarders, broker, evidence, HTTP; see outputs.py) -> model
-(loaded, warmed up) -> batcher -> scorer thread -> cameras. Stop order is the exact reverse: cameras
-stop capturing, the scorer drains what the batcher holds, the outputs take no more work, forwarders
-flush, the broker hears ``stopped``, the journal closes. A verdict is durable in the journal before
-anything else sees it.
+(loaded, warmed up) -> batcher -> scorer thread -> cameras. Stopping goes in reverse: cameras stop
+capturing, the scorer drains what the batcher holds, the outputs take no more work, forwarders flush,
+the broker hears ``stopped`` (the link outlives the forwarders so they can flush through it), the
+journal closes. A verdict is durable in the journal before anything else sees it.
 
 The App also answers what arrives over MQTT (feedback, camera enable/disable, retrain requests).
 """
@@ -17,6 +17,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -121,6 +122,8 @@ class App:
         self._worker_thread: threading.Thread | None = None
         self.cameras: dict[str, CameraRuntime] = {}
         self._lock = threading.Lock()
+        self._stopping = False
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
 
     # ---- start ---------------------------------------------------------------------------------
     def start(self, scorer_thread: bool = True) -> None:
@@ -176,6 +179,7 @@ class App:
         """Once stop is asked for: stop every camera, then let the scorer drain what they delivered."""
         self.stop_event.wait()
         with self._lock:
+            self._stopping = True  # from here on no command may start a camera again
             runtimes = list(self.cameras.values())
         for runtime in runtimes:
             runtime.stop.set()
@@ -296,7 +300,9 @@ class App:
         with self._lock:
             runtime = self.cameras[name]
             running = runtime.thread is not None and runtime.thread.is_alive()
-            if enabled and not running:
+            if enabled and self._stopping:
+                log.info("camera %s: not enabled, the daemon is stopping", name)
+            elif enabled and not running:
                 fresh = self._camera_runtime(runtime.config)
                 fresh.episodes = runtime.episodes
                 self.cameras[name] = fresh
@@ -329,7 +335,8 @@ class App:
                 self._record(batch, *self.worker.score_batch(batch))
         if self.outputs is not None:
             self.outputs.stop_intake()
-            self.outputs.stop()
+            self.outputs.stop()  # the broker link goes down here: no more commands after it
+        self._control.shutdown(wait=True, cancel_futures=True)
         if self.journal is not None:
             self.journal.close()
         log.info("stopped")
@@ -345,8 +352,9 @@ class App:
     def set_enabled(self, camera: str, enabled: bool) -> None:
         if camera not in self.cameras:
             raise RejectedPayload("unknown_camera")
-        # Stopping a reader may take seconds (a blocked read); never hold the MQTT network thread that long.
-        threading.Thread(target=self.set_camera_enabled, args=(camera, enabled), name=f"enable-{camera}").start()
+        # Stopping a reader may take seconds (a blocked read): never on the MQTT network thread. One worker
+        # applies the commands in arrival order, so "false" then "true" ends enabled, as the echo says.
+        self._control.submit(self.set_camera_enabled, camera, enabled)
 
     def retrain(self, reason: str | None) -> dict[str, object]:
         log.warning("retrain requested over MQTT (%s): this version cannot retrain yet", reason or "no reason given")

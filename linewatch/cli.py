@@ -272,12 +272,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from linewatch.daemon import serve
+    from linewatch.sinks.db import DatabaseError
 
     try:
         return serve(args.config, args.verbose)
     except ConfigError as error:
         print(f"linewatch: config error: {error}", file=sys.stderr)
         return EX_CONFIG
+    except (DatabaseError, OSError) as error:  # e.g. the HTTP port is taken: systemd retries, the log says why
+        print(f"linewatch: error: {error}", file=sys.stderr)
+        return 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

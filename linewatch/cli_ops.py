@@ -12,9 +12,9 @@ from pathlib import Path
 
 from linewatch.clock import SystemClock
 from linewatch.config import load_config
-from linewatch.feedback import FeedbackError, FeedbackRequest, submit
+from linewatch.feedback import FeedbackError, feedback_from_document, submit
 from linewatch.journal import Journal
-from linewatch.types import LabelTarget, VerdictLabel
+from linewatch.types import LabelTarget
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -27,13 +27,23 @@ def cmd_label(args: argparse.Namespace) -> int:
         targets = [t for t in LabelTarget if journal.camera_of(t, args.id) is not None]
         if not targets:
             raise ValueError(f"no inspection or event with id {args.id!r} in {path}")
-        request = FeedbackRequest(targets[0], args.id, VerdictLabel(args.label), args.user)
-        try:
-            label = submit(journal, clock, request, "cli")
+        if len(targets) > 1:
+            raise ValueError(f"{args.id!r} names both an inspection and an event; label it over MQTT or HTTP")
+        document = {f"{targets[0]}_id": args.id, "label": args.label, "user": args.user or _login_name()}
+        try:  # the same checks as MQTT and HTTP feedback
+            label = submit(journal, clock, feedback_from_document(document), "cli")
         except FeedbackError as error:
             raise ValueError(str(error)) from None
     print(f"{label.target} {label.target_id} (camera {label.camera}) labelled {label.label} by {label.user}; journaled")
     return 0
+
+
+def _login_name() -> str | None:
+    """Who runs the command, when the system knows (a container's arbitrary uid may have no name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -57,7 +67,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     label = commands.add_parser("label", help="mark an inspection or defect event normal or defect")
     label.add_argument("id", help="inspection id or event id (from the MQTT payload, the store or the logs)")
     label.add_argument("label", choices=["normal", "defect"])
-    label.add_argument("--user", default=getpass.getuser(), help="who judged it (default: the login name)")
+    label.add_argument("--user", help="who judged it (default: the login name)")
     label.add_argument("--config", type=Path, default=Path("config.toml"))
     label.set_defaults(func=cmd_label)
 

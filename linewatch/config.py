@@ -107,6 +107,9 @@ class JournalSection(_Section):
     log_records: StrictBool = False  # also log one line per journaled record (bench work; noisy on a line)
 
 
+STORE_URL_SCHEMES = ("sqlite:///", "sqlite+pysqlite:///", "postgresql://", "postgresql+psycopg://")
+
+
 class StoreSection(_Section):
     url: StrictStr | None = None  # SQLAlchemy URL; default sqlite:///<data_dir>/linewatch.sqlite3; url_file/url_env
     upgrade_at_start: StrictBool = True  # run Alembic migrations at start (an SQLite file is backed up first)
@@ -116,8 +119,8 @@ class StoreSection(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> StoreSection:
-        if self.url is not None and not self.url.startswith(("sqlite://", "postgresql")):
-            raise ValueError("url must be an SQLAlchemy URL starting with sqlite:// or postgresql+psycopg://")
+        if self.url is not None and not self.url.startswith(STORE_URL_SCHEMES):
+            raise ValueError(f"url must start with one of {', '.join(STORE_URL_SCHEMES)} (psycopg 3 drives PostgreSQL)")
         if self.retry_min_s > self.retry_max_s:
             raise ValueError("retry_min_s must not exceed retry_max_s")
         return self
@@ -136,7 +139,7 @@ class MqttSection(_Section):
     cert_file: Path | None = None  # client certificate (with key_file)
     key_file: Path | None = None
     keepalive_s: StrictInt = Field(30, ge=5, le=65535)
-    ack_timeout_s: Number = Field(10.0, gt=0.0)  # a defect event not acknowledged by then is sent again
+    ack_timeout_s: Number = Field(10.0, gt=0.0)  # a forwarder chunk waits this long for PUBACKs, then retries
     max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
     reconnect_min_s: Number = Field(1.0, gt=0.0)
     reconnect_max_s: Number = Field(60.0, gt=0.0)

@@ -18,6 +18,7 @@ from linewatch.clock import Clock
 from linewatch.journal import Journal
 from linewatch.types import Label, LabelTarget, VerdictLabel
 
+FEEDBACK_MAX_BYTES = 4096  # a feedback body is well under 1 KiB; HTTP uses this, MQTT its max_payload_bytes
 MAX_ID_LENGTH = 128
 MAX_USER_LENGTH = 64
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
@@ -43,15 +44,40 @@ def parse_feedback(data: bytes, max_bytes: int) -> FeedbackRequest:
     """Validate a JSON feedback body: ``{"inspection_id" | "event_id": ID, "label": "normal"|"defect",
     "user": optional name}``. Anything else (too big, not UTF-8, not JSON, both or neither id, extra keys,
     wrong types) raises :class:`FeedbackError` naming the problem."""
-    if len(data) > max_bytes:
-        raise FeedbackError("too_large", f"payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+    return feedback_from_document(decode_json(data, max_bytes))
+
+
+def decode_json(payload: bytes, max_bytes: int) -> Any:
+    """Strict JSON from an untrusted channel (MQTT, HTTP): size-limited, UTF-8, not empty, no duplicate
+    keys (which copy would win is parser-dependent) and no NaN/Infinity. Raises FeedbackError with the
+    reason ``too_large``, ``not_utf8`` or ``bad_json``."""
+    if len(payload) > max_bytes:
+        raise FeedbackError("too_large", f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        document = json.loads(data.decode("utf-8"))
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise FeedbackError("not_utf8", "payload is not UTF-8 text") from None
+    if not text.strip():
+        raise FeedbackError("bad_json", "payload is empty")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise FeedbackError("bad_json", f"payload is not JSON ({exc.msg} at position {exc.pos})") from None
-    return feedback_from_document(document)
+    except ValueError as exc:
+        raise FeedbackError("bad_json", str(exc)) from None
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"key {key[:40]!r} appears twice")
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def feedback_from_document(document: Any) -> FeedbackRequest:

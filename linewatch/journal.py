@@ -36,18 +36,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from linewatch.backoff import backoff_delay
 from linewatch.clock import Clock
 from linewatch.types import Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
 
+_T = TypeVar("_T")
 SCHEMA_VERSION = 2
 KINDS = frozenset({"verdict", "event", "label"})
 BUSY_TIMEOUT_MS = 5000
@@ -143,24 +145,25 @@ def verdict_payload(verdict: Verdict) -> dict[str, Any]:
 
 
 def verdict_from_payload(payload: dict[str, Any]) -> Verdict:
-    try:
-        return Verdict(
-            inspection_id=str(payload["inspection_id"]),
-            camera=str(payload["camera"]),
-            product=str(payload["product"]),
-            seq=int(payload["seq"]),
-            frame_ts=parse_ts(payload["frame_ts"]),
-            captured_mono=float(payload["captured_mono"]),
-            score=float(payload["score"]),
-            threshold=float(payload["threshold"]),
-            label=VerdictLabel(payload["label"]),
-            model_version=str(payload["model_version"]),
-            part_id=_optional_str(payload.get("part_id")),
-            snapshot=_optional_str(payload.get("snapshot")),
-            heatmap=_optional_str(payload.get("heatmap")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise JournalError(f"bad verdict payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+    return _parse(
+        "verdict",
+        payload,
+        lambda p: Verdict(
+            inspection_id=_text(p["inspection_id"]),
+            camera=_text(p["camera"]),
+            product=_text(p["product"]),
+            seq=_whole(p["seq"]),
+            frame_ts=parse_ts(p["frame_ts"]),
+            captured_mono=_finite(p["captured_mono"]),
+            score=_finite(p["score"]),
+            threshold=_finite(p["threshold"]),
+            label=VerdictLabel(p["label"]),
+            model_version=_text(p["model_version"]),
+            part_id=_optional_text(p.get("part_id")),
+            snapshot=_optional_text(p.get("snapshot")),
+            heatmap=_optional_text(p.get("heatmap")),
+        ),
+    )
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -183,25 +186,26 @@ def event_payload(event: Event) -> dict[str, Any]:
 
 
 def event_from_payload(payload: dict[str, Any]) -> Event:
-    try:
-        return Event(
-            event_id=str(payload["event_id"]),
-            type=EventType(payload["type"]),
-            seq=int(payload["seq"]),
-            camera=str(payload["camera"]),
-            product=str(payload["product"]),
-            frame_ts=parse_ts(payload["frame_ts"]),
-            score=float(payload["score"]),
-            threshold=float(payload["threshold"]),
-            label=VerdictLabel(payload["label"]),
-            model_version=str(payload["model_version"]),
-            inspection_id=str(payload["inspection_id"]),
-            part_id=_optional_str(payload.get("part_id")),
-            snapshot=_optional_str(payload.get("snapshot")),
-            heatmap=_optional_str(payload.get("heatmap")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise JournalError(f"bad event payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+    return _parse(
+        "event",
+        payload,
+        lambda p: Event(
+            event_id=_text(p["event_id"]),
+            type=EventType(p["type"]),
+            seq=_whole(p["seq"]),
+            camera=_text(p["camera"]),
+            product=_text(p["product"]),
+            frame_ts=parse_ts(p["frame_ts"]),
+            score=_finite(p["score"]),
+            threshold=_finite(p["threshold"]),
+            label=VerdictLabel(p["label"]),
+            model_version=_text(p["model_version"]),
+            inspection_id=_text(p["inspection_id"]),
+            part_id=_optional_text(p.get("part_id")),
+            snapshot=_optional_text(p.get("snapshot")),
+            heatmap=_optional_text(p.get("heatmap")),
+        ),
+    )
 
 
 def label_payload(label: Label) -> dict[str, Any]:
@@ -218,27 +222,56 @@ def label_payload(label: Label) -> dict[str, Any]:
 
 
 def label_from_payload(payload: dict[str, Any]) -> Label:
+    return _parse(
+        "label",
+        payload,
+        lambda p: Label(
+            label_id=_text(p["label_id"]),
+            target=LabelTarget(p["target"]),
+            target_id=_text(p["target_id"]),
+            camera=_text(p["camera"]),
+            label=VerdictLabel(p["label"]),
+            source=_text(p["source"]),
+            labelled_at=parse_ts(p["labelled_at"]),
+            user=_optional_text(p.get("user")),
+        ),
+    )
+
+
+def _parse(kind: str, payload: dict[str, Any], build: Callable[[dict[str, Any]], _T]) -> _T:
+    """Readers of journal payloads (the store, MQTT) get typed values or a JournalError naming the record,
+    never a half-checked dict: a missing key, a wrong type or a non-finite number is refused here."""
     try:
-        return Label(
-            label_id=str(payload["label_id"]),
-            target=LabelTarget(payload["target"]),
-            target_id=str(payload["target_id"]),
-            camera=str(payload["camera"]),
-            label=VerdictLabel(payload["label"]),
-            source=str(payload["source"]),
-            labelled_at=parse_ts(payload["labelled_at"]),
-            user=_optional_str(payload.get("user")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise JournalError(f"bad label payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+        return build(payload)
+    except (KeyError, TypeError, ValueError, JournalError) as exc:
+        raise JournalError(f"bad {kind} payload ({type(exc).__name__}: {exc}): {payload!r}") from exc
+
+
+def _text(value: Any) -> str:
+    # NUL is refused here: PostgreSQL cannot store it, and one such record would block its whole chunk.
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise TypeError(f"expected a non-empty string without NUL, got {value!r}")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"expected a finite number, got {value!r}")
+    return float(value)
 
 
 def event_key(event: Event) -> str:
     return f"{event.event_id}:{event.seq}"
-
-
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -391,15 +424,19 @@ class Journal:
 
     # --- forwarders' cursors -------------------------------------------------------------------------------
 
-    def register_forwarder(self, name: str) -> None:
-        """Create the forwarder's cursor at position 0 (it will replay everything) unless it already exists."""
+    def register_forwarder(self, name: str, start_at_head: bool = False) -> None:
+        """Create the forwarder's cursor unless it already exists: at position 0, so it replays everything
+        (a store that must hold every record), or with ``start_at_head`` at the current head (live alerts:
+        a broker added to an old journal must not republish months of past episodes as new alarms). An
+        existing cursor is never moved."""
         if not name:
             raise JournalError("a forwarder needs a non-empty name")
         now = format_ts(self._clock.now())
         with self._lock:
+            start = self.head() if start_at_head else 0
             self._write(
-                "INSERT OR IGNORE INTO forwarders (name, position, registered_at, updated_at) VALUES (?, 0, ?, ?)",
-                (name, now, now),
+                "INSERT OR IGNORE INTO forwarders (name, position, registered_at, updated_at) VALUES (?, ?, ?, ?)",
+                (name, start, now, now),
             )
 
     def cursor(self, forwarder: str) -> int:
@@ -544,6 +581,7 @@ class ForwarderRunner:
         idle_s: float = 0.2,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        start_at_head: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -561,7 +599,7 @@ class ForwarderRunner:
         self._failing = 0  # consecutive failed cycles
         self._more = False  # the last cycle filled a whole batch: read again without idling
         self._log = logging.getLogger(f"linewatch.forwarder.{self.name}")
-        journal.register_forwarder(self.name)
+        journal.register_forwarder(self.name, start_at_head)
 
     @property
     def next_delay_s(self) -> float:

@@ -20,7 +20,7 @@ import numpy as np
 
 from linewatch.clock import Clock
 from linewatch.config import Config
-from linewatch.feedback import FeedbackError, parse_feedback, submit
+from linewatch.feedback import FEEDBACK_MAX_BYTES, FeedbackError, parse_feedback, submit
 from linewatch.journal import Forwarder, ForwarderRunner, Journal, JournalRecord, LoggingForwarder
 from linewatch.sinks.db import (
     DatabaseError,
@@ -40,6 +40,8 @@ from linewatch.types import CameraStatus, Frame, Verdict
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
+MQTT_RETRY_MIN_S = 0.2
+MQTT_RETRY_MAX_S = 2.0
 
 
 class StoreForwarder:
@@ -111,6 +113,7 @@ class Outputs:
         self.evidence: EvidenceWriter | None = None
         self.sweeper: RetentionSweeper | None = None
         self.http: HttpServer | None = None
+        self._protected: set[str] | None = None
 
     # ---- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,7 +124,7 @@ class Outputs:
             store.ensure_schema()
         except DatabaseError as problem:
             log.error("store not ready (%s); inspecting anyway: the journal keeps everything until it is", problem)
-        forwarders: list[Forwarder] = [store]
+        self._start_runner(store, config.store.retry_min_s, config.store.retry_max_s)
         if config.mqtt.enabled:
             self.link = MqttLink(
                 config.mqtt,
@@ -130,11 +133,13 @@ class Outputs:
                 self._handlers,
                 **({"client_factory": self._mqtt_client_factory} if self._mqtt_client_factory else {}),
             )
-            forwarders.append(MqttForwarder(self.link, config.site.site, config.site.line))
+            # Alerts are live: a new cursor starts at the head (no past episodes re-alerted). While the broker
+            # is away a send fails at once without touching the network, so a short backoff is cheap and
+            # delivery resumes within MQTT_RETRY_MAX_S of the reconnect.
+            mqtt_forwarder = MqttForwarder(self.link, config.site.site, config.site.line)
+            self._start_runner(mqtt_forwarder, MQTT_RETRY_MIN_S, MQTT_RETRY_MAX_S, start_at_head=True)
         if config.journal.log_records:
-            forwarders.append(LoggingForwarder())
-        for forwarder in forwarders:
-            self._start_runner(forwarder)
+            self._start_runner(LoggingForwarder(), config.store.retry_min_s, config.store.retry_max_s)
         if self.link is not None:
             self.link.start()  # connects in the background; a missing broker only delays delivery
         self.evidence = EvidenceWriter(
@@ -161,29 +166,39 @@ class Outputs:
         self.http.start()
         log.info("HTTP port %s:%d (feedback)", config.http.host, self.http.port)
 
-    def _start_runner(self, forwarder: Forwarder) -> None:
+    def _start_runner(
+        self, forwarder: Forwarder, retry_min_s: float, retry_max_s: float, start_at_head: bool = False
+    ) -> None:
         runner = ForwarderRunner(
             self.journal,
             forwarder,
             self._forwarder_stop,
             self.clock,
             batch_size=self.config.journal.forwarder_batch,
-            backoff_min_s=self.config.store.retry_min_s,
-            backoff_max_s=self.config.store.retry_max_s,
+            backoff_min_s=retry_min_s,
+            backoff_max_s=retry_max_s,
+            start_at_head=start_at_head,
         )
         self.runners.append(runner)
         self._threads.append(runner.start())
 
     def _protected_evidence(self) -> set[str]:
-        """Confirmed normals that retraining has not used yet keep their evidence (read from the store)."""
-        return confirmed_normal_inspections(self.engine)
+        """Confirmed normals that retraining has not used yet keep their evidence (read from the store).
+        While the store is unreachable the last set read stands in, so an outage never unprotects them."""
+        try:
+            self._protected = confirmed_normal_inspections(self.engine)
+        except DatabaseError:
+            if self._protected is None:
+                raise
+            log.warning("store unreachable: retention keeps the last known %d confirmed normals", len(self._protected))
+        return self._protected
 
     def _routes(self) -> dict[tuple[str, str], Callable[[HttpRequest], HttpResponse]]:
         return {("POST", "/feedback"): self._http_feedback}
 
     def _http_feedback(self, request: HttpRequest) -> HttpResponse:
         try:
-            feedback = parse_feedback(request.body, self.config.mqtt.max_payload_bytes)
+            feedback = parse_feedback(request.body, FEEDBACK_MAX_BYTES)
             label = submit(self.journal, self.clock, feedback, "http")
         except FeedbackError as problem:
             return error(404 if problem.reason == "unknown_id" else 400, str(problem))

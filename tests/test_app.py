@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ import pytest
 
 from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.app import App
-from linewatch.clock import FakeClock, SystemClock
+from linewatch.clock import FakeClock
 from linewatch.config import load_config
 from linewatch.journal import Journal, JournalRecord
 from linewatch.synthetic import SyntheticProduct
@@ -87,10 +91,15 @@ port = 0
     return path
 
 
-def _records(journal_path: Path, kind: str) -> list[JournalRecord]:
-    with Journal(journal_path, SystemClock()) as journal:
-        journal.register_forwarder("probe")
-        return journal.read_after("probe", 1_000_000, kinds={kind})
+def journal_records(journal_path: Path, kind: str) -> list[JournalRecord]:
+    """Read the journal of a running daemon without registering a cursor in it (a reader's cursor would
+    show up as a forwarder with a growing backlog)."""
+    with closing(sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True, timeout=5)) as connection:
+        rows = connection.execute(
+            "SELECT position, kind, key, camera, payload, committed_at FROM records WHERE kind = ? ORDER BY position",
+            (kind,),
+        ).fetchall()
+    return [JournalRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5]) for row in rows]
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
@@ -115,10 +124,10 @@ def test_app_journals_every_frame_and_stops_in_order(daemon_model: Path, tmp_pat
     app = App(config)
     app.start()
     try:
-        _wait_for(lambda: len(_records(config.journal_path, "verdict")) >= 24, timeout_s=60)
+        _wait_for(lambda: len(journal_records(config.journal_path, "verdict")) >= 24, timeout_s=60)
     finally:
         app.stop()
-    verdicts = _records(config.journal_path, "verdict")
+    verdicts = journal_records(config.journal_path, "verdict")
     captured = sum(runtime.reader.stats.frames for runtime in app.cameras.values())
     assert len(verdicts) == captured  # drained on stop: nothing captured is left unjournaled
     assert app.batcher is not None and not any(app.batcher.drops().values())
@@ -126,7 +135,7 @@ def test_app_journals_every_frame_and_stops_in_order(daemon_model: Path, tmp_pat
     payload = verdicts[0].payload
     assert payload["product"] == PRODUCT and payload["model_version"].startswith("model@")
     assert payload["label"] in {"normal", "defect"} and 0.0 <= payload["score"] <= 1.0
-    events = _records(config.journal_path, "event")
+    events = journal_records(config.journal_path, "event")
     defects = [v for v in verdicts if v.payload["label"] == "defect"]
     assert bool(events) == bool(defects)  # debounce 1 of 1: every defect run opens an episode
     if events:
@@ -151,7 +160,7 @@ def test_linewatch_run_reloads_on_sighup_and_stops_cleanly_on_sigterm(daemon_mod
     log = tmp_path / "daemon.log"
     daemon = _start_daemon(config_path, log)
     try:
-        _wait_for(lambda: journal_path.exists() and len(_records(journal_path, "verdict")) >= 20, timeout_s=120)
+        _wait_for(lambda: journal_path.exists() and len(journal_records(journal_path, "verdict")) >= 20, timeout_s=120)
         config_path.write_text(config_path.read_text().replace('name = "cam1"', 'name = "cam1"\nenabled = false'))
         daemon.send_signal(signal.SIGHUP)
         _wait_for(lambda: "camera cam1 disabled" in log.read_text(), timeout_s=30)
@@ -164,7 +173,7 @@ def test_linewatch_run_reloads_on_sighup_and_stops_cleanly_on_sigterm(daemon_mod
     assert "ready: 2 camera(s)" in output and "signal SIGTERM: stopping" in output
     assert output.rstrip().endswith("stopped"), output[-500:]
     assert "[test/l1]" in output  # line context on every record
-    verdicts = _records(journal_path, "verdict")
+    verdicts = journal_records(journal_path, "verdict")
     assert len(verdicts) >= 20
     _assert_no_frame_lost(verdicts, cameras=2)
 
@@ -174,14 +183,14 @@ def test_sigkill_mid_run_keeps_every_committed_verdict_once(daemon_model: Path, 
     journal_path = load_config(config_path).journal_path
     daemon = _start_daemon(config_path, tmp_path / "daemon.log")
     try:
-        _wait_for(lambda: journal_path.exists() and len(_records(journal_path, "verdict")) >= 12, timeout_s=120)
-        seen_before_kill = len(_records(journal_path, "verdict"))
+        _wait_for(lambda: journal_path.exists() and len(journal_records(journal_path, "verdict")) >= 12, timeout_s=120)
+        seen_before_kill = len(journal_records(journal_path, "verdict"))
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=30)
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    verdicts = _records(journal_path, "verdict")
+    verdicts = journal_records(journal_path, "verdict")
     assert len(verdicts) >= seen_before_kill
     _assert_no_frame_lost(verdicts, cameras=2)
     positions = [record.position for record in verdicts]
@@ -202,7 +211,7 @@ def test_reload_applies_thresholds_and_enable_flags_between_batches(daemon_model
     app = App(config)
     app.start()
     try:
-        _wait_for(lambda: len(_records(config.journal_path, "verdict")) >= 8, timeout_s=60)
+        _wait_for(lambda: len(journal_records(config.journal_path, "verdict")) >= 8, timeout_s=60)
         text = config_path.read_text().replace('name = "cam1"', 'name = "cam1"\nenabled = false')
         text = text.replace('pretrained = "none"', f'pretrained = "none"\nthresholds = {{ "{PRODUCT}" = -1.0 }}')
         config_path.write_text(text)
@@ -211,12 +220,12 @@ def test_reload_applies_thresholds_and_enable_flags_between_batches(daemon_model
         assert app.cameras["cam1"].status is CameraStatus.DISABLED
         assert not app.cameras["cam1"].thread.is_alive()
         cam1_frames = app.cameras["cam1"].reader.stats.frames
-        reloaded_at = len(_records(config.journal_path, "verdict"))
-        _wait_for(lambda: len(_records(config.journal_path, "verdict")) >= reloaded_at + 8, timeout_s=60)
+        reloaded_at = len(journal_records(config.journal_path, "verdict"))
+        _wait_for(lambda: len(journal_records(config.journal_path, "verdict")) >= reloaded_at + 8, timeout_s=60)
         assert app.reload(load_config(config_path)) == []  # nothing changed since
     finally:
         app.stop()
-    verdicts = _records(config.journal_path, "verdict")
+    verdicts = journal_records(config.journal_path, "verdict")
     later = verdicts[reloaded_at + 4 :]  # a batch in flight at the reload may still use the old threshold
     assert later and all(v.payload["threshold"] == -1.0 and v.payload["label"] == "defect" for v in later)
     assert all(v.payload["seq"] <= cam1_frames for v in verdicts if v.camera == "cam1")  # cam1 captured no more
@@ -259,6 +268,26 @@ def test_episode_of_a_silent_camera_ends_on_other_cameras_batches(daemon_model: 
     app._record(*verdict("cam1", 1, VerdictLabel.NORMAL))  # cam0 quiet for 0.1 s: still open
     clock.advance(0.15)
     app._record(*verdict("cam1", 2, VerdictLabel.NORMAL))  # cam0 quiet for 0.25 s > 0.2 s: ends now
-    events = _records(tmp_path / "journal.sqlite3", "event")
+    events = journal_records(tmp_path / "journal.sqlite3", "event")
     assert [(e.camera, e.payload["type"], e.payload["seq"]) for e in events] == [("cam0", "new", 1), ("cam0", "end", 2)]
     app.journal.close()
+
+
+def test_enable_commands_apply_in_order_and_never_restart_a_stopping_daemon(
+    daemon_model: Path, tmp_path: Path
+) -> None:
+    app = App(load_config(_write_config(tmp_path, daemon_model)))
+    app.start()
+    try:
+        for enabled in (False, True, False, True):  # as MQTT delivers them, faster than a reader stops
+            app.set_enabled("cam1", enabled)
+        app._control.submit(lambda: None).result(timeout=30)  # the queue has drained
+        assert app.cameras["cam1"].thread is not None and app.cameras["cam1"].thread.is_alive()
+        app.stop_event.set()
+        assert app._shutdown_thread is not None
+        app._shutdown_thread.join(timeout=30)
+        app.set_camera_enabled("cam1", True)  # a late command while stopping
+        assert not app.cameras["cam1"].thread.is_alive()
+    finally:
+        app.stop()
+    assert not any(thread.name.startswith(("camera", "control")) for thread in threading.enumerate())

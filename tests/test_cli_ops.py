@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,7 @@ def test_label_refuses_unknown_ids_and_a_missing_journal(tmp_path: Path, capsys:
     assert main(["label", "cam1-boot-1", "fine", "--config", str(config_path)]) == 2  # argparse choices
 
 
-def test_db_upgrade_migrates_once_and_backs_up_an_existing_file(
+def test_db_upgrade_migrates_once_and_backs_up_only_an_existing_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config_path = _config(tmp_path)
@@ -58,6 +60,31 @@ def test_db_upgrade_migrates_once_and_backs_up_an_existing_file(
     assert main(["db", "upgrade", "--config", str(config_path)]) == 0
     assert "already at revision" in capsys.readouterr().out
     assert not (tmp_path / "data" / "backups").exists()  # nothing to back up: the file was new, then current
+
+    other = tmp_path / "other"
+    other.mkdir()
+    existing = other / "store.sqlite3"
+    with closing(sqlite3.connect(existing)) as connection:  # a file holding data, not yet migrated
+        connection.execute("CREATE TABLE notes (text TEXT)")
+        connection.execute("INSERT INTO notes VALUES ('keep me')")
+        connection.commit()
+    config_path = _config(other, f"sqlite:///{existing}")
+    assert main(["db", "upgrade", "--config", str(config_path)]) == 0
+    out = capsys.readouterr().out
+    backups = list((other / "data" / "backups").iterdir())
+    assert len(backups) == 1 and f"backup of the previous file: {backups[0]}" in out
+    with closing(sqlite3.connect(backups[0])) as connection:
+        assert connection.execute("SELECT text FROM notes").fetchall() == [("keep me",)]
+
+
+def test_label_checks_the_user_like_every_feedback_channel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = _config(tmp_path)
+    with Journal(load_config(config_path).journal_path, FakeClock()) as journal:
+        journal.append_batch([make_verdict(1)], [])
+    assert main(["label", "cam1-boot-1", "normal", "--config", str(config_path), "--user", "x" * 65]) == 2
+    assert "user must be a printable string" in capsys.readouterr().err
 
 
 def test_db_upgrade_names_an_unreachable_database_without_its_password(

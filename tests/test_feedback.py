@@ -31,6 +31,9 @@ def test_valid_feedback_is_parsed(body: bytes, expected: FeedbackRequest) -> Non
     ("body", "reason", "fragment"),
     [
         (b"{not json", "bad_json", "not JSON"),
+        (b"  ", "bad_json", "empty"),
+        (b'{"inspection_id": "a", "inspection_id": "b", "label": "normal"}', "bad_json", "appears twice"),
+        (b'{"inspection_id": "a", "label": NaN}', "bad_json", "NaN is not a JSON number"),
         (b"\xff\xfe\x00binary", "not_utf8", "UTF-8"),
         (b"[1, 2]", "schema", "JSON object"),
         (b'"normal"', "schema", "JSON object"),

@@ -114,3 +114,14 @@ def test_a_record_kind_outside_the_schema_is_refused_by_the_database(tmp_path: P
         assert journal._conn is not None
         with pytest.raises(sqlite3.IntegrityError):
             journal._conn.execute("INSERT INTO records VALUES (NULL, 'photo', 'k', 'c', '{}', 't')")
+
+
+def test_a_live_forwarder_can_start_at_the_head_and_keeps_its_cursor_afterwards(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite3", FakeClock()) as journal:
+        journal.append_batch([make_verdict(1), make_verdict(2)], [make_event("ev-1", 1)])
+        journal.register_forwarder("store")
+        journal.register_forwarder("alerts", start_at_head=True)
+        assert journal.backlogs() == {"alerts": 0, "store": 3}  # no past episode is re-alerted
+        journal.append_batch([make_verdict(3)], [])
+        journal.register_forwarder("alerts", start_at_head=True)  # a restart: the cursor stays where it was
+        assert journal.backlogs() == {"alerts": 1, "store": 4}

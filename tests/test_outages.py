@@ -17,14 +17,13 @@ from sqlalchemy import select
 
 from linewatch.app import App
 from linewatch.cli import main
-from linewatch.clock import SystemClock
 from linewatch.config import Config, load_config
-from linewatch.journal import Journal, JournalRecord
+from linewatch.journal import JournalRecord
 from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
 from tests.services.postgres import PostgresServer
-from tests.test_app import HEIGHT, PRODUCT, WIDTH, daemon_model  # noqa: F401  (the module-scoped model fixture)
+from tests.test_app import HEIGHT, PRODUCT, WIDTH, daemon_model, journal_records  # noqa: F401  (a module-scoped fixture)
 
 
 def _write_config(root: Path, model: Path, broker: MosquittoBroker, store_url: str, prefix: str) -> Path:
@@ -84,6 +83,7 @@ reconnect_max_s = 0.5
 
 [evidence]
 every_nth_normal = 5
+min_free_mb = 0  # evidence must not depend on the test machine's free disk
 
 [http]
 port = 0
@@ -93,9 +93,7 @@ port = 0
 
 
 def _journaled(config: Config, kind: str) -> list[JournalRecord]:
-    with Journal(config.journal_path, SystemClock()) as journal:
-        journal.register_forwarder("probe")
-        return journal.read_after("probe", 1_000_000, kinds={kind})
+    return journal_records(config.journal_path, kind)
 
 
 def _grows_by(config: Config, count: int) -> Callable[[], bool]:
@@ -203,9 +201,12 @@ def test_feedback_over_mqtt_http_and_cli_reaches_the_store_with_evidence(
             connection.request("POST", "/feedback", body=json.dumps({"inspection_id": "nope", "label": "normal"}))
             assert connection.getresponse().status == 404
             connection.close()
-            cli = threading.Thread(target=main, args=(["label", other.key, "normal", "--config", str(config_path)],))
+            exit_codes: list[int] = []
+            command = ["label", other.key, "normal", "--config", str(config_path)]
+            cli = threading.Thread(target=lambda: exit_codes.append(main(command)))
             cli.start()
             cli.join(timeout=30)
+            assert exit_codes == [0]
             wait_until(lambda: len(_journaled(config, "label")) == 3, timeout=30, interval=0.1)
             _quiesce(app)
         finally:

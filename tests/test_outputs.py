@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,25 @@ def _config(tmp_path: Path, store_url: str, **store: object) -> Config:
     )
 
 
+@pytest.fixture
+def running() -> Iterator[Callable[[Config, Journal], Outputs]]:
+    """Start Outputs for a test and always stop them (their threads are not daemons: a failed test must
+    not hang the session)."""
+    started: list[tuple[Outputs, Journal]] = []
+
+    def start(config: Config, journal: Journal, **kwargs: object) -> Outputs:
+        outputs = Outputs(config, journal, SystemClock(), handlers=None, **kwargs)  # type: ignore[arg-type]
+        started.append((outputs, journal))
+        outputs.start()
+        return outputs
+
+    yield start  # type: ignore[misc]
+    for outputs, journal in started:
+        outputs.stop_intake()
+        outputs.stop()
+        journal.close()
+
+
 def _stored(url: str) -> int:
     engine = make_engine(url)
     with engine.connect() as connection:
@@ -41,48 +61,47 @@ def _stored(url: str) -> int:
 
 
 def test_a_store_down_at_start_delays_the_store_not_the_daemon(
-    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    postgres_url: str,
+    caplog: pytest.LogCaptureFixture,
+    running: Callable[..., Outputs],
 ) -> None:
     postgres_server.stop()
     try:
         journal = Journal(tmp_path / "journal.sqlite3", SystemClock())
-        outputs = Outputs(_config(tmp_path, postgres_url), journal, SystemClock(), handlers=None)  # type: ignore[arg-type]
         with caplog.at_level(logging.ERROR, logger="linewatch.outputs"):
-            outputs.start()
+            running(_config(tmp_path, postgres_url), journal)
         assert "store not ready" in caplog.text and "test-secret-pw" not in caplog.text
         journal.append_batch([make_verdict(index) for index in range(1, 6)], [])
         assert journal.backlog("db") == 5
     finally:
         postgres_server.start()
     wait_until(lambda: journal.backlog("db") == 0, timeout=30, interval=0.05)  # migrated, then caught up
-    outputs.stop_intake()
-    outputs.stop()
-    journal.close()
     assert _stored(postgres_url) == 5
 
 
-def test_without_upgrade_at_start_an_old_schema_holds_the_store_back(tmp_path: Path) -> None:
+def test_without_upgrade_at_start_an_old_schema_holds_the_store_back(
+    tmp_path: Path, running: Callable[..., Outputs]
+) -> None:
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     journal = Journal(tmp_path / "journal.sqlite3", SystemClock())
-    outputs = Outputs(_config(tmp_path, url, upgrade_at_start=False), journal, SystemClock(), handlers=None)  # type: ignore[arg-type]
-    outputs.start()
+    outputs = running(_config(tmp_path, url, upgrade_at_start=False), journal)
     journal.append_batch([make_verdict(1)], [])
     wait_until(lambda: outputs.runners[0].stats.failures >= 2, timeout=10, interval=0.05)
     assert "linewatch db upgrade" in (outputs.runners[0].stats.last_error or "")
     assert journal.backlog("db") == 1  # held in the journal, not lost
     upgrade_database(url, tmp_path / "backups")  # the operator runs `linewatch db upgrade`
     wait_until(lambda: journal.backlog("db") == 0, timeout=10, interval=0.05)
-    outputs.stop_intake()
-    outputs.stop()
-    journal.close()
     assert _stored(url) == 1
 
 
-def test_verdicts_carry_evidence_paths_only_when_the_evidence_was_queued(tmp_path: Path) -> None:
+def test_verdicts_carry_evidence_paths_only_when_the_evidence_was_queued(
+    tmp_path: Path, running: Callable[..., Outputs]
+) -> None:
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     journal = Journal(tmp_path / "journal.sqlite3", SystemClock())
-    outputs = Outputs(_config(tmp_path, url), journal, SystemClock(), handlers=None, free_bytes=lambda: 10**12)  # type: ignore[arg-type]
-    outputs.start()
+    outputs = running(_config(tmp_path, url), journal, free_bytes=lambda: 10**12)
     assert outputs.evidence is not None
     outputs.evidence.stop()  # a stopped writer refuses every job, as a full queue would
     frame_ts = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -90,8 +109,5 @@ def test_verdicts_carry_evidence_paths_only_when_the_evidence_was_queued(tmp_pat
     verdicts = [make_verdict(1, label=VerdictLabel.DEFECT), make_verdict(2), make_verdict(3)]
     maps = [np.zeros((4, 4), np.float32)] * 3
     assert [(v.snapshot, v.heatmap) for v in outputs.with_evidence(frames, verdicts, maps)] == [(None, None)] * 3
-    outputs.stop_intake()
-    outputs.stop()
-    journal.close()
     # Wanted: the defect and the first normal (every 2nd normal); the second normal was never submitted.
     assert outputs.evidence.stats.dropped == {"stopped": 2}

@@ -4,25 +4,27 @@ One transaction per chunk, in journal order, idempotent upserts keyed on the dae
 ``INSERT .. ON CONFLICT`` on SQLite and PostgreSQL), so the runner may offer a chunk any number of times. A
 run of consecutive verdicts is one executemany (the common case, and the one that has to be fast); event
 messages and labels, rare, are written one by one because each reads state the previous one may have set.
+Payloads are read with the journal's own strict parsers (``verdict_from_payload`` & co.): one definition of
+a valid record for every reader.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.journal import JournalError, JournalRecord, parse_ts
+from linewatch.journal import JournalError, JournalRecord, event_from_payload, label_from_payload, verdict_from_payload
 from linewatch.sinks.db import DatabaseError, masked, reason, write_transaction
-from linewatch.sinks.db_schema import EVENT_TYPES, LABEL_TARGETS, VERDICTS, DefectEvent, Inspection, LabelRecord
+from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord, LatestLabel
+from linewatch.types import Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,15 @@ class DbForwarder:
       already carries a later one: the inspection, or the event and every defect inspection of its camera
       inside the episode ``[started_at, ended_at or last_at]`` (the frames the operator judged).
 
+    An operator may label an episode while it is still open: its later defect frames are not covered yet.
+    So every event message folded into an episode that carries a label applies that label again over the
+    episode's whole span, to the frames that carry no label or an older one. Nothing else is needed for
+    the frames written after the label: the daemon journals a batch's verdicts before the event messages
+    they cause, and a camera's frames in time order, so every frame inside the span an event message
+    announces is already in the store when that message is folded; the ``end`` message closes the span.
+    (Only a wall clock stepped back mid-episode could journal a frame inside a span already folded; that
+    frame would keep no label.)
+
     ``send`` raises :class:`DatabaseError` when the database fails; the runner backs off and offers the same
     chunk again.
     """
@@ -74,62 +85,74 @@ class DbForwarder:
         if not records:
             return 0
         counts = DbStats(chunks=1)
-        runs = _runs(records, counts)
+        parsed = _parse(records, counts)
         try:
             with write_transaction(self._engine) as conn:
-                for kind, rows in runs:
-                    if kind == "verdict":
-                        conn.execute(self._upsert_inspections, rows)  # the journal holds each key once
-                        counts.inspections += len(rows)
-                    elif kind == "event":
-                        for row in rows:
-                            self._write_event(conn, row)
-                        counts.events += len(rows)
+                verdicts: list[dict[str, Any]] = []  # the current run of consecutive verdicts
+                for position, value in parsed:
+                    if isinstance(value, Verdict):
+                        verdicts.append(_inspection_row(value, position))
+                        continue
+                    self._write_inspections(conn, verdicts, counts)
+                    verdicts = []
+                    if isinstance(value, Event):
+                        self._write_event(conn, value)
+                        counts.events += 1
                     else:
-                        for row in rows:
-                            self._write_label(conn, row, counts)
+                        self._write_label(conn, value, counts)
+                self._write_inspections(conn, verdicts, counts)
         except SQLAlchemyError as exc:
             raise DatabaseError(f"{self._where}: {len(records)} journal records not written: {reason(exc)}") from exc
         for field in fields(DbStats):
             setattr(self.stats, field.name, getattr(self.stats, field.name) + getattr(counts, field.name))
         return len(records)
 
-    def _write_event(self, conn: Connection, row: dict[str, Any]) -> None:
-        table = DefectEvent.__table__
-        stmt = self._insert(table).values(row)
-        new = stmt.excluded
-        if row["last_type"] == "new":
-            # Only the opening's own fields: a later message seen first created the row from itself.
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["event_id"],
-                    set_={"started_at": new.started_at, "first_inspection_id": new.first_inspection_id},
-                )
-            )
-            return
-        latest = ("last_at", "last_type", "last_seq", "last_inspection_id")
-        changes: dict[str, Any] = {name: new[name] for name in latest}
-        if row["last_type"] == "end":
-            changes["ended_at"] = new.ended_at
-        else:  # an update announces a new peak (events.step emits one only above the peak so far)
-            for name in ("peak_score", "threshold", "model_version", "snapshot", "heatmap"):
-                changes[name] = new[name]
-        conn.execute(
-            stmt.on_conflict_do_update(index_elements=["event_id"], set_=changes, where=table.c.last_seq < new.last_seq)
-        )
+    def _write_inspections(self, conn: Connection, rows: list[dict[str, Any]], counts: DbStats) -> None:
+        if rows:
+            conn.execute(self._upsert_inspections, rows)  # the journal holds each key once
+            counts.inspections += len(rows)
 
-    def _write_label(self, conn: Connection, row: dict[str, Any], counts: DbStats) -> None:
+    def _write_event(self, conn: Connection, event: Event) -> None:
+        table = DefectEvent.__table__
+        stmt = self._insert(table).values(_event_row(event))
+        new = stmt.excluded
+        if event.type is EventType.NEW:
+            # Only the opening's own fields: a later message seen first created the row from itself.
+            fold = stmt.on_conflict_do_update(
+                index_elements=["event_id"],
+                set_={"started_at": new.started_at, "first_inspection_id": new.first_inspection_id},
+            )
+        else:
+            latest = ("last_at", "last_type", "last_seq", "last_inspection_id")
+            changes: dict[str, Any] = {name: new[name] for name in latest}
+            if event.type is EventType.END:
+                changes["ended_at"] = new.ended_at
+            else:  # an update announces a new peak (events.step emits one only above the peak so far)
+                for name in ("peak_score", "threshold", "model_version", "snapshot", "heatmap"):
+                    changes[name] = new[name]
+            fold = stmt.on_conflict_do_update(
+                index_elements=["event_id"], set_=changes, where=table.c.last_seq < new.last_seq
+            )
+        conn.execute(fold)
+        episode = _episode(conn, event.event_id)
+        if episode is not None and episode.labelled_at is not None:
+            # Frames already carrying this very label (labelled_at equal) are left as they are: no rewrite.
+            _label_frames(conn, episode, _latest(episode), _older_than(Inspection, episode.labelled_at))
+
+    def _write_label(self, conn: Connection, label: Label, counts: DbStats) -> None:
         conn.execute(
-            self._insert(LabelRecord.__table__).values(row).on_conflict_do_nothing(index_elements=["label_id"])
+            self._insert(LabelRecord.__table__)
+            .values(_label_row(label))
+            .on_conflict_do_nothing(index_elements=["label_id"])
         )
         latest = {
-            "label": row["label"],
-            "label_source": row["source"],
-            "label_user": row["username"],
-            "labelled_at": row["labelled_at"],
+            "label": label.label.value,
+            "label_source": label.source,
+            "label_user": label.user,
+            "labelled_at": label.labelled_at,
         }
-        at, target_id = row["labelled_at"], row["target_id"]
-        if row["target"] == "inspection":
+        at, target_id = label.labelled_at, label.target_id
+        if label.target is LabelTarget.INSPECTION:
             done = conn.execute(
                 update(Inspection).where(Inspection.id == target_id, _not_newer(Inspection, at)).values(latest)
             )
@@ -137,36 +160,20 @@ class DbForwarder:
                 done.rowcount > 0 or conn.scalar(select(Inspection.id).where(Inspection.id == target_id)) is not None
             )
         else:
-            episode = conn.execute(
-                select(DefectEvent.camera, DefectEvent.started_at, DefectEvent.ended_at, DefectEvent.last_at).where(
-                    DefectEvent.event_id == target_id
-                )
-            ).first()
+            conn.execute(
+                update(DefectEvent).where(DefectEvent.event_id == target_id, _not_newer(DefectEvent, at)).values(latest)
+            )
+            episode = _episode(conn, target_id)
             found = episode is not None
             if episode is not None:
-                conn.execute(
-                    update(DefectEvent)
-                    .where(DefectEvent.event_id == target_id, _not_newer(DefectEvent, at))
-                    .values(latest)
-                )
-                conn.execute(
-                    update(Inspection)
-                    .where(
-                        Inspection.camera == episode.camera,
-                        Inspection.verdict == "defect",
-                        Inspection.frame_ts >= episode.started_at,
-                        Inspection.frame_ts <= (episode.ended_at or episode.last_at),
-                        _not_newer(Inspection, at),
-                    )
-                    .values(latest)
-                )
+                _label_frames(conn, episode, latest, _not_newer(Inspection, at))
         counts.labels += 1
         if not found:
             counts.orphan_labels += 1
             log.warning(
                 "label %s: %s %r is not in the store; kept in the labels history only",
-                row["label_id"],
-                row["target"],
+                label.label_id,
+                label.target.value,
                 target_id,
             )
 
@@ -176,120 +183,115 @@ _SCORER_FIELDS = frozenset(
     {"camera", "product", "seq", "frame_ts", "score", "threshold", "verdict", "model_version", "part_id"}
     | {"snapshot", "heatmap", "journal_position"}
 )
+_LATEST_LABEL = ("label", "label_source", "label_user", "labelled_at")
 
 
-def _not_newer(entity: type[Inspection] | type[DefectEvent], at: datetime) -> ColumnElement[bool]:
-    """The target's latest label is not later than ``at`` (or there is none): replays never undo a newer label."""
+def _episode(conn: Connection, event_id: str) -> Row[Any] | None:
+    """The episode's span and its latest label; None when the store has no such episode."""
+    columns = [getattr(DefectEvent, name) for name in ("camera", "started_at", "last_at", "ended_at", *_LATEST_LABEL)]
+    return conn.execute(select(*columns).where(DefectEvent.event_id == event_id)).first()
+
+
+def _latest(episode: Row[Any]) -> dict[str, Any]:
+    return {name: getattr(episode, name) for name in _LATEST_LABEL}
+
+
+def _label_frames(conn: Connection, episode: Row[Any], latest: dict[str, Any], replaces: ColumnElement[bool]) -> None:
+    """Set ``latest`` on the episode's defect frames (its camera's defect inspections within its span) that
+    ``replaces`` selects."""
+    conn.execute(
+        update(Inspection)
+        .where(
+            Inspection.camera == episode.camera,
+            Inspection.verdict == VerdictLabel.DEFECT.value,
+            Inspection.frame_ts >= episode.started_at,
+            Inspection.frame_ts <= (episode.ended_at or episode.last_at),
+            replaces,
+        )
+        .values(latest)
+    )
+
+
+def _not_newer(entity: type[LatestLabel], at: datetime) -> ColumnElement[bool]:
+    """The row's latest label is not later than ``at`` (or there is none): replays never undo a newer label."""
     return or_(entity.labelled_at.is_(None), entity.labelled_at <= at)
 
 
-def _runs(records: Sequence[JournalRecord], counts: DbStats) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Rows per run of consecutive records of one kind, in journal order; malformed records logged and skipped."""
-    runs: list[tuple[str, list[dict[str, Any]]]] = []
+def _older_than(entity: type[LatestLabel], at: datetime) -> ColumnElement[bool]:
+    """The row has no label or one strictly older than ``at``."""
+    return or_(entity.labelled_at.is_(None), entity.labelled_at < at)
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], Verdict | Event | Label]] = {
+    "verdict": verdict_from_payload,
+    "event": event_from_payload,
+    "label": label_from_payload,
+}
+
+
+def _parse(records: Sequence[JournalRecord], counts: DbStats) -> list[tuple[int, Verdict | Event | Label]]:
+    """(position, typed value) per record, in journal order; malformed records are logged, counted and skipped
+    so that one cannot wedge the forwarder."""
+    parsed: list[tuple[int, Verdict | Event | Label]] = []
     for record in records:
+        parse = _PARSERS.get(record.kind)
         try:
-            parse = _ROWS.get(record.kind)
             if parse is None:
-                raise ValueError(f"unknown record kind {record.kind!r}")
-            row = parse(record)
-        except (KeyError, TypeError, ValueError, JournalError) as exc:
+                raise JournalError(f"unknown record kind {record.kind!r}")
+            parsed.append((record.position, parse(record.payload)))
+        except JournalError as exc:
             counts.skipped += 1
             log.error("db: skipping malformed %s record #%d (%s): %s", record.kind, record.position, record.key, exc)
-            continue
-        if runs and runs[-1][0] == record.kind:
-            runs[-1][1].append(row)
-        else:
-            runs.append((record.kind, [row]))
-    return runs
+    return parsed
 
 
-def _inspection_row(record: JournalRecord) -> dict[str, Any]:
-    p = record.payload
+def _inspection_row(verdict: Verdict, position: int) -> dict[str, Any]:
     return {
-        "id": _text(p, "inspection_id"),
-        "camera": _text(p, "camera"),
-        "product": _text(p, "product"),
-        "seq": _integer(p, "seq"),
-        "frame_ts": parse_ts(p.get("frame_ts")),
-        "score": _number(p, "score"),
-        "threshold": _number(p, "threshold"),
-        "verdict": _one_of(p, "label", VERDICTS),
-        "model_version": _text(p, "model_version"),
-        "part_id": _optional_text(p, "part_id"),
-        "snapshot": _optional_text(p, "snapshot"),
-        "heatmap": _optional_text(p, "heatmap"),
-        "journal_position": record.position,
+        "id": verdict.inspection_id,
+        "camera": verdict.camera,
+        "product": verdict.product,
+        "seq": verdict.seq,
+        "frame_ts": verdict.frame_ts,
+        "score": verdict.score,
+        "threshold": verdict.threshold,
+        "verdict": verdict.label.value,
+        "model_version": verdict.model_version,
+        "part_id": verdict.part_id,
+        "snapshot": verdict.snapshot,
+        "heatmap": verdict.heatmap,
+        "journal_position": position,
     }
 
 
-def _event_row(record: JournalRecord) -> dict[str, Any]:
-    p = record.payload
-    kind = _one_of(p, "type", EVENT_TYPES)
-    at = parse_ts(p.get("frame_ts"))
-    inspection_id = _text(p, "inspection_id")
+def _event_row(event: Event) -> dict[str, Any]:
+    """The episode row as this message alone describes it; _write_event folds it into the stored one."""
     return {
-        "event_id": _text(p, "event_id"),
-        "camera": _text(p, "camera"),
-        "product": _text(p, "product"),
-        "started_at": at,
-        "last_at": at,
-        "ended_at": at if kind == "end" else None,
-        "last_type": kind,
-        "last_seq": _integer(p, "seq"),
-        "peak_score": _number(p, "score"),
-        "threshold": _number(p, "threshold"),
-        "model_version": _text(p, "model_version"),
-        "first_inspection_id": inspection_id,
-        "last_inspection_id": inspection_id,
-        "snapshot": _optional_text(p, "snapshot"),
-        "heatmap": _optional_text(p, "heatmap"),
+        "event_id": event.event_id,
+        "camera": event.camera,
+        "product": event.product,
+        "started_at": event.frame_ts,
+        "last_at": event.frame_ts,
+        "ended_at": event.frame_ts if event.type is EventType.END else None,
+        "last_type": event.type.value,
+        "last_seq": event.seq,
+        "peak_score": event.score,
+        "threshold": event.threshold,
+        "model_version": event.model_version,
+        "first_inspection_id": event.inspection_id,
+        "last_inspection_id": event.inspection_id,
+        "snapshot": event.snapshot,
+        "heatmap": event.heatmap,
     }
 
 
-def _label_row(record: JournalRecord) -> dict[str, Any]:
-    p = record.payload
+def _label_row(label: Label) -> dict[str, Any]:
     return {
-        "label_id": _text(p, "label_id"),
-        "target": _one_of(p, "target", LABEL_TARGETS),
-        "target_id": _text(p, "target_id"),
-        "camera": _text(p, "camera"),
-        "label": _one_of(p, "label", VERDICTS),
-        "source": _text(p, "source"),
-        "username": _optional_text(p, "user"),
-        "labelled_at": parse_ts(p.get("labelled_at")),
+        "label_id": label.label_id,
+        "target": label.target.value,
+        "target_id": label.target_id,
+        "camera": label.camera,
+        "label": label.label.value,
+        "source": label.source,
+        "username": label.user,
+        "labelled_at": label.labelled_at,
     }
-
-
-_ROWS = {"verdict": _inspection_row, "event": _event_row, "label": _label_row}
-
-
-def _text(payload: dict[str, Any], key: str) -> str:
-    value = payload.get(key)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _optional_text(payload: dict[str, Any], key: str) -> str | None:
-    return None if payload.get(key) is None else _text(payload, key)
-
-
-def _one_of(payload: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
-    value = payload.get(key)
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}")
-    return str(value)
-
-
-def _integer(payload: dict[str, Any], key: str) -> int:
-    value = payload.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    return value
-
-
-def _number(payload: dict[str, Any], key: str) -> float:
-    value = payload.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value!r}")
-    return float(value)

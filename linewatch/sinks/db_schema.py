@@ -71,15 +71,28 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, str: String()}
 
 
-class Inspection(Base):
+class LatestLabel:
+    """The operator's latest judgement of a row (an inspection, or a whole defect episode); None until
+    labelled. One definition for both tables, so the DB forwarder's "a later label wins" rule
+    (``labelled_at``) reads the same columns on either, and so do dashboards. The full history is in
+    :class:`LabelRecord`. The ``label`` CHECK and its index (``ck_<table>_label``, ``ix_<table>_label`` by
+    the naming convention) come with the column."""
+
+    label: Mapped[str | None] = mapped_column(
+        CheckConstraint(_one_of("label", VERDICTS, nullable=True), name="label"), index=True
+    )
+    label_source: Mapped[str | None]  # "mqtt" | "cli" | "http" | "web"
+    label_user: Mapped[str | None]
+    labelled_at: Mapped[datetime | None]
+
+
+class Inspection(LatestLabel, Base):
     """One verdict of the scorer: every inspected frame, whatever its result."""
 
     __tablename__ = "inspections"
     __table_args__ = (
         CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
-        CheckConstraint(_one_of("label", VERDICTS, nullable=True), name="label"),
         Index("ix_inspections_camera_frame_ts", "camera", "frame_ts"),
-        Index("ix_inspections_label", "label"),
         Index("ix_inspections_frame_ts", "frame_ts"),
     )
 
@@ -96,23 +109,18 @@ class Inspection(Base):
     part_id: Mapped[str | None]
     snapshot: Mapped[str | None]  # evidence paths, relative to the evidence folder
     heatmap: Mapped[str | None]
-    label: Mapped[str | None]  # the operator's latest judgement; None until labelled
-    label_source: Mapped[str | None]
-    label_user: Mapped[str | None]
-    labelled_at: Mapped[datetime | None]
-    trained_into: Mapped[str | None]  # model version whose retraining used this confirmed sample
-    journal_position: Mapped[int] = mapped_column(BigInteger)
+    # The LatestLabel columns sit here: a mixin's columns come after the class's own unless sort_order says.
+    trained_into: Mapped[str | None] = mapped_column(sort_order=1)  # model version whose retraining used it
+    journal_position: Mapped[int] = mapped_column(BigInteger, sort_order=1)
 
 
-class DefectEvent(Base):
+class DefectEvent(LatestLabel, Base):
     """One defect episode, folded from its journal messages (new, updates, end)."""
 
     __tablename__ = "events"
     __table_args__ = (
         CheckConstraint(_one_of("last_type", EVENT_TYPES), name="last_type"),
-        CheckConstraint(_one_of("label", VERDICTS, nullable=True), name="label"),
         Index("ix_events_camera_started_at", "camera", "started_at"),
-        Index("ix_events_label", "label"),
     )
 
     event_id: Mapped[str] = mapped_column(primary_key=True)
@@ -130,10 +138,6 @@ class DefectEvent(Base):
     last_inspection_id: Mapped[str]
     snapshot: Mapped[str | None]  # evidence of the peak message
     heatmap: Mapped[str | None]
-    label: Mapped[str | None]
-    label_source: Mapped[str | None]
-    label_user: Mapped[str | None]
-    labelled_at: Mapped[datetime | None]
 
 
 class LabelRecord(Base):

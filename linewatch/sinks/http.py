@@ -62,6 +62,7 @@ class HttpServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "linewatch"
             sys_version = ""
+            timeout = 10  # a client that sends nothing (or too little body) must not hold a thread forever
 
             def do_GET(self) -> None:
                 server._serve(self, "GET")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
-from linewatch.journal import JournalRecord
+from linewatch.journal import JournalError, JournalRecord, event_from_payload, verdict_from_payload
 from linewatch.sinks.mqtt_link import (
     InboundHandlers,
     MqttLink,
@@ -65,8 +65,8 @@ class MqttForwarder:
 
     Verdicts are acknowledged like events: waiting costs one round trip per chunk (the events' wait is
     paid anyway), and it keeps a verdict resent after a reconnect from landing after a newer one.
-    A record whose journal payload cannot be turned into a message (a bug, not an outage) is skipped with
-    an error log and counted in ``skipped``: retrying it forever would stall every later alert.
+    A record whose journal payload the journal's own parser refuses (JournalError: a bug, not an outage) is
+    skipped with an error log and counted in ``skipped``: retrying it forever would stall every later alert.
     """
 
     name = "mqtt"
@@ -119,10 +119,12 @@ class MqttForwarder:
         topics = self._link.topics
         try:
             if record.kind == "event":
-                return topics.defect(record.camera), dumps(event_message(record.payload, self._site, self._line)), False
-            return topics.verdict(record.camera), dumps(verdict_message(record.payload, self._site, self._line)), True
-        except (KeyError, TypeError, ValueError) as exc:
+                document = event_message(event_from_payload(record.payload), self._site, self._line)
+                return topics.defect(record.camera), dumps(document), False
+            document = verdict_message(verdict_from_payload(record.payload), self._site, self._line)
+            return topics.verdict(record.camera), dumps(document), True
+        except JournalError as exc:
             self.skipped += 1
-            log.error("MQTT: journal record #%d (%s %s) cannot be published, skipped: %s: %s",
-                      record.position, record.kind, record.key, type(exc).__name__, exc)  # fmt: skip
+            log.error("MQTT: journal record #%d (%s %s) cannot be published, skipped: %s",
+                      record.position, record.kind, record.key, exc)  # fmt: skip
             return None

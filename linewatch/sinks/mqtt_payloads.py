@@ -1,9 +1,11 @@
 """MQTT topics and payloads: what linewatch publishes and how it checks what it receives. No I/O here.
 
 Topics hang under one prefix P (``linewatch/<site>/<line>`` by default); see :class:`Topics`. Outgoing
-messages are compact JSON built from journal record payloads; incoming ones are checked in a fixed order
-(topic shape, retained flag, size, UTF-8, JSON, schema) and every failure is a :class:`Rejected` carrying a
-short reason code (a counter label, never an id) and a sentence for the log.
+messages are compact JSON built from the typed Event / Verdict that :mod:`linewatch.journal` parses (and
+checks) from its records, so the payload schema is read in one place. Incoming ones are checked in a fixed
+order (topic shape, retained flag, then size, UTF-8, JSON by :func:`linewatch.feedback.decode_json`, the
+strict decoder every untrusted channel shares, then schema) and every failure is a :class:`Rejected`
+carrying a short reason code (a counter label, never an id) and a sentence for the log.
 
 Incoming retained messages are refused: a command left retained on a ``.../set`` topic would be replayed
 at every (re)subscribe, re-running a retrain or re-applying a stale enable on each reconnect. Commands sent
@@ -17,7 +19,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from linewatch.feedback import FeedbackError, FeedbackRequest, feedback_from_document
+from linewatch.feedback import FeedbackError, FeedbackRequest, decode_json, feedback_from_document
+from linewatch.journal import format_ts
+from linewatch.types import Event, Verdict
 
 CAMERA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 MAX_REASON_LENGTH = 200
@@ -90,45 +94,15 @@ def parse_payload(kind: str, payload: bytes, retain: bool, max_bytes: int) -> Fe
     the bool for enabled, the reason (str | None) for retrain. Raises Rejected."""
     if retain:
         raise Rejected("retained", "retained command ignored (clear it: publish an empty retained message)")
-    document = decode_json(payload, max_bytes)
-    if kind == "feedback":
-        try:
+    try:  # FeedbackError's reasons (too_large, not_utf8, bad_json, schema) become ours unchanged
+        document = decode_json(payload, max_bytes)
+        if kind == "feedback":
             return feedback_from_document(document)
-        except FeedbackError as problem:
-            raise Rejected(problem.reason, str(problem)) from None
+    except FeedbackError as problem:
+        raise Rejected(problem.reason, str(problem)) from None
     if kind == "enabled":
         return _enabled(document)
     return _retrain_reason(document)
-
-
-def decode_json(payload: bytes, max_bytes: int) -> Any:
-    if len(payload) > max_bytes:
-        raise Rejected("too_large", f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Rejected("not_utf8", "payload is not UTF-8 text") from None
-    if not text.strip():
-        raise Rejected("bad_json", "payload is empty")
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise Rejected("bad_json", f"payload is not JSON ({exc.msg} at position {exc.pos})") from None
-    except ValueError as exc:
-        raise Rejected("bad_json", str(exc)) from None
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise ValueError(f"key {key[:40]!r} appears twice")
-        document[key] = value
-    return document
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _enabled(document: Any) -> bool:
@@ -166,42 +140,42 @@ def dumps(document: Any) -> bytes:
     return json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def event_message(payload: dict[str, Any], site: str, line: str) -> dict[str, Any]:
-    """A journal event payload as published on ``P/<camera>/defect``. The journal calls the verdict
-    ``label``; the message calls it ``verdict`` (label is what an operator gives)."""
+def event_message(event: Event, site: str, line: str) -> dict[str, Any]:
+    """An event as published on ``P/<camera>/defect``. The journal calls the verdict ``label``; the message
+    calls it ``verdict`` (label is what an operator gives)."""
     return {
-        "event_id": payload["event_id"],
-        "type": payload["type"],
-        "seq": payload["seq"],
+        "event_id": event.event_id,
+        "type": event.type.value,
+        "seq": event.seq,
         "site": site,
         "line": line,
-        "camera": payload["camera"],
-        "product": payload["product"],
-        "frame_ts": payload["frame_ts"],
-        "score": payload["score"],
-        "threshold": payload["threshold"],
-        "verdict": payload["label"],
-        "model_version": payload["model_version"],
-        "inspection_id": payload["inspection_id"],
-        "part_id": payload.get("part_id"),
-        "snapshot": payload.get("snapshot"),
-        "heatmap": payload.get("heatmap"),
+        "camera": event.camera,
+        "product": event.product,
+        "frame_ts": format_ts(event.frame_ts),
+        "score": event.score,
+        "threshold": event.threshold,
+        "verdict": event.label.value,
+        "model_version": event.model_version,
+        "inspection_id": event.inspection_id,
+        "part_id": event.part_id,
+        "snapshot": event.snapshot,
+        "heatmap": event.heatmap,
     }
 
 
-def verdict_message(payload: dict[str, Any], site: str, line: str) -> dict[str, Any]:
-    """A journal verdict payload as retained on ``P/<camera>/verdict`` for HMI tiles."""
+def verdict_message(verdict: Verdict, site: str, line: str) -> dict[str, Any]:
+    """A verdict as retained on ``P/<camera>/verdict`` for HMI tiles."""
     return {
-        "inspection_id": payload["inspection_id"],
+        "inspection_id": verdict.inspection_id,
         "site": site,
         "line": line,
-        "camera": payload["camera"],
-        "product": payload["product"],
-        "frame_ts": payload["frame_ts"],
-        "score": payload["score"],
-        "threshold": payload["threshold"],
-        "verdict": payload["label"],
-        "model_version": payload["model_version"],
-        "snapshot": payload.get("snapshot"),
-        "heatmap": payload.get("heatmap"),
+        "camera": verdict.camera,
+        "product": verdict.product,
+        "frame_ts": format_ts(verdict.frame_ts),
+        "score": verdict.score,
+        "threshold": verdict.threshold,
+        "verdict": verdict.label.value,
+        "model_version": verdict.model_version,
+        "snapshot": verdict.snapshot,
+        "heatmap": verdict.heatmap,
     }

@@ -11,8 +11,9 @@ Loaded as a pytest plugin (``pytest_plugins = [..., "tests.services.mosquitto"]`
 
 The broker persists to its own temp folder (``persistence true``), so a ``stop()``/``start()`` pair keeps
 sessions, subscriptions, queued QoS 1 messages and retained messages, like a plant broker restarting; it
-comes back on the SAME port, which is what outage tests need. ``stop()`` is a clean SIGTERM (Mosquitto
-writes its database then); ``kill()`` is a crash that loses what was not saved yet.
+comes back on the SAME port, which is what outage tests need (only the very first start moves to a new free
+port if its port was taken meanwhile: tests.services.ports says why that can happen). ``stop()`` is a clean
+SIGTERM (Mosquitto writes its database then); ``kill()`` is a crash that loses what was not saved yet.
 
 As root, Mosquitto would drop privileges to the ``mosquitto`` user and then fail to write its database in a
 root-owned temp folder: the config says ``user root`` in that case (ignored when not running as root).
@@ -24,6 +25,7 @@ MQTT test would silently drop the broker side of the daemon from the test run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,8 +41,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.services.ports import FIRST_START_TRIES, address_in_use, free_port
+
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+RESTART_PAUSE_S = 0.2
+# Logged once the listeners are open: connecting alone could reach whatever else took the port.
+_RUNNING = re.compile(r"mosquitto version \S+ running")
 
 
 class MosquittoUnavailable(RuntimeError):
@@ -57,12 +64,6 @@ def find_mosquitto() -> Path:
     return Path(found)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MosquittoBroker:
     """One Mosquitto process with its config, database and log in a temp folder. ``start``/``stop`` may be
     repeated and keep the port; ``cleanup`` stops it and deletes the folder."""
@@ -76,6 +77,7 @@ class MosquittoBroker:
         self.log = self.root / "mosquitto.log"
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False  # once started, the port is kept: clients of outage tests reconnect to it
 
     @property
     def running(self) -> bool:
@@ -100,20 +102,40 @@ class MosquittoBroker:
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
-        """Start on the same port as before (a new free port only if the very first start finds it taken)."""
+        """Start on the same port as before; a first start whose port was taken retries on a new free port, a
+        restart retries on its own port after a pause (clients must find the broker where it was)."""
         if self.running:
             return
-        for attempt in range(3):
-            self._write_config()
-            self._process = subprocess.Popen(
-                [str(self.binary), "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            if self._wait_listening():
+        for attempt in range(1, FIRST_START_TRIES + 1):
+            failure = self._launch()
+            if failure is None:
+                self._started = True
                 return
+            if attempt == FIRST_START_TRIES or not address_in_use(failure):
+                raise RuntimeError(f"mosquitto did not start on port {self.port}: {failure}")
+            if self._started:
+                time.sleep(RESTART_PAUSE_S)
+            else:
+                self.port = free_port()
+
+    def _launch(self) -> str | None:
+        """One start attempt: None once the broker listens, else why not (its stderr and what it logged)."""
+        self._write_config()
+        logged = self.log.stat().st_size if self.log.exists() else 0  # Mosquitto appends to its log
+        self._process = subprocess.Popen(
+            [str(self.binary), "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.running and time.monotonic() < deadline:
+            if _RUNNING.search(self._log_since(logged)) and self._accepts():
+                return None
+            time.sleep(0.02)
+        if self.running:
+            self._process.kill()
+            stderr = self._reap() + f"\nnot listening after {START_TIMEOUT_S} s"
+        else:
             stderr = self._reap()
-            if attempt == 2 or "Address already in use" not in stderr + self._log_tail():
-                raise RuntimeError(f"mosquitto did not start on port {self.port}: {stderr}\n{self._log_tail()}")
-            time.sleep(0.2)  # a restart on the same port: give the old listener's socket a moment
+        return f"{stderr}\n{self._log_since(logged)}".strip()
 
     def stop(self) -> None:
         """Clean shutdown (SIGTERM): clients are cut without a DISCONNECT, so their wills are published to
@@ -164,20 +186,20 @@ class MosquittoBroker:
         self._process = None
         return stderr.decode(errors="replace").strip()
 
-    def _wait_listening(self) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.running:
-                return False
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return True
-            except OSError:
-                time.sleep(0.02)
-        return False
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
 
-    def _log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")[-2000:]
+        except OSError:
+            return ""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ The server lives in its own folder under the system temp dir (not pytest's tmp_p
 root, and the server runs as the ``postgres`` user when the tests run as root, because initdb and postgres
 refuse to run as root). It listens on 127.0.0.1 only, with its unix socket inside that folder, password
 authentication over TCP, and (unless ``durable``) fsync off: tests want speed, not crash safety.
-``stop()`` and ``start()`` keep the port and the data, which is what outage tests need.
+``stop()`` and ``start()`` keep the port and the data, which is what outage tests need; only the very first
+start moves to a new free port if its port was taken meanwhile (tests.services.ports says why that can happen).
+A server that cannot be set up or started deletes its folder (``cleanup``) on the way out.
 
 Missing binaries fail loudly (``make test`` installs the ``postgresql`` package): a skipped PostgreSQL test
 would silently drop the plants' configuration from the test run.
@@ -23,9 +25,9 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +36,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.services.ports import FIRST_START_TRIES, address_in_use, free_port
+
 USER = "linewatch"
 PASSWORD = "test-secret-pw"
 START_TIMEOUT_S = 30
+RESTART_PAUSE_S = 0.2
 
 
 class PostgresUnavailable(RuntimeError):
@@ -66,12 +71,6 @@ def find_bindir() -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresServer:
     """One PostgreSQL cluster in a temp folder. ``start``/``stop`` may be repeated; ``cleanup`` deletes it."""
 
@@ -88,17 +87,22 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="linewatch-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
-        password_file = self.root / "password"
-        password_file.write_text(PASSWORD + "\n")
-        if self._as_postgres:
-            for path in (self.root, password_file):
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-        self._run(
-            "initdb", "-D", self.data, "-U", USER, f"--pwfile={password_file}", "--auth-local=trust",
-            "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
-        )  # fmt: skip
-        password_file.unlink()
         self.running = False
+        self._started = False  # once started, the port is kept: clients of outage tests reconnect to it
+        try:
+            password_file = self.root / "password"
+            password_file.write_text(PASSWORD + "\n")
+            if self._as_postgres:
+                for path in (self.root, password_file):
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
+            self._run(
+                "initdb", "-D", self.data, "-U", USER, f"--pwfile={password_file}", "--auth-local=trust",
+                "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
+            )  # fmt: skip
+            password_file.unlink()
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     @property
     def url(self) -> str:
@@ -109,11 +113,26 @@ class PostgresServer:
         return f"postgresql+psycopg://{USER}:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        if not self.durable:
-            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start")
-        self.running = True
+        """Start on the same port as before; a first start whose port was taken retries on a new free port, a
+        restart retries on its own port after a pause (clients must find the server where it was)."""
+        for attempt in range(1, FIRST_START_TRIES + 1):
+            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            try:
+                self._run(
+                    "pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"
+                )
+            except RuntimeError as exc:
+                if attempt == FIRST_START_TRIES or not address_in_use(str(exc)):
+                    raise
+                if self._started:
+                    time.sleep(RESTART_PAUSE_S)
+                else:
+                    self.port = free_port()
+                continue
+            self.running = self._started = True
+            return
 
     def stop(self) -> None:
         """Fast shutdown: open sessions are cut, like a server going away under the daemon."""
@@ -136,22 +155,35 @@ class PostgresServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
     def _run(self, program: str, *args: str | Path) -> None:
+        """Run a server program (as ``postgres`` when root); RuntimeError with its output and what it added to
+        the server log (the log is appended to by every start: older lines would mislead)."""
         command = [str(self.bindir / program), *map(str, args)]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
+        logged = self.log.stat().st_size if self.log.exists() else 0
         result = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "LC_ALL": "C"})
         if result.returncode != 0:
-            log_tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise RuntimeError(
-                f"{program} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}\n{log_tail}"
-            )
+            output = result.stderr.strip() or result.stdout.strip()
+            raise RuntimeError(f"{program} failed ({result.returncode}): {output}\n{self._log_since(logged)}")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")[-2000:]
+        except OSError:
+            return ""
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import CheckConstraint, inspect, text
 
 from linewatch.sinks.db import (
     DatabaseError,
@@ -22,7 +24,9 @@ from linewatch.sinks.db import (
     upgrade_database,
 )
 from linewatch.sinks.db_schema import Base
-from tests.services.postgres import PASSWORD, free_port
+from tests.services import postgres
+from tests.services.ports import free_port
+from tests.services.postgres import PASSWORD, PostgresServer
 
 TABLES = {"inspections", "events", "labels", "model_versions", "retrain_runs", "alembic_version"}
 NOW = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
@@ -53,6 +57,24 @@ def test_the_migration_creates_exactly_what_the_models_declare(store_url: str, t
     try:
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_migration_and_the_models_agree_on_column_order_and_check_constraints(
+    store_url: str, tmp_path: Path
+) -> None:
+    """What compare_metadata does not look at: column order (the LatestLabel mixin's columns keep their
+    place) and the CHECK constraints, by name."""
+    upgrade_database(store_url, tmp_path / "backups")
+    engine = make_engine(store_url)
+    try:
+        inspector = inspect(engine)
+        for table in Base.metadata.sorted_tables:
+            assert [column["name"] for column in inspector.get_columns(table.name)] == [c.name for c in table.c]
+            constraints = [*table.constraints, *(c for column in table.c for c in column.constraints)]
+            checks = {c.name for c in constraints if isinstance(c, CheckConstraint)}
+            assert {check["name"] for check in inspector.get_check_constraints(table.name)} == checks, table.name
     finally:
         engine.dispose()
 
@@ -148,3 +170,45 @@ def test_a_down_postgresql_fails_fast_and_the_error_hides_the_password(tmp_path:
         upgrade_database(url, tmp_path)
     assert time.monotonic() - started < 5
     assert PASSWORD not in str(error.value)
+
+
+def test_the_test_server_moves_off_a_taken_port_on_its_first_start_only() -> None:
+    """tests.services: a first start whose port was taken meanwhile picks another; a restart never moves
+    (clients reconnect to the port they know), it fails naming the collision."""
+    server = PostgresServer()
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", server.port))
+            squatter.listen()
+            server.start()
+            assert server.running and server.port != squatter.getsockname()[1]
+        port = server.port
+        server.stop()
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(RuntimeError, match="Address already in use"):
+                server.start()
+        server.start()
+        assert server.port == port
+        assert f"@127.0.0.1:{port}/" in server.create_database()  # it serves there
+    finally:
+        server.cleanup()
+    assert not server.root.exists()
+
+
+def test_the_test_server_deletes_its_folder_when_initdb_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(prefix: str) -> str:
+        made.append(mkdtemp(prefix=prefix))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+    monkeypatch.setattr(postgres, "USER", "pg_reserved")  # initdb refuses role names starting with pg_
+
+    with pytest.raises(RuntimeError, match="initdb failed"):
+        PostgresServer()
+
+    assert len(made) == 1 and not Path(made[0]).exists()

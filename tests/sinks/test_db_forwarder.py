@@ -51,39 +51,55 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
         yield journal
 
 
-def inspect_line(journal: Journal, camera: str, scores: list[float], start: datetime = T0, first_seq: int = 1):
-    """Score frames 0.5 s apart, fold them into episodes and journal them in batches of 4, as the daemon does."""
-    state = initial_state()
-    verdicts: list[Verdict] = []
-    events: list[Event] = []
-    for batch_start in range(0, len(scores), 4):
-        batch_verdicts, batch_events = [], []
-        for offset, score in enumerate(scores[batch_start : batch_start + 4]):
-            seq = first_seq + batch_start + offset
-            defect = score >= THRESHOLD
-            inspection_id = f"{camera}-boot1-{seq}"
-            verdict = Verdict(
-                inspection_id=inspection_id,
-                camera=camera,
-                product="metal plate",
-                seq=seq,
-                frame_ts=start + timedelta(seconds=0.5 * (batch_start + offset)),
-                captured_mono=100.0 + seq,
-                score=score,
-                threshold=THRESHOLD,
-                label=VerdictLabel.DEFECT if defect else VerdictLabel.NORMAL,
-                model_version="v1",
-                part_id=f"P-{seq}" if seq % 2 else None,
-                snapshot=f"{camera}/2026-03-02/{inspection_id}.jpg" if defect else None,
-                heatmap=f"{camera}/2026-03-02/{inspection_id}-heatmap.jpg" if defect else None,
-            )
-            state, new_events = step(state, verdict, POLICY)
-            batch_verdicts.append(verdict)
-            batch_events += new_events
-        journal.append_batch(batch_verdicts, batch_events)
-        verdicts += batch_verdicts
-        events += batch_events
-    return verdicts, events
+class Line:
+    """One camera's frames, 0.5 s apart, folded into episodes by the real events.step and journaled in batches
+    of 4, as the daemon does. Successive ``run`` calls continue the same line (seq, time, open episode)."""
+
+    def __init__(self, journal: Journal, camera: str, start: datetime = T0, first_seq: int = 1) -> None:
+        self.journal, self.camera, self.start = journal, camera, start
+        self.first_seq = self.next_seq = first_seq
+        self.state = initial_state()
+
+    def run(self, scores: list[float]) -> tuple[list[Verdict], list[Event]]:
+        verdicts: list[Verdict] = []
+        events: list[Event] = []
+        for batch_start in range(0, len(scores), 4):
+            batch_verdicts, batch_events = [], []
+            for score in scores[batch_start : batch_start + 4]:
+                verdict = self._verdict(self.next_seq, score)
+                self.next_seq += 1
+                self.state, new_events = step(self.state, verdict, POLICY)
+                batch_verdicts.append(verdict)
+                batch_events += new_events
+            self.journal.append_batch(batch_verdicts, batch_events)
+            verdicts += batch_verdicts
+            events += batch_events
+        return verdicts, events
+
+    def _verdict(self, seq: int, score: float) -> Verdict:
+        defect = score >= THRESHOLD
+        inspection_id = f"{self.camera}-boot1-{seq}"
+        return Verdict(
+            inspection_id=inspection_id,
+            camera=self.camera,
+            product="metal plate",
+            seq=seq,
+            frame_ts=self.start + timedelta(seconds=0.5 * (seq - self.first_seq)),
+            captured_mono=100.0 + seq,
+            score=score,
+            threshold=THRESHOLD,
+            label=VerdictLabel.DEFECT if defect else VerdictLabel.NORMAL,
+            model_version="v1",
+            part_id=f"P-{seq}" if seq % 2 else None,
+            snapshot=f"{self.camera}/2026-03-02/{inspection_id}.jpg" if defect else None,
+            heatmap=f"{self.camera}/2026-03-02/{inspection_id}-heatmap.jpg" if defect else None,
+        )
+
+
+def inspect_line(
+    journal: Journal, camera: str, scores: list[float], start: datetime = T0, first_seq: int = 1
+) -> tuple[list[Verdict], list[Event]]:
+    return Line(journal, camera, start, first_seq).run(scores)
 
 
 def label(target: LabelTarget, target_id: str, value: str, minutes: float, label_id: str, camera: str = "cam1"):
@@ -279,24 +295,81 @@ def test_confirmed_normals_used_by_a_retraining_are_not_offered_again(store: Eng
     assert confirmed_normal_inspections(store, unused_only=False) == {"cam1-boot1-1", "cam1-boot1-2", "cam1-boot1-3"}
 
 
+@pytest.mark.parametrize(("drain_between", "batch_size"), [(True, 5), (False, 1), (False, 100)])
+def test_a_label_on_an_open_episode_reaches_its_later_defect_frames(
+    store: Engine, journal: Journal, drain_between: bool, batch_size: int
+) -> None:
+    """Journal order as the daemon writes it: a batch's verdicts, then the event messages they caused; labels
+    come in whenever the operator gives them. Whether the store sees the label while the episode is open
+    (drained in between) or in the same chunk as the later frames, or one record per chunk, every defect
+    frame of the episode ends up with the episode's latest label, except one judged later on its own."""
+    line = Line(journal, "cam1")
+    forwarder = DbForwarder(store)
+
+    def labelled() -> dict[str, tuple[str, datetime]]:
+        return {key: (row.label, row.labelled_at) for key, row in rows_by_id(store).items() if row.label}
+
+    _, opening = line.run([0.1, 0.2, 0.7, 0.8])  # new at seq 3, update at seq 4: open
+    event_id = opening[0].event_id
+    journal.append_batch([], [], [label(LabelTarget.EVENT, event_id, "normal", 20, "l-open")])
+    first = ("normal", T0 + timedelta(minutes=20))
+    if drain_between:
+        drain(journal, forwarder, batch_size)
+        assert event_row(store, event_id).ended_at is None
+        assert labelled() == {"cam1-boot1-3": first, "cam1-boot1-4": first}
+
+    _, later = line.run([0.65, 0.9, 0.3, 0.2])  # defect frames 5 and 6, an update at 6 (a new peak)
+    if drain_between:
+        drain(journal, forwarder, batch_size)
+        assert labelled() == {f"cam1-boot1-{seq}": first for seq in (3, 4, 5, 6)}
+    journal.append_batch([], [], [label(LabelTarget.INSPECTION, "cam1-boot1-5", "normal", 30, "l-frame")])
+    journal.append_batch([], [], [label(LabelTarget.EVENT, event_id, "defect", 25, "l-rejudged")])
+    _, closing = line.run([0.6, 0.1, 0.1, 0.1, 0.1, 0.2])  # defect frame 9, below the peak; the end at 13
+    assert [e.type for e in later + closing] == ["update", "end"]
+    drain(journal, forwarder, batch_size)
+
+    rejudged, own = ("defect", T0 + timedelta(minutes=25)), ("normal", T0 + timedelta(minutes=30))
+    assert labelled() == {f"cam1-boot1-{seq}": rejudged for seq in (3, 4, 6, 9)} | {"cam1-boot1-5": own}
+    episode = event_row(store, event_id)
+    assert (episode.label, episode.labelled_at, episode.ended_at) == (*rejudged, closing[-1].frame_ts)
+
+    before = dump(store)
+    forwarder.send(all_records(journal))  # a full replay, labels and all, changes nothing
+    assert dump(store) == before
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_malformed_records_are_skipped_and_counted_not_fatal(
     store: Engine, journal: Journal, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Whatever the journal's parsers refuse is logged with its position and key, counted, and skipped."""
     inspect_line(journal, "cam1", SCORES[:1])
     good = all_records(journal)[0]
-    bad_verdict = JournalRecord(2, "verdict", "x", "cam1", {**good.payload, "inspection_id": "x", "score": "high"}, "")
-    bad_event = JournalRecord(3, "event", "e:1", "cam1", {"event_id": "e", "type": "explode"}, "")
-    bad_label = JournalRecord(4, "label", "l", "cam1", {"label_id": "l", "target": "camera"}, "")
-    unknown = JournalRecord(5, "banana", "b", "cam1", {}, "")
+    verdict = good.payload
+    bad_payloads: list[tuple[str, dict[str, Any], str]] = [
+        ("verdict", {**verdict, "score": "high"}, "expected a finite number, got 'high'"),
+        ("verdict", {**verdict, "score": float("nan")}, "expected a finite number, got nan"),
+        ("verdict", {**verdict, "camera": ""}, "expected a non-empty string without NUL, got ''"),
+        ("verdict", {**verdict, "seq": True}, "expected an integer, got True"),
+        ("verdict", {**verdict, "frame_ts": "2026-03-02T08:00:00"}, "is not UTC ISO 8601"),
+        ("event", {"event_id": "e", "type": "explode"}, "'explode' is not a valid EventType"),
+        ("label", {"label_id": "l", "target": "camera"}, "'camera' is not a valid LabelTarget"),
+        ("banana", {}, "unknown record kind 'banana'"),
+    ]
+    bad = [
+        JournalRecord(10 + i, kind, f"k{i}", "cam1", payload, "") for i, (kind, payload, _) in enumerate(bad_payloads)
+    ]
     forwarder = DbForwarder(store)
 
     with caplog.at_level(logging.ERROR, logger="linewatch.sinks.db_forwarder"):
-        assert forwarder.send([bad_verdict, good, bad_event, bad_label, unknown]) == 5
+        assert forwarder.send([*bad[:3], good, *bad[3:]]) == len(bad) + 1
 
     assert set(rows_by_id(store)) == {good.key}
-    assert forwarder.stats.skipped == 4
-    assert "score must be a finite number" in caplog.text and "unknown record kind 'banana'" in caplog.text
+    assert (forwarder.stats.skipped, forwarder.stats.inspections) == (len(bad), 1)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == len(bad)
+    for line, record, (_, _, why) in zip(lines, bad, bad_payloads, strict=True):
+        assert f"#{record.position} ({record.key})" in line and why in line
 
 
 def test_a_postgresql_outage_delays_rows_but_loses_none(

@@ -5,6 +5,7 @@ and with a fake paho client where the test decides which messages are acknowledg
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -261,18 +262,56 @@ def test_a_lost_connection_ends_the_wait_early_and_send_refuses_until_reconnecte
     link.stop()
 
 
-def test_a_record_that_cannot_become_a_message_is_skipped_not_retried_forever(
-    fake: tuple[MqttLink, FakeClient],
+def test_messages_are_compact_json_with_a_fixed_key_order(fake: tuple[MqttLink, FakeClient]) -> None:
+    link, client = fake
+    forwarder = MqttForwarder(link, "s", "l")
+    client.auto_ack = 10
+    items = [event("cam1", 1, 1, EventType.NEW, 7), verdict("cam1", 8, VerdictLabel.DEFECT)]
+    assert forwarder.send([record(n, item) for n, item in enumerate(items, start=1)]) == 2
+    assert client.on_topic("p/l/cam1/defect") == [
+        b'{"event_id":"ev-cam1-1","type":"new","seq":1,"site":"s","line":"l","camera":"cam1",'
+        b'"product":"metal plate","frame_ts":"2026-01-01T08:00:00.007000Z","score":0.9,"threshold":0.5,'
+        b'"verdict":"defect","model_version":"v1","inspection_id":"cam1-boot-7","part_id":"P-7",'
+        b'"snapshot":"cam1/2026-01-01/cam1-boot-7.jpg","heatmap":"cam1/2026-01-01/cam1-boot-7-heat.jpg"}'
+    ]
+    assert client.on_topic("p/l/cam1/verdict") == [
+        b'{"inspection_id":"cam1-boot-8","site":"s","line":"l","camera":"cam1","product":"metal plate",'
+        b'"frame_ts":"2026-01-01T08:00:00.008000Z","score":0.9,"threshold":0.5,"verdict":"defect",'
+        b'"model_version":"v1","snapshot":"cam1/2026-01-01/cam1-boot-8.jpg","heatmap":null}'
+    ]
+
+
+GOOD_EVENT = event_payload(event("cam1", 9, 1, EventType.NEW, 1))
+GOOD_VERDICT = verdict_payload(verdict("cam1", 1))
+BROKEN: list[tuple[str, dict[str, Any]]] = [
+    ("event", {"event_id": "ev-x"}),
+    ("event", {**GOOD_EVENT, "score": float("nan")}),
+    ("event", {**GOOD_EVENT, "seq": True}),
+    ("event", {**GOOD_EVENT, "type": "begin"}),
+    ("event", {**GOOD_EVENT, "camera": ""}),
+    ("event", {**GOOD_EVENT, "frame_ts": "2026-01-01T08:00:00"}),
+    ("verdict", {**GOOD_VERDICT, "label": "maybe"}),
+    ("verdict", {**GOOD_VERDICT, "threshold": "0.5"}),
+    ("verdict", {**GOOD_VERDICT, "snapshot": 5}),
+]
+
+
+@pytest.mark.parametrize(("kind", "payload"), BROKEN)
+def test_a_record_the_journal_cannot_parse_is_skipped_logged_and_counted_not_retried_forever(
+    fake: tuple[MqttLink, FakeClient], caplog: pytest.LogCaptureFixture, kind: str, payload: dict[str, Any]
 ) -> None:
     link, client = fake
     forwarder = MqttForwarder(link, "s", "l")
     first, last = episode("cam1", 1, 2, 0)
-    broken = JournalRecord(2, "event", "ev-x:1", "cam1", {"event_id": "ev-x"}, "")
+    broken = JournalRecord(2, kind, "broken-1", "cam1", payload, "")
     records = [record(1, first), broken, record(3, last)]
     client.auto_ack = 10
-    assert forwarder.send(records) == 3
+    with caplog.at_level(logging.ERROR, logger="linewatch.sinks.mqtt"):
+        assert forwarder.send(records) == 3
     assert forwarder.skipped == 1
     assert [m["seq"] for m in published(client, "/defect")] == [1, 2]
+    assert published(client, "/verdict") == []
+    assert [(r.levelno, "#2" in r.getMessage()) for r in caplog.records] == [(logging.ERROR, True)]
 
 
 def test_a_publish_racing_a_disconnect_is_still_tracked(fake: tuple[MqttLink, FakeClient]) -> None:
