@@ -105,6 +105,9 @@ class JournalSection(_Section):
     path: Path | None = None  # default: <data_dir>/journal.sqlite3
     forwarder_batch: StrictInt = Field(64, ge=1)
     log_records: StrictBool = False  # also log one line per journaled record (bench work; noisy on a line)
+    keep_days: Number = Field(7.0, gt=0.0)  # delivered records are kept this long (feedback can name them)
+    min_free_mb: Number = Field(1024.0, ge=0.0)  # below this, the oldest records go even undelivered
+    prune_interval_s: Number = Field(60.0, gt=0.0)
 
 
 STORE_URL_SCHEMES = ("sqlite:///", "sqlite+pysqlite:///", "postgresql://", "postgresql+psycopg://")

@@ -445,9 +445,41 @@ class Journal:
             return self._cursor(forwarder)
 
     def head(self) -> int:
-        """The last committed position (0 for an empty journal)."""
+        """The last position ever committed (0 for a new journal); pruning old records does not lower it."""
         with self._lock:
-            return int(self._query("SELECT COALESCE(MAX(position), 0) FROM records")[0][0])
+            rows = self._query("SELECT seq FROM sqlite_sequence WHERE name = 'records'")
+            return int(rows[0][0]) if rows else 0
+
+    # --- keeping the file bounded --------------------------------------------------------------------------
+
+    def prune_delivered(self, committed_before: datetime, forwarders: Collection[str]) -> int:
+        """Delete records committed before ``committed_before`` that every named forwarder has passed (the
+        ones running now: a cursor left behind by a forwarder no longer configured must not pin the file).
+        Freed pages are reused by SQLite, so a journal pruned regularly stops growing."""
+        cutoff = format_ts(committed_before)
+        with self._lock:
+            floor = min((self._cursor(name) for name in forwarders), default=self.head())
+            return self._delete("DELETE FROM records WHERE position <= ? AND committed_at < ?", (floor, cutoff))
+
+    def prune_oldest(self, count: int) -> int:
+        """Delete the ``count`` oldest records whether delivered or not: the last resort when the disk runs
+        out while a sink is down for days. A forwarder behind them skips them (they are counted by the
+        caller as lost to it); verdicts already in the store are unaffected."""
+        with self._lock:
+            return self._delete(
+                "DELETE FROM records WHERE position IN (SELECT position FROM records ORDER BY position LIMIT ?)",
+                (count,),
+            )
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._query("SELECT COUNT(*) FROM records")[0][0])
+
+    def _delete(self, sql: str, params: Sequence[Any]) -> int:
+        try:
+            return self._db().execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: pruning failed: {exc}") from exc
 
     def read_after(self, forwarder: str, limit: int, kinds: Collection[str] | None = None) -> list[JournalRecord]:
         """Up to ``limit`` records after the forwarder's cursor, in position order, only of ``kinds`` (all when

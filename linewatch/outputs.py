@@ -21,6 +21,7 @@ import numpy as np
 from linewatch.clock import Clock
 from linewatch.config import Config
 from linewatch.feedback import FEEDBACK_MAX_BYTES, FeedbackError, parse_feedback, submit
+from linewatch.housekeeping import JournalKeeper
 from linewatch.journal import Forwarder, ForwarderRunner, Journal, JournalRecord, LoggingForwarder
 from linewatch.sinks.db import (
     DatabaseError,
@@ -83,8 +84,9 @@ class StoreForwarder:
 
 
 class Outputs:
-    """Owns every consumer of the journal and the operator channels. ``handlers`` answer what arrives
-    over MQTT (the App); ``free_bytes`` and ``mqtt_client_factory`` are injectable for tests."""
+    """Owns every consumer of the journal, its housekeeping and the operator channels. ``handlers``
+    answer what arrives over MQTT (the App); ``free_bytes`` (evidence disk), ``journal_free_bytes`` and
+    ``mqtt_client_factory`` are injectable for tests."""
 
     def __init__(
         self,
@@ -94,6 +96,7 @@ class Outputs:
         handlers: InboundHandlers,
         free_bytes: Callable[[], int] | None = None,
         mqtt_client_factory: Callable[..., Any] | None = None,
+        journal_free_bytes: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.journal = journal
@@ -102,6 +105,7 @@ class Outputs:
         evidence_dir = config.evidence_dir
         self._free_bytes = free_bytes or (lambda: disk_free_bytes(evidence_dir))
         self._mqtt_client_factory = mqtt_client_factory
+        self._journal_free_bytes = journal_free_bytes
         self._forwarder_stop = threading.Event()
         self._sweeper_stop = threading.Event()
         self.engine: Any = None
@@ -109,6 +113,8 @@ class Outputs:
         self.runners: list[ForwarderRunner] = []
         self._threads: list[threading.Thread] = []
         self._sweeper_thread: threading.Thread | None = None
+        self._keeper_thread: threading.Thread | None = None
+        self.keeper: JournalKeeper | None = None
         self.sampler = EvidenceSampler(config.evidence.every_nth_normal)
         self.evidence: EvidenceWriter | None = None
         self.sweeper: RetentionSweeper | None = None
@@ -162,6 +168,19 @@ class Outputs:
             target=self.sweeper.run, args=(self._sweeper_stop, config.evidence.sweep_interval_s), name="retention"
         )
         self._sweeper_thread.start()
+        journal_dir = self.journal.path.parent
+        self.keeper = JournalKeeper(
+            self.journal,
+            self.clock,
+            [runner.name for runner in self.runners],
+            config.journal.keep_days,
+            int(config.journal.min_free_mb * MB),
+            self._journal_free_bytes or (lambda: disk_free_bytes(journal_dir)),
+        )
+        self._keeper_thread = threading.Thread(
+            target=self.keeper.run, args=(self._sweeper_stop, config.journal.prune_interval_s), name="journal-keeper"
+        )
+        self._keeper_thread.start()
         self.http = HttpServer(config.http.host, config.http.port, config.http.token, self._routes())
         self.http.start()
         log.info("HTTP port %s:%d (feedback)", config.http.host, self.http.port)
@@ -253,8 +272,9 @@ class Outputs:
         if self.evidence is not None:
             self.evidence.stop(timeout=30)
         self._sweeper_stop.set()
-        if self._sweeper_thread is not None:
-            self._sweeper_thread.join(timeout=30)
+        for thread in (self._sweeper_thread, self._keeper_thread):
+            if thread is not None:
+                thread.join(timeout=30)
 
     def stop(self) -> None:
         """Forwarders flush what the journal holds (best effort), then the broker hears ``stopped``."""

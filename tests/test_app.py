@@ -95,6 +95,8 @@ def journal_records(journal_path: Path, kind: str) -> list[JournalRecord]:
     """Read the journal of a running daemon without registering a cursor in it (a reader's cursor would
     show up as a forwarder with a growing backlog)."""
     with closing(sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True, timeout=5)) as connection:
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchall():
+            return []  # the daemon has created the file but not its schema yet
         rows = connection.execute(
             "SELECT position, kind, key, camera, payload, committed_at FROM records WHERE kind = ? ORDER BY position",
             (kind,),

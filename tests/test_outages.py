@@ -167,6 +167,11 @@ def test_broker_and_database_outages_lose_nothing(
     assert {m["site"] for m in messages} == {"test"}
     assert all(m["verdict"] == "defect" for m in messages if m["type"] != "end")
     assert set(episodes) == {e.payload["event_id"] for e in journaled_events}
+    print(  # the numbers behind the closing note (pytest -s shows them)
+        f"outages: {len(verdicts)} verdicts journaled, {len(stored)} stored; {len(journaled_events)} event "
+        f"messages journaled, {len(messages)} received, {len(messages) - len(in_order)} duplicates; "
+        f"forwarder failures {failures}"
+    )
 
 
 def test_feedback_over_mqtt_http_and_cli_reaches_the_store_with_evidence(
