@@ -29,6 +29,7 @@ network thread). Passwords are never logged.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -269,18 +270,31 @@ class MqttLink:
         self._report("connected", logging.INFO, "MQTT: connected to %s as %s", self._where, self.client_id)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho calls this from inside its ``except OSError`` and passes no error: read it from there, so a
+        # TLS failure (wrong CA, expired certificate) says so instead of looking like a network problem.
+        cause = sys.exc_info()[1]
         self._report(
-            "unreachable", logging.WARNING, "MQTT: broker %s unreachable; retrying every %s to %s s",
-            self._where, self.section.reconnect_min_s, self.section.reconnect_max_s,
+            "unreachable", logging.WARNING, "MQTT: cannot connect to %s (%s); retrying every %s to %s s",
+            self._where, cause or "unreachable", self.section.reconnect_min_s, self.section.reconnect_max_s,
         )  # fmt: skip
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
-        # Also called after every failed attempt (refused CONNACK): only losing a session is news.
-        if self._set_disconnected() and not self._stopping:
+        # Also called after every failed attempt. Losing a session is news; so is a connection the broker
+        # dropped before accepting it (with TLS 1.3 a refused client certificate surfaces only this way);
+        # a refused CONNACK was already reported by _on_connect.
+        if self._stopping:
+            self._set_disconnected()
+        elif self._set_disconnected():
             self._report(
                 "disconnected", logging.WARNING, "MQTT: lost the connection to %s (%s); reconnecting",
+                self._where, reason,
+            )  # fmt: skip
+        elif not self._reported.startswith("refused"):
+            self._report(
+                "dropped", logging.WARNING,
+                "MQTT: %s closed the connection before accepting it (%s): check TLS client certificate and ACL",
                 self._where, reason,
             )  # fmt: skip
 

@@ -15,6 +15,12 @@ comes back on the SAME port, which is what outage tests need (only the very firs
 port if its port was taken meanwhile: tests.services.ports says why that can happen). ``stop()`` is a clean
 SIGTERM (Mosquitto writes its database then); ``kill()`` is a crash that loses what was not saved yet.
 
+TLS: ``MosquittoBroker(tls=[TlsListener(...), ...])`` adds TLS listeners on ports of their own
+(``tls_ports``, in the same order) next to the plain one; tests/services/certs.py makes the certificates and
+:func:`make_password_file` the password file. The broker then runs with ``per_listener_settings true``, so a
+listener's password file binds only that listener and the plain one stays anonymous. Brokers made without
+``tls`` get exactly the configuration they always had.
+
 As root, Mosquitto would drop privileges to the ``mosquitto`` user and then fail to write its database in a
 root-owned temp folder: the config says ``user root`` in that case (ignored when not running as root).
 
@@ -34,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +60,31 @@ class MosquittoUnavailable(RuntimeError):
     """No mosquitto binary on this machine."""
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """One TLS listener: the broker's certificate and key, the CA that client certificates must chain to,
+    whether a client certificate is required, and a password file (with one, clients without a valid
+    username and password are refused; without one, anyone who completes the TLS handshake may connect)."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+    password_file: Path | None = None
+
+    def config_lines(self, host: str, port: int) -> list[str]:
+        lines = [
+            f"listener {port} {host}",
+            f"cafile {self.cafile}",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+        ]
+        if self.password_file is None:
+            return [*lines, "allow_anonymous true"]
+        return [*lines, f"password_file {self.password_file}", "allow_anonymous false"]
+
+
 def find_mosquitto() -> Path:
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if found is None:
@@ -64,18 +95,33 @@ def find_mosquitto() -> Path:
     return Path(found)
 
 
+def make_password_file(path: Path, username: str, password: str) -> None:
+    """Write a Mosquitto password file with one user, hashed by ``mosquitto_passwd`` (the broker's own tool,
+    so the hash format is always one this broker reads). MosquittoUnavailable if the tool is missing."""
+    tool = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd", path="/usr/sbin:/usr/local/sbin")
+    if tool is None:
+        raise MosquittoUnavailable("mosquitto_passwd was not found (it comes with the mosquitto package)")
+    done = subprocess.run([tool, "-c", "-b", str(path), username, password], capture_output=True, check=False)
+    if done.returncode != 0:  # its output never echoes the password
+        raise RuntimeError(f"mosquitto_passwd failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+    path.chmod(0o600)  # newer Mosquitto versions warn about password files that others can read
+
+
 class MosquittoBroker:
     """One Mosquitto process with its config, database and log in a temp folder. ``start``/``stop`` may be
-    repeated and keep the port; ``cleanup`` stops it and deletes the folder."""
+    repeated and keep the ports; ``cleanup`` stops it and deletes the folder. ``tls`` adds TLS listeners,
+    whose ports are ``tls_ports`` (same order)."""
 
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Sequence[TlsListener] = ()) -> None:
         self.binary = find_mosquitto()
         self.root = Path(tempfile.mkdtemp(prefix="linewatch-mosquitto-"))
         self.config = self.root / "mosquitto.conf"
         self.log = self.root / "mosquitto.log"
+        self.tls_listeners = tuple(tls)
         self.port = free_port()
+        self.tls_ports = self._draw_tls_ports()
         self._process: subprocess.Popen[bytes] | None = None
         self._started = False  # once started, the port is kept: clients of outage tests reconnect to it
 
@@ -83,8 +129,17 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def _draw_tls_ports(self) -> list[int]:
+        ports: list[int] = []
+        while len(ports) < len(self.tls_listeners):
+            port = free_port()
+            if port != self.port and port not in ports:  # nothing is bound yet: the same port may come twice
+                ports.append(port)
+        return ports
+
     def _write_config(self) -> None:
-        lines = [
+        lines = ["per_listener_settings true"] if self.tls_listeners else []
+        lines += [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             "persistence true",
@@ -97,6 +152,8 @@ class MosquittoBroker:
             "log_type information",
             "connection_messages true",
         ]
+        for listener, port in zip(self.tls_listeners, self.tls_ports, strict=True):
+            lines += listener.config_lines(self.host, port)
         if os.geteuid() == 0:
             lines.append("user root")
         self.config.write_text("\n".join(lines) + "\n")
@@ -117,6 +174,7 @@ class MosquittoBroker:
                 time.sleep(RESTART_PAUSE_S)
             else:
                 self.port = free_port()
+                self.tls_ports = self._draw_tls_ports()
 
     def _launch(self) -> str | None:
         """One start attempt: None once the broker listens, else why not (its stderr and what it logged)."""
@@ -218,12 +276,23 @@ class MqttWatcher:
     """A paho subscriber (QoS 1) that records every message it receives, in order, and can wait for one to
     show up: ``wait_for(lambda seen: ...)``. Use as a context manager. It reconnects quickly after a broker
     restart; ``persistent=True`` gives it a persistent session, so the broker queues what is published while
-    it is away (an HMI that must not miss an alert)."""
+    it is away (an HMI that must not miss an alert). ``port`` picks another listener than the plain one (a
+    TLS one: ``broker.tls_ports[i]``) and ``configure`` prepares the client before it connects (``tls_set``,
+    ``username_pw_set``)."""
 
-    def __init__(self, broker: MosquittoBroker, *topics: str, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        *topics: str,
+        persistent: bool = False,
+        port: int | None = None,
+        configure: Callable[[mqtt.Client], object] | None = None,
+    ) -> None:
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:10]}", clean_session=not persistent
         )
+        if configure is not None:
+            configure(self._client)
         self._client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]
         self._topics = topics
         self._lock = threading.Condition()
@@ -232,7 +301,7 @@ class MqttWatcher:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_: self._subscribed.set()
         self._client.on_message = self._on_message
-        self._client.connect(broker.host, broker.port, keepalive=10)
+        self._client.connect(broker.host, broker.port if port is None else port, keepalive=10)
         self._client.loop_start()
         if topics and not self._subscribed.wait(START_TIMEOUT_S):
             raise TimeoutError(f"watcher could not subscribe to {topics}")
