@@ -4,8 +4,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# mosquitto and postgresql: the tests start their own throwaway broker and database server.
-APT_PACKAGES := python3.11 python3.11-venv mosquitto postgresql
+# mosquitto and postgresql: the tests start their own throwaway broker and database server;
+# openssl makes the certificates of the TLS broker test.
+APT_PACKAGES := python3.11 python3.11-venv mosquitto postgresql openssl
 export HF_HUB_OFFLINE := 1
 
 .PHONY: run test setup system-deps lint bench clean
@@ -24,6 +25,7 @@ system-deps:
 	command -v $(PYTHON) >/dev/null 2>&1 || missing=1; \
 	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing=1; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
+	command -v openssl >/dev/null 2>&1 || missing=1; \
 	if [ -n "$$missing" ]; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
