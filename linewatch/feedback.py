@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from linewatch.clock import Clock
@@ -20,6 +21,7 @@ from linewatch.types import Label, LabelTarget, VerdictLabel
 
 FEEDBACK_MAX_BYTES = 4096  # a feedback body is well under 1 KiB; HTTP uses this, MQTT its max_payload_bytes
 MAX_ID_LENGTH = 128
+REPEAT_WINDOW = timedelta(seconds=60)
 MAX_USER_LENGTH = 64
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 
@@ -107,7 +109,10 @@ def feedback_from_document(document: Any) -> FeedbackRequest:
 
 def submit(journal: Journal, clock: Clock, request: FeedbackRequest, source: str, camera: str | None = None) -> Label:
     """Journal the label after checking its target exists (and, when the channel names a camera, as the
-    MQTT topic does, that the target belongs to it). Raises FeedbackError("unknown_id" | "wrong_camera")."""
+    MQTT topic does, that the target belongs to it). Raises FeedbackError("unknown_id" | "wrong_camera").
+
+    The same judgement repeated within REPEAT_WINDOW (a QoS 1 redelivery, a double click) returns the
+    label already journaled instead of a second copy; a changed mind is always journaled."""
     found = journal.camera_of(request.target, request.target_id)
     if found is None:
         raise FeedbackError("unknown_id", f"no {request.target} with id {request.target_id!r} in the journal")
@@ -115,6 +120,11 @@ def submit(journal: Journal, clock: Clock, request: FeedbackRequest, source: str
         raise FeedbackError(
             "wrong_camera", f"{request.target} {request.target_id!r} belongs to camera {found!r}, not {camera!r}"
         )
+    for earlier in journal.recent_labels(found, clock.now() - REPEAT_WINDOW):
+        if (earlier.target, earlier.target_id) == (request.target, request.target_id):
+            if (earlier.label, earlier.user, earlier.source) == (request.label, request.user, source):
+                return earlier
+            break  # the latest judgement of this target differs: this one is news
     label = Label(
         label_id=uuid.uuid4().hex,
         target=request.target,

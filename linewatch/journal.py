@@ -422,6 +422,16 @@ class Journal:
             rows = self._query("SELECT camera FROM records WHERE kind = ? AND key = ?", (kind, key))
         return str(rows[0][0]) if rows else None
 
+    def recent_labels(self, camera: str, committed_since: datetime) -> list[Label]:
+        """The camera's labels journaled since ``committed_since``, newest first (for repeat detection)."""
+        with self._lock:
+            rows = self._query(
+                "SELECT payload FROM records WHERE kind = 'label' AND camera = ? AND committed_at >= ? "
+                "ORDER BY position DESC",
+                (camera, format_ts(committed_since)),
+            )
+        return [label_from_payload(json.loads(row[0])) for row in rows]
+
     # --- forwarders' cursors -------------------------------------------------------------------------------
 
     def register_forwarder(self, name: str, start_at_head: bool = False) -> None:

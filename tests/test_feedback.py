@@ -74,3 +74,21 @@ def test_submit_journals_labels_for_known_ids_and_refuses_the_rest(tmp_path: Pat
         labels = [label_from_payload(r.payload) for r in journal.read_after("db", 10, kinds={"label"})]
         assert labels == [label, second]  # refused requests left nothing behind
         assert label.label_id != second.label_id
+
+
+def test_a_repeated_judgement_is_journaled_once_but_a_changed_mind_always(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Journal(tmp_path / "j.sqlite3", clock) as journal:
+        journal.register_forwarder("db")
+        journal.append_batch([make_verdict(1)], [])
+        normal = FeedbackRequest(LabelTarget.INSPECTION, "cam1-boot-1", VerdictLabel.NORMAL, "op")
+        defect = FeedbackRequest(LabelTarget.INSPECTION, "cam1-boot-1", VerdictLabel.DEFECT, "op")
+        first = submit(journal, clock, normal, "mqtt")
+        assert submit(journal, clock, normal, "mqtt") == first  # a QoS 1 redelivery
+        changed = submit(journal, clock, defect, "mqtt")
+        back = submit(journal, clock, normal, "mqtt")  # changed back: news, even though it matches the first
+        clock.advance(61)
+        later = submit(journal, clock, normal, "mqtt")  # outside the window: a new judgement
+        labels = [label_from_payload(r.payload) for r in journal.read_after("db", 10, kinds={"label"})]
+        assert labels == [first, changed, back, later]
+        assert len({label.label_id for label in labels}) == 4
