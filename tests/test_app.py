@@ -41,7 +41,26 @@ def daemon_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return quick_artifact(out, load_random_backbone(TINY_MODEL, seed=0), images, PRODUCT, 2, 0.1)
 
 
-def _write_config(root: Path, model: Path, cameras: int = 2, fps: float = 40.0) -> Path:
+# The outputs have their own tests against a throwaway broker and database; these only need the journal.
+OFFLINE_OUTPUTS = """
+[mqtt]
+enabled = false
+
+[http]
+port = 0
+"""
+
+
+def write_config(
+    root: Path,
+    model: Path,
+    cameras: int = 2,
+    fps: float = 40.0,
+    outputs: str = OFFLINE_OUTPUTS,
+    update_min_interval_s: float = 1.0,
+) -> Path:
+    """A daemon config with synthetic cameras (queue policy, 30% defects) and the model; ``outputs`` holds
+    the [store]/[mqtt]/[evidence]/[http] sections."""
     camera_blocks = "".join(
         f"""
 [[cameras]]
@@ -80,13 +99,8 @@ batch_max_wait_ms = 20
 debounce_n = 1
 debounce_m = 1
 end_after_s = 0.2
-
-[mqtt]
-enabled = false  # the outputs have their own tests against a throwaway broker
-
-[http]
-port = 0
-{camera_blocks}"""
+update_min_interval_s = {update_min_interval_s}
+{outputs}{camera_blocks}"""
     )
     return path
 
@@ -122,7 +136,7 @@ def _assert_no_frame_lost(verdicts: list[JournalRecord], cameras: int) -> None:
 
 
 def test_app_journals_every_frame_and_stops_in_order(daemon_model: Path, tmp_path: Path) -> None:
-    config = load_config(_write_config(tmp_path, daemon_model))
+    config = load_config(write_config(tmp_path, daemon_model))
     app = App(config)
     app.start()
     try:
@@ -157,7 +171,7 @@ def _start_daemon(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def test_linewatch_run_reloads_on_sighup_and_stops_cleanly_on_sigterm(daemon_model: Path, tmp_path: Path) -> None:
-    config_path = _write_config(tmp_path, daemon_model)
+    config_path = write_config(tmp_path, daemon_model)
     journal_path = load_config(config_path).journal_path
     log = tmp_path / "daemon.log"
     daemon = _start_daemon(config_path, log)
@@ -181,7 +195,7 @@ def test_linewatch_run_reloads_on_sighup_and_stops_cleanly_on_sigterm(daemon_mod
 
 
 def test_sigkill_mid_run_keeps_every_committed_verdict_once(daemon_model: Path, tmp_path: Path) -> None:
-    config_path = _write_config(tmp_path, daemon_model)
+    config_path = write_config(tmp_path, daemon_model)
     journal_path = load_config(config_path).journal_path
     daemon = _start_daemon(config_path, tmp_path / "daemon.log")
     try:
@@ -208,7 +222,7 @@ def test_run_with_a_broken_config_exits_78(tmp_path: Path) -> None:
 
 
 def test_reload_applies_thresholds_and_enable_flags_between_batches(daemon_model: Path, tmp_path: Path) -> None:
-    config_path = _write_config(tmp_path, daemon_model)
+    config_path = write_config(tmp_path, daemon_model)
     config = load_config(config_path)
     app = App(config)
     app.start()
@@ -235,7 +249,7 @@ def test_reload_applies_thresholds_and_enable_flags_between_batches(daemon_model
 
 
 def test_unknown_product_threshold_is_refused(daemon_model: Path, tmp_path: Path) -> None:
-    config_path = _write_config(tmp_path, daemon_model)
+    config_path = write_config(tmp_path, daemon_model)
     config_path.write_text(
         config_path.read_text().replace('pretrained = "none"', 'pretrained = "none"\nthresholds = { "bolt" = 0.5 }')
     )
@@ -254,7 +268,7 @@ class _NoEvidence:
 
 def test_episode_of_a_silent_camera_ends_on_other_cameras_batches(daemon_model: Path, tmp_path: Path) -> None:
     clock = FakeClock()
-    app = App(load_config(_write_config(tmp_path, daemon_model)), clock)  # debounce 1 of 1, end after 0.2 s
+    app = App(load_config(write_config(tmp_path, daemon_model)), clock)  # debounce 1 of 1, end after 0.2 s
     app.cameras = {name: app._camera_runtime(camera) for name, camera in ((c.name, c) for c in app.config.cameras)}
     app.journal = Journal(tmp_path / "journal.sqlite3", clock)
     app.outputs = _NoEvidence()  # type: ignore[assignment]
@@ -278,7 +292,7 @@ def test_episode_of_a_silent_camera_ends_on_other_cameras_batches(daemon_model: 
 def test_enable_commands_apply_in_order_and_never_restart_a_stopping_daemon(
     daemon_model: Path, tmp_path: Path
 ) -> None:
-    app = App(load_config(_write_config(tmp_path, daemon_model)))
+    app = App(load_config(write_config(tmp_path, daemon_model)))
     app.start()
     try:
         for enabled in (False, True, False, True):  # as MQTT delivers them, faster than a reader stops

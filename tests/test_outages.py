@@ -23,50 +23,11 @@ from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
 from tests.services.postgres import PostgresServer
-from tests.test_app import HEIGHT, PRODUCT, WIDTH, daemon_model, journal_records  # noqa: F401  (a module-scoped fixture)
+from tests.test_app import daemon_model, journal_records, write_config  # noqa: F401  (a module-scoped fixture)
 
 
 def _write_config(root: Path, model: Path, broker: MosquittoBroker, store_url: str, prefix: str) -> Path:
-    cameras = "".join(
-        f"""
-[[cameras]]
-name = "cam{index}"
-source = "synthetic"
-product = "{PRODUCT}"
-fps = 25
-policy = "queue"
-queue_size = 512
-defect_rate = 0.3
-width = {WIDTH}
-height = {HEIGHT}
-seed = {index}
-"""
-        for index in range(2)
-    )
-    path = root / "linewatch.toml"
-    path.write_text(
-        f"""
-[site]
-site = "test"
-line = "l1"
-data_dir = "{root / "data"}"
-
-[model]
-path = "{model}"
-models_dir = "{root / "models"}"
-backbone = "linewatch-tiny"
-pretrained = "none"
-
-[scoring]
-batch_max_size = 4
-batch_max_wait_ms = 20
-
-[events]
-debounce_n = 1
-debounce_m = 1
-end_after_s = 0.2
-update_min_interval_s = 0.0
-
+    outputs = f"""
 [store]
 url = "{store_url}"
 retry_min_s = 0.1
@@ -87,9 +48,8 @@ min_free_mb = 0  # evidence must not depend on the test machine's free disk
 
 [http]
 port = 0
-{cameras}"""
-    )
-    return path
+"""
+    return write_config(root, model, fps=25, outputs=outputs, update_min_interval_s=0.0)
 
 
 def _journaled(config: Config, kind: str) -> list[JournalRecord]:
