@@ -11,7 +11,6 @@ The App also answers what arrives over MQTT (feedback, camera enable/disable, re
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -19,23 +18,29 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from linewatch.anople.artifact import MANIFEST
 from linewatch.batcher import Batcher, SlotPolicy
 from linewatch.camera.reader import CameraReader
 from linewatch.camera.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource, VideoFileSource
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import CameraSection, Config
 from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step, tick
-from linewatch.feedback import FeedbackError, FeedbackRequest, submit
+from linewatch.feedback import FeedbackError, FeedbackRequest, decode_json, submit
 from linewatch.journal import Journal
 from linewatch.outputs import Outputs
 from linewatch.preprocess import resize_rgb
+from linewatch.retrain.runner import ChildCommand, Retrainer
+from linewatch.retrain.service import RetrainService
+from linewatch.retrain.store import last_run
+from linewatch.retrain.versions import ModelRegistry, RegistryError, model_version
 from linewatch.scorer import Scorer, ScoringWorker
+from linewatch.sinks.db import DatabaseError
+from linewatch.sinks.http import HttpRequest, HttpResponse, error
 from linewatch.sinks.mqtt import RejectedPayload
 from linewatch.synthetic import SyntheticProduct
 from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verdict, VerdictLabel
@@ -43,6 +48,8 @@ from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verd
 log = logging.getLogger(__name__)
 SkipReporter = Callable[[Path, str], None]
 SourceFactory = Callable[[CameraSection, SkipReporter], FrameSource]
+MAX_CONTROL_BYTES = 1024  # retrain and rollback requests are a few short fields
+MAX_TRIGGER_CHARS = 200
 
 
 def make_source(camera: CameraSection, on_skipped: SkipReporter) -> FrameSource:
@@ -71,12 +78,6 @@ def apply_cpu_threads(config: Config) -> int:
     return threads
 
 
-def model_version(artifact: Path) -> str:
-    """Stable id of a trained model: its folder name and a hash of its manifest."""
-    digest = hashlib.sha256((artifact / MANIFEST).read_bytes()).hexdigest()[:10]
-    return f"{artifact.name}@{digest}"
-
-
 @dataclass
 class CameraRuntime:
     config: CameraSection
@@ -97,6 +98,7 @@ class App:
         source_factory: SourceFactory = make_source,
         stop_event: threading.Event | None = None,
         outputs_factory: Callable[[Config, Journal, Clock, App], Outputs] = Outputs,
+        retrain_command: ChildCommand | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -124,6 +126,14 @@ class App:
         self._lock = threading.Lock()
         self._stopping = False
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+        self._retrain_command = retrain_command
+        self.registry: ModelRegistry | None = None
+        self.retrainer: Retrainer | None = None
+        self.retraining: RetrainService | None = None
+        self._active_path = config.model.path
+        self._serving: tuple[Scorer, str] | None = None  # set by a swap: what model/state describes
+        self._retrain_news: dict[str, object] | None = None
+        self._daemon_lock: int | None = None
 
     # ---- start ---------------------------------------------------------------------------------
     def start(self, scorer_thread: bool = True) -> None:
@@ -135,22 +145,28 @@ class App:
         self.journal = Journal(config.journal_path, self.clock)
         self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
         self.outputs.start()
-        scorer = Scorer.from_artifact(
-            config.model.path,
-            config.model.models_dir,
-            config.model.device,
-            config.model.precision,
-            config.model.weights,
-        )
-        scorer.set_threshold_overrides(dict(config.model.thresholds))
+        self.registry = ModelRegistry(config.versions_dir, config.model.path)
+        try:
+            self._daemon_lock = self.registry.hold_daemon_lock()
+        except OSError as problem:  # a read-only models folder: inspection still works, retraining will say why
+            log.warning("cannot write to %s (%s): retraining and rollback will fail", config.versions_dir, problem)
+        self._active_path = self.registry.active()  # the configured model until a retrain or rollback
+        if self._active_path != self.registry.initial and self.registry.initial not in self.registry.history():
+            log.warning(
+                "[model] path %s is not what this line serves: %s names %s (a retrain or rollback chose it); "
+                "to serve the configured model, `linewatch model rollback %s`",
+                config.model.path,
+                self.registry.active_file,
+                self._active_path,
+                config.model.path.name,
+            )
+        scorer = self._load_scorer(self._active_path)
         # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
         self._input_size = scorer.model.input_size
-        if scorer.model.backbone_spec.is_random:
-            log.warning("model %s runs on RANDOM backbone weights: a demo model, not for real parts", config.model.path)
         self.batcher = Batcher(config.scoring.batch_max_size, config.scoring.batch_max_wait_ms / 1000, self.clock)
         self.worker = ScoringWorker(
             scorer,
-            model_version(config.model.path),
+            model_version(self._active_path),
             self.batcher.next_batch,
             self._record,
             self._drain,
@@ -158,7 +174,8 @@ class App:
             self.boot_id,
         )
         self.worker.warm_up(config.scoring.batch_max_size)
-        self.outputs.model_state(self._model_state(scorer, "active"))
+        self._start_retraining()
+        self._publish_model_state()
         if scorer_thread:
             self._worker_thread = threading.Thread(target=self.worker.run, name="scorer")
             self._worker_thread.start()
@@ -188,21 +205,122 @@ class App:
                 runtime.thread.join(timeout=10)
         self._drain.set()
 
-    def _model_state(self, scorer: Scorer, status: str) -> dict[str, object]:
-        """What ``model/state`` says about the model in service (retained for HMIs and MES)."""
+    def _model_state(self) -> dict[str, object]:
+        """What ``model/state`` says: the model in service and the latest retraining news (retained for
+        HMIs and MES)."""
         assert self.worker is not None
+        scorer = self._serving[0] if self._serving is not None else self.worker.scorer
+        version = self._serving[1] if self._serving is not None else self.worker.model_version
         spec = scorer.model.backbone_spec
         return {
-            "version": self.worker.model_version,
-            "path": str(self.config.model.path),
+            "version": version,
+            "path": str(self._active_path),
             "backbone": spec.model_name,
             "pretrained": spec.pretrained,
             "backbone_sha256": spec.weights_sha256,
             "random_weights": spec.is_random,
             "thresholds": {product: scorer.threshold(product) for product in scorer.products},
             "trained_at": scorer.info.created_at,
-            "status": status,
+            "status": "active",
+            "retrain": self._retrain_news,
         }
+
+    def _publish_model_state(self) -> None:
+        if self.outputs is not None:
+            self.outputs.model_state(self._model_state())
+
+    # ---- models: loading, retraining, rollback -------------------------------------------------------
+    def _load_scorer(self, path: Path) -> Scorer:
+        model = self.config.model
+        scorer = Scorer.from_artifact(path, model.models_dir, model.device, model.precision, model.weights)
+        scorer.set_threshold_overrides(dict(model.thresholds))
+        if scorer.model.backbone_spec.is_random:
+            log.warning("model %s runs on RANDOM backbone weights: a demo model, not for real parts", path)
+        return scorer
+
+    def _swap_model(self, scorer: Scorer, path: Path, version: str) -> None:
+        """Queue the new model for the next batch boundary; ``model/state`` describes it from now on."""
+        assert self.worker is not None
+        self.worker.swap(scorer, version)
+        self._active_path = path
+        self._serving = (scorer, version)
+        log.info("model %s goes into service at the next batch", version)
+        self._publish_model_state()
+
+    def _on_retrain_news(self, news: dict[str, object]) -> None:
+        self._retrain_news = news
+        self._publish_model_state()
+
+    def _active_thresholds(self) -> dict[str, float]:
+        scorer = self._serving[0] if self._serving is not None else self.worker.scorer  # type: ignore[union-attr]
+        return {product: scorer.threshold(product) for product in scorer.products}
+
+    def _start_retraining(self) -> None:
+        assert self.outputs is not None
+        self.retrainer = Retrainer(
+            self.config,
+            self.registry,
+            self.outputs.engine,
+            self.clock,
+            self._load_scorer,
+            self._swap_model,
+            self._on_retrain_news,
+            self._active_thresholds,
+            self.stop_event,
+            **({"command": self._retrain_command} if self._retrain_command is not None else {}),
+        )
+        self.retraining = RetrainService(self.config.retrain, self.retrainer, self._last_scheduled_run)
+        self.retraining.start(self._active_path)
+        if self.outputs.http is not None:
+            self.outputs.http.add_routes(
+                {
+                    ("POST", "/retrain"): self._http_retrain,
+                    ("POST", "/model/rollback"): self._http_rollback,
+                    ("GET", "/model"): lambda _request: HttpResponse(200, self._model_state()),
+                }
+            )
+
+    def _last_scheduled_run(self) -> datetime | None:
+        assert self.outputs is not None
+        try:
+            run = last_run(self.outputs.engine, trigger="schedule")
+        except DatabaseError:
+            return None
+        return None if run is None else run["started_at"]
+
+    @staticmethod
+    def _control_field(request: HttpRequest, key: str) -> str | None:
+        """The one optional string field of a control request body (``{}`` or ``{key: "..."}``); ValueError
+        says what is wrong, so a typo in the key is refused instead of silently ignored."""
+        try:
+            document = decode_json(request.body, MAX_CONTROL_BYTES) if request.body else {}
+        except FeedbackError as problem:
+            raise ValueError(str(problem)) from None
+        value = document.get(key) if isinstance(document, dict) else None
+        if not isinstance(document, dict) or set(document) - {key} or not (value is None or isinstance(value, str)):
+            raise ValueError(f'body must be a JSON object, {{}} or {{"{key}": "..."}}')
+        return value
+
+    def _http_retrain(self, request: HttpRequest) -> HttpResponse:
+        try:
+            reason = self._control_field(request, "reason")
+        except ValueError as problem:
+            return error(400, str(problem))
+        answer = self.retrain(reason, "http")
+        return HttpResponse(202 if answer["status"] == "started" else 409, answer)
+
+    def _http_rollback(self, request: HttpRequest) -> HttpResponse:
+        try:
+            version = self._control_field(request, "version")
+        except ValueError as problem:
+            return error(400, str(problem))
+        assert self.retrainer is not None
+        try:
+            outcome = self.retrainer.rollback(version)
+        except RegistryError as problem:
+            return error(404, str(problem))
+        status = {"rolled_back": 200, "busy": 409}.get(outcome.status, 500)
+        return HttpResponse(status, outcome.to_dict())
 
     def _camera_runtime(self, camera: CameraSection) -> CameraRuntime:
         stop = threading.Event()
@@ -273,7 +391,10 @@ class App:
         flags) and report what changed. Anything else needs a restart and is reported as ignored."""
         changes = []
         if config.model.thresholds != self.config.model.thresholds and self.worker is not None:
-            self.worker.scorer.set_threshold_overrides(dict(config.model.thresholds))
+            # Both the scorer in use and one a swap is about to bring in (they are the same most of the time).
+            for scorer in {self.worker.scorer, *([self._serving[0]] if self._serving else [])}:
+                scorer.set_threshold_overrides(dict(config.model.thresholds))
+            self._publish_model_state()
             changes.append(f"thresholds {dict(config.model.thresholds) or 'calibrated'}")
         old_cameras = {c.name: c for c in self.config.cameras}
         new_cameras = {c.name: c for c in config.cameras}
@@ -316,7 +437,9 @@ class App:
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:
         """Reverse order of start: cameras, scorer (drains the batcher), outputs, journal."""
-        self.stop_event.set()
+        self.stop_event.set()  # also abandons a running training (its runner watches it)
+        if self.retraining is not None:
+            self.retraining.stop()
         if self._shutdown_thread is not None:
             self._shutdown_thread.join(timeout=30)
         else:  # start failed before the cameras ran
@@ -339,6 +462,8 @@ class App:
         self._control.shutdown(wait=True, cancel_futures=True)
         if self.journal is not None:
             self.journal.close()
+        if self._daemon_lock is not None:
+            os.close(self._daemon_lock)
         log.info("stopped")
 
     # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT client's thread -------------
@@ -356,6 +481,10 @@ class App:
         # applies the commands in arrival order, so "false" then "true" ends enabled, as the echo says.
         self._control.submit(self.set_camera_enabled, camera, enabled)
 
-    def retrain(self, reason: str | None) -> dict[str, object]:
-        log.warning("retrain requested over MQTT (%s): this version cannot retrain yet", reason or "no reason given")
-        return {"status": "unavailable", "reason": "retraining is not available in this version", "requested": reason}
+    def retrain(self, reason: str | None, source: str = "mqtt") -> dict[str, object]:
+        """Start a retraining in the background (MQTT ``retrain/set``, ``POST /retrain``); the answer is echoed."""
+        if self.retraining is None:
+            return {"status": "refused", "reason": "the daemon is not running yet", "requested": reason}
+        log.info("retrain requested over %s (%s)", source, reason or "no reason given")
+        trigger = f"{source}: {reason}"[:MAX_TRIGGER_CHARS] if reason else source  # the reason goes on record
+        return {**self.retraining.request(trigger), "requested": reason}

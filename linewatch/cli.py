@@ -20,6 +20,7 @@ from linewatch.anople.artifact import ArtifactError
 from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.cli_ops import add_commands as add_operating_commands
+from linewatch.cli_retrain import add_commands as add_retrain_commands
 from linewatch.config import ConfigError, load_config
 from linewatch.console import announce_random, progress_bar
 from linewatch.images import ImageError, collect_images, heatmap_overlay, read_rgb, write_image
@@ -272,6 +273,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from linewatch.daemon import serve
+    from linewatch.retrain.versions import RegistryBusy, RegistryError
     from linewatch.sinks.db import DatabaseError
 
     try:
@@ -279,7 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"linewatch: config error: {error}", file=sys.stderr)
         return EX_CONFIG
-    except (DatabaseError, OSError) as error:  # e.g. the HTTP port is taken: systemd retries, the log says why
+    # e.g. the HTTP port is taken, another daemon serves the line, active.json is damaged: the log says why
+    except (DatabaseError, OSError, RegistryBusy, RegistryError) as error:
         print(f"linewatch: error: {error}", file=sys.stderr)
         return 1
 
@@ -355,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
         sub.set_defaults(func=func)
+    add_retrain_commands(commands, model_commands)
 
     evaluate = commands.add_parser("eval", help="the paper's few-shot protocol on MVTec-AD, VisA or a folder")
     common(evaluate)

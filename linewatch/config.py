@@ -5,7 +5,8 @@ Every error names the key path and what is allowed. Numbers and strings are stri
 Sections: ``[site]`` (names and the data folder), ``[model]`` (which artifact and backbone, on which
 device), ``[scoring]`` (batching), ``[events]`` (defect episodes), ``[journal]``, ``[store]`` (the SQL
 database), ``[mqtt]`` (the broker), ``[evidence]`` (snapshots and heatmaps on disk), ``[http]`` (the
-metrics/feedback port), ``[[cameras]]`` and ``[demo]`` (the synthetic run behind ``linewatch demo``).
+metrics/feedback port), ``[retrain]`` (retraining from confirmed normals), ``[[cameras]]`` and
+``[demo]`` (the synthetic run behind ``linewatch demo``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -173,6 +177,93 @@ class EvidenceSection(_Section):
     queue_size: StrictInt = Field(64, ge=1)  # frames waiting to be written; beyond it evidence is dropped (counted)
 
 
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 (and 7) is Sunday
+
+
+def _cron_days(field: str) -> set[int]:
+    """The days (0 = Sunday) a crontab day-of-week field names: lists, ranges, steps, names, 7 for Sunday."""
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise ValueError(f"day-of-week step must be at least 1 in {field!r}")
+        if span == "*":
+            low, high = 0, 6
+        else:
+            ends = [_CRON_DAYS.index(end[:3]) if end[:3] in _CRON_DAYS else int(end) for end in span.split("-")]
+            if len(ends) > 2 or any(not 0 <= end <= 7 for end in ends):
+                raise ValueError(f"day of week must be 0-7 or sun..sat, got {span!r}")
+            low, high = ends[0], ends[-1]
+            if step_text and len(ends) == 1:
+                high = 6  # "1/2": from Monday every second day
+        if low > high:
+            raise ValueError(f"day-of-week range {span!r} runs backwards")
+        days.update(day % 7 for day in range(low, high + 1, step))
+    return days
+
+
+def cron_trigger(expression: str, timezone: str | None) -> CronTrigger:
+    """A CronTrigger that reads the day of week as crontab does. APScheduler 3 counts weekdays from
+    Monday (0 = Monday), so its own ``from_crontab`` would run "1-5" Tuesday to Saturday; the days are
+    named here instead. Raises ValueError naming what is wrong."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
+    minute, hour, day, month, weekday = fields
+    try:
+        days = _cron_days(weekday)
+    except ValueError as problem:
+        raise ValueError(str(problem)) from None
+    names = "*" if len(days) == 7 else ",".join(_CRON_DAYS[d] for d in sorted(days))
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=names, timezone=timezone)
+
+
+def _check_cron(expression: str) -> str:
+    """Validate a five-field crontab expression now, so a typo stops the start (exit 78), not the first run."""
+    if not expression.strip():
+        return ""  # no schedule: retraining runs only when asked for
+    try:
+        cron_trigger(expression, "UTC")
+    except ValueError as error:
+        raise PydanticCustomError(
+            "cron", "not a crontab expression (minute hour day month weekday): {problem}", {"problem": str(error)}
+        ) from None
+    return expression
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError(
+            "timezone", "unknown time zone '{name}'; use an IANA name like Europe/Berlin or UTC", {"name": name}
+        ) from None
+    return name
+
+
+class RetrainSection(_Section):
+    """Retraining from operator-confirmed normals (linewatch/retrain/): when, from how much, under which limits."""
+
+    enabled: StrictBool = True  # false: no schedule, and on-demand requests are refused
+    schedule: Annotated[StrictStr, AfterValidator(_check_cron)] = "30 3 * * *"  # crontab; "" = on demand only
+    timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # IANA name; default: local
+    misfire_grace_s: StrictInt = Field(3600, ge=1)  # a run missed (busy machine, daemon down) starts this late
+    versions_dir: Path | None = None  # default <models_dir>/<line>: new versions, active.json
+    min_new_normals: StrictInt = Field(8, ge=2)  # confirmed normals per product needed to train
+    holdout_fraction: Number = Field(0.3, gt=0.0, lt=1.0)  # of the new normals, kept out of training for the gate
+    max_shots: StrictInt = Field(16, ge=1)  # per product: shots (and memory bank) of a new version at most
+    steps: StrictInt = Field(150, ge=1)  # training steps, starting from the active version's prompts
+    seed: StrictInt = 0
+    time_limit_s: Number = Field(1800.0, gt=0.0)  # the training process is killed beyond this
+    cpu_threads: StrictInt = Field(1, ge=1)  # torch threads of the training process (the scorer keeps the rest)
+    frr_margin: Number = Field(0.02, ge=0.0, lt=1.0)  # new false-reject rate may exceed the active one's by this
+    keep_versions: StrictInt = Field(5, ge=1)  # previous versions kept for rollback
+    recalibrate: StrictBool = True  # with too few new normals: move the threshold from confirmed normals instead
+    min_recalibration_normals: StrictInt = Field(5, ge=1)
+    max_threshold_step: Number = Field(0.1, gt=0.0, le=1.0)  # relative: one recalibration moves it at most this much
+
+
 class HttpSection(_Section):
     host: StrictStr = "127.0.0.1"  # metrics, health and feedback; loopback by default
     port: StrictInt = Field(9108, ge=0, le=65535)  # 0 = any free port (tests)
@@ -242,6 +333,7 @@ class Config(_Section):
     mqtt: MqttSection = MqttSection()
     evidence: EvidenceSection = EvidenceSection()
     http: HttpSection = HttpSection()
+    retrain: RetrainSection = RetrainSection()
     cameras: list[CameraSection] = []
     demo: DemoSection = DemoSection()
 
@@ -268,6 +360,10 @@ class Config(_Section):
     @property
     def evidence_dir(self) -> Path:
         return self.evidence.dir or self.site.data_dir / "evidence"
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.retrain.versions_dir or self.model.models_dir / self.site.line
 
     @property
     def mqtt_prefix(self) -> str:

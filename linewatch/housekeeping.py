@@ -76,8 +76,7 @@ class JournalKeeper:
                 self.stats.dropped_undelivered += dropped
                 backlogs = {name: self._journal.backlog(name) for name in self._forwarders}
                 log.warning(
-                    "disk below the journal watermark: dropped the %d oldest journal records (%d in all); "
-                    "backlogs %s",
+                    "disk below the journal watermark: dropped the %d oldest journal records (%d in all); backlogs %s",
                     dropped,
                     self.stats.dropped_undelivered,
                     backlogs,

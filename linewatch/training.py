@@ -124,7 +124,7 @@ def train_artifact(
         shot_images[source.name] = [read_rgb(paths[i]) for i in shot_ids]
         held_out[source.name] = [read_rgb(paths[i]) for i in rest_ids[:MAX_CALIBRATION_IMAGES]]
         records[source.name] = [
-            {"file": paths[i].name, "path": str(paths[i]), "sha256": file_sha256(paths[i])} for i in shot_ids
+            {"file": paths[i].name, "path": str(paths[i].resolve()), "sha256": file_sha256(paths[i])} for i in shot_ids
         ]
         log(f"{source.name}: {shots} shot(s), {len(held_out[source.name])} held out for calibration")
     with torch.random.fork_rng(devices=[]):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from linewatch.cli import main
-from linewatch.config import Config, ConfigError, DemoSection, ModelSection, load_config
+from linewatch.config import Config, ConfigError, DemoSection, ModelSection, cron_trigger, load_config
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config.toml"
 
@@ -33,7 +34,8 @@ def test_shipped_config_loads_with_the_values_written_in_it() -> None:
     config = load_config(SHIPPED)
     raw = tomllib.loads(SHIPPED.read_text())
     assert set(raw) == {
-        *("site", "model", "scoring", "events", "journal", "store", "mqtt", "evidence", "http", "cameras", "demo")
+        *("site", "model", "scoring", "events", "journal", "store", "mqtt", "evidence", "http", "retrain"),
+        *("cameras", "demo"),
     }
     sections = [(name, getattr(config, name), values) for name, values in raw.items() if name != "cameras"]
     sections += [(f"cameras[{i}]", config.cameras[i], values) for i, values in enumerate(raw["cameras"])]
@@ -254,3 +256,91 @@ def test_camera_url_can_come_from_a_file_or_the_environment(tmp_path: Path) -> N
 def test_secret_sources_name_the_key_but_never_the_secret(tmp_path: Path, text: str, fragment: str) -> None:
     message = _error(tmp_path, text)
     assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ('[retrain]\nschedule = "0 25 * * *"\n', ["retrain.schedule: not a crontab expression", "(25)", "(23)"]),
+        ('[retrain]\nschedule = "@daily"\n', ["retrain.schedule: not a crontab expression", "got 1, expected 5"]),
+        ("[retrain]\nschedule = 5\n", ["retrain.schedule", "valid string"]),
+        ('[retrain]\ntimezone = "Mars/Olympus"\n', ["retrain.timezone: unknown time zone 'Mars/Olympus'", "IANA"]),
+        ('[retrain]\ntimezone = "../../etc/passwd"\n', ["retrain.timezone: unknown time zone"]),
+        ("[retrain]\nholdout_fraction = 0\n", ["retrain.holdout_fraction: Input should be greater than 0"]),
+        ("[retrain]\nholdout_fraction = 1\n", ["retrain.holdout_fraction: Input should be less than 1"]),
+        ("[retrain]\nmin_new_normals = 1\n", ["retrain.min_new_normals: Input should be greater than or equal to 2"]),
+        ("[retrain]\nmax_threshold_step = 0\n", ["retrain.max_threshold_step: Input should be greater than 0"]),
+        ("[retrain]\nmax_threshold_step = 1.5\n", ["retrain.max_threshold_step: Input should be less than or equal"]),
+        ("[retrain]\nkeep_versions = 0\n", ["retrain.keep_versions"]),
+        ("[retrain]\ncpu_threads = 0\n", ["retrain.cpu_threads"]),
+        ("[retrain]\nsteps = true\n", ["retrain.steps: Input should be a valid integer"]),
+        ("[retrain]\nenabled = 1\n", ["retrain.enabled", "boolean"]),
+        ("[retrain]\nnightly = true\n", ["retrain.nightly: Extra inputs are not permitted"]),
+    ],
+)
+def test_retrain_section_names_the_bad_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    message = _error(tmp_path, text)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "value"),
+    [
+        ("", "schedule", "30 3 * * *"),
+        ('[retrain]\nschedule = ""\n', "schedule", ""),
+        ('[retrain]\nschedule = "0 2 * * mon-fri"\n', "schedule", "0 2 * * mon-fri"),
+        ('[retrain]\nschedule = "*/15 6-18 * * *"\n', "schedule", "*/15 6-18 * * *"),
+        ('[retrain]\ntimezone = "Europe/Berlin"\n', "timezone", "Europe/Berlin"),
+        ('[retrain]\ntimezone = "UTC"\n', "timezone", "UTC"),
+        ("", "timezone", None),
+        ("[retrain]\nholdout_fraction = 0.5\n", "holdout_fraction", 0.5),
+        ("[retrain]\nmin_new_normals = 2\n", "min_new_normals", 2),
+        ("[retrain]\nmax_threshold_step = 1\n", "max_threshold_step", 1.0),
+        ("[retrain]\nenabled = false\n", "enabled", False),
+    ],
+)
+def test_retrain_section_accepts_valid_values(tmp_path: Path, text: str, key: str, value: object) -> None:
+    assert getattr(load_config(_config(tmp_path, text)).retrain, key) == value
+
+
+def test_versions_dir_defaults_to_the_lines_folder_under_models_dir_and_can_be_set(tmp_path: Path) -> None:
+    assert Config().versions_dir == Path("models/line1")
+    moved = load_config(_config(tmp_path, '[site]\nline = "press3"\n[model]\nmodels_dir = "/srv/models"\n'))
+    assert moved.versions_dir == Path("/srv/models/press3")
+    text = '[site]\nline = "press3"\n[retrain]\nversions_dir = "/mnt/shared/press3-versions"\n'
+    assert load_config(_config(tmp_path, text)).versions_dir == Path("/mnt/shared/press3-versions")
+
+
+@pytest.mark.parametrize(
+    ("weekday", "days"),
+    [
+        ("*", "Sun Mon Tue Wed Thu Fri Sat"),
+        ("1-5", "Mon Tue Wed Thu Fri"),  # APScheduler's own from_crontab would run this Tuesday to Saturday
+        ("0", "Sun"),
+        ("7", "Sun"),
+        ("6,0", "Sun Sat"),
+        ("sat,sun", "Sun Sat"),
+        ("mon-fri/2", "Mon Wed Fri"),
+        ("*/3", "Sun Wed Sat"),
+        ("1/2", "Mon Wed Fri"),
+    ],
+)
+def test_cron_weekdays_read_as_crontab_reads_them(weekday: str, days: str) -> None:
+    trigger = cron_trigger(f"0 3 * * {weekday}", "UTC")
+    start = datetime(2026, 11, 28, 12, tzinfo=UTC)  # a Saturday
+    fires, when = set(), start
+    for _ in range(7):
+        when = trigger.get_next_fire_time(None, when + timedelta(seconds=1))
+        fires.add(when.strftime("%a"))
+    order = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    assert " ".join(sorted(fires, key=order.index)) == days
+
+
+@pytest.mark.parametrize(
+    ("expression", "fragment"),
+    [("0 3 * * 8", "0-7 or sun..sat"), ("0 3 * * 5-1", "runs backwards"), ("0 3 * *", "got 4, expected 5")],
+)
+def test_cron_weekday_errors_name_the_problem(expression: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        cron_trigger(expression, "UTC")

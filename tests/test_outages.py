@@ -163,7 +163,8 @@ def test_feedback_over_mqtt_http_and_cli_reaches_the_store_with_evidence(
             connection.request("POST", "/feedback", body=body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
             assert response.status == 200, response.read()
-            connection.request("POST", "/feedback", body=json.dumps({"inspection_id": "nope", "label": "normal"}))
+            unknown = json.dumps({"inspection_id": "nope", "label": "normal"})
+            connection.request("POST", "/feedback", body=unknown, headers={"Content-Type": "application/json"})
             assert connection.getresponse().status == 404
             connection.close()
             exit_codes: list[int] = []

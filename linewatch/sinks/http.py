@@ -80,6 +80,11 @@ class HttpServer:
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
+    def add_routes(self, routes: dict[tuple[str, str], Route]) -> None:
+        """Serve more paths (the App adds its control routes once the parts behind them exist). The table is
+        replaced whole, so a request being served sees the old or the new one, never half of it."""
+        self._routes = {**self._routes, **routes}
+
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
@@ -126,6 +131,11 @@ class HttpServer:
             return error(404, f"no such path {path!r}")
         body = b""
         if method == "POST":
+            # A web page elsewhere can make a browser POST text/plain or a form here without asking (CSRF on a
+            # token-less loopback port); application/json it can only send after a CORS preflight we never allow.
+            media_type = handler.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json":
+                return error(415, "Content-Type must be application/json")
             length_header = handler.headers.get("Content-Length")
             if length_header is None:
                 return error(411, "Content-Length is required")

@@ -17,6 +17,9 @@ def echo(request: HttpRequest) -> HttpResponse:
     return HttpResponse(200, {"method": request.method, "body": request.body.decode(), "client": request.client})
 
 
+JSON = {"Content-Type": "application/json; charset=utf-8"}
+
+
 def broken(_request: HttpRequest) -> HttpResponse:
     raise RuntimeError("bug in a route")
 
@@ -43,7 +46,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[HttpServer]:
 
 
 def test_routes_receive_method_body_and_client(server: HttpServer) -> None:
-    status, headers, document = call(server.port, "POST", "/echo?x=1", b'{"a": 1}')
+    status, headers, document = call(server.port, "POST", "/echo?x=1", b'{"a": 1}', JSON)
     assert status == 200 and document == {"method": "POST", "body": '{"a": 1}', "client": "127.0.0.1"}
     assert headers["Content-Type"] == "application/json" and headers["Cache-Control"] == "no-store"
 
@@ -52,10 +55,13 @@ def test_routes_receive_method_body_and_client(server: HttpServer) -> None:
     ("method", "path", "body", "headers", "status", "fragment"),
     [
         ("GET", "/nowhere", None, {}, 404, "no such path"),
-        ("POST", "/broken", b"{}", {}, 405, "use GET"),
+        ("POST", "/broken", b"{}", JSON, 405, "use GET"),
         ("GET", "/broken", None, {}, 500, "internal error"),
-        ("POST", "/echo", b"x" * (MAX_BODY_BYTES + 1), {}, 413, "larger than"),
-        ("POST", "/echo", None, {"Content-Length": "abc"}, 400, "not a number"),
+        ("POST", "/echo", b"x" * (MAX_BODY_BYTES + 1), JSON, 413, "larger than"),
+        ("POST", "/echo", None, {**JSON, "Content-Length": "abc"}, 400, "not a number"),
+        ("POST", "/echo", b"{}", {}, 415, "must be application/json"),
+        ("POST", "/echo", b"{}", {"Content-Type": "text/plain"}, 415, "must be application/json"),
+        ("POST", "/echo", b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
     ],
 )
 def test_bad_requests_get_a_json_error(
@@ -68,6 +74,7 @@ def test_bad_requests_get_a_json_error(
 def test_a_post_without_content_length_is_refused(server: HttpServer) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     connection.putrequest("POST", "/echo")
+    connection.putheader("Content-Type", "application/json")
     connection.endheaders()
     response = connection.getresponse()
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]

@@ -1,0 +1,1 @@
+"""Retraining: gather confirmed samples, train a candidate, gate it, and record versions and runs."""
