@@ -87,7 +87,9 @@ class SiteSection(_Section):
 
 class ScoringSection(_Section):
     batch_max_size: StrictInt = Field(8, ge=1, le=1024)
-    batch_max_wait_ms: Number = Field(20.0, ge=0.0)
+    # 0: take what waits as soon as the scorer is free; batches still fill with what arrives while it works.
+    # Waiting longer adds latency one for one and bought no throughput (benchmarks/pipeline_throughput.py).
+    batch_max_wait_ms: Number = Field(0.0, ge=0.0)
     bootstrap_demo_model: StrictBool = False  # train a tiny random-weight demo model when [model].path is missing
     cpu_threads: StrictInt = Field(0, ge=0)  # torch threads for CPU scoring; 0 = all cores but one
 
