@@ -47,6 +47,12 @@ def draw_shots(count: int, shots: int, seed: int) -> tuple[list[int], list[int]]
     return sorted(order[:shots].tolist()), sorted(order[shots:].tolist())
 
 
+def _image_record(path: Path) -> dict[str, str]:
+    """How an artifact names a training image: absolute (a retrain later finds it wherever it runs) and
+    hashed (a file overwritten since is not taken for the image that trained the model)."""
+    return {"file": path.name, "path": str(path.resolve()), "sha256": file_sha256(path)}
+
+
 def _augmented(images: list[np.ndarray], seed: int) -> list[np.ndarray]:
     """Small shifts and brightness changes of the shots: a stand-in for held-out normals."""
     rng = np.random.default_rng(seed)
@@ -114,6 +120,7 @@ def train_artifact(
     shot_images: dict[str, list[np.ndarray]] = {}
     held_out: dict[str, list[np.ndarray]] = {}
     records: dict[str, list[dict[str, str]]] = {}
+    calibration_records: dict[str, list[dict[str, str]]] = {}
     for source in sources:
         paths = sorted(source.images)
         if len(paths) < shots:
@@ -123,9 +130,8 @@ def train_artifact(
         shot_ids, rest_ids = draw_shots(len(paths), shots, seed)
         shot_images[source.name] = [read_rgb(paths[i]) for i in shot_ids]
         held_out[source.name] = [read_rgb(paths[i]) for i in rest_ids[:MAX_CALIBRATION_IMAGES]]
-        records[source.name] = [
-            {"file": paths[i].name, "path": str(paths[i].resolve()), "sha256": file_sha256(paths[i])} for i in shot_ids
-        ]
+        records[source.name] = [_image_record(paths[i]) for i in shot_ids]
+        calibration_records[source.name] = [_image_record(paths[i]) for i in rest_ids[:MAX_CALIBRATION_IMAGES]]
         log(f"{source.name}: {shots} shot(s), {len(held_out[source.name])} held out for calibration")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial prompts and decoder come from the seed, not from process history
@@ -148,7 +154,10 @@ def train_artifact(
             f"{calibrations[name].source}, simulated-anomaly recall {calibrations[name].simulated_recall}"
         )
     info = ArtifactInfo(
-        products={name: ProductRecord(name, calibrations[name], records[name]) for name in shot_images},
+        products={
+            name: ProductRecord(name, calibrations[name], records[name], calibration_records[name])
+            for name in shot_images
+        },
         training={
             "device": device,
             "steps": summary.steps,

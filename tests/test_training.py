@@ -91,6 +91,7 @@ def test_artifact_directory_holds_manifest_and_tensors(trained, tmp_path: Path) 
     assert model.products == ["plate"]
     assert reloaded.products["plate"].calibration == info.products["plate"].calibration
     assert reloaded.products["plate"].shots == info.products["plate"].shots
+    assert reloaded.products["plate"].calibration_images == info.products["plate"].calibration_images
     assert reloaded.training == json.loads(json.dumps(info.training))
 
 
@@ -105,6 +106,12 @@ def test_shots_are_drawn_from_the_sorted_list_with_the_seed_and_recorded(trained
     ]
     assert info.products["plate"].shots == expected
     assert read_manifest(out)["products"][0]["shots"] == expected
+    # the held-out rest calibrated the threshold; recorded so that a retrain can calibrate on them again
+    held_out = [
+        {"file": names[i], "path": str(normals_dir / names[i]), "sha256": sha256_of(normals_dir / names[i])}
+        for i in rest_ids
+    ]
+    assert read_manifest(out)["products"][0]["calibration_images"] == held_out
 
 
 def test_same_seed_gives_the_same_shots_whatever_the_input_order(

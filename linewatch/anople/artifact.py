@@ -43,7 +43,10 @@ class ArtifactError(ValueError):
 class ProductRecord:
     name: str
     calibration: Calibration
-    shots: list[dict[str, str]] = field(default_factory=list)  # [{"file": ..., "sha256": ...}]
+    shots: list[dict[str, str]] = field(default_factory=list)  # [{"file": ..., "path": ..., "sha256": ...}]
+    # The normals the threshold was calibrated on, same form: a later retrain judges and calibrates on them
+    # too, so a version fitted to a new appearance cannot silently forget the old one.
+    calibration_images: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +91,7 @@ def _manifest(model: AnoPLe, info: ArtifactInfo) -> dict[str, Any]:
                 "prompt_words": model.prompt_words[name],
                 "calibration": record.calibration.to_dict(),
                 "shots": record.shots,
+                "calibration_images": record.calibration_images,
             }
             for name, record in ((p, info.products[p]) for p in model.products)
         ],
@@ -194,7 +198,10 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
         settings = AnoPLeSettings.from_dict(manifest["settings"])
         products = {
             entry["name"]: ProductRecord(
-                entry["name"], Calibration.from_dict(entry["calibration"]), list(entry.get("shots", []))
+                entry["name"],
+                Calibration.from_dict(entry["calibration"]),
+                list(entry.get("shots", [])),
+                list(entry.get("calibration_images", [])),
             )
             for entry in manifest["products"]
         }

@@ -38,6 +38,7 @@ from linewatch.training import calibrate_product, score_tensors
 from linewatch.weights import backbone_loader
 
 SHOTS_DIR = "shots"
+CALIBRATION_DIR = "calibration"
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,16 @@ def _scores(model: AnoPLe, groups: dict[str, list[str]]) -> dict[str, list[float
     return scored
 
 
-def _copy_shots(shots: dict[str, list[str]], products: list[str], out: Path) -> dict[str, list[dict[str, str]]]:
-    """Copy each product's shots into the artifact (PNG, lossless) and describe them relative to it."""
+def _copy_images(
+    groups: dict[str, list[str]], products: list[str], out: Path, folder: str
+) -> dict[str, list[dict[str, str]]]:
+    """Copy each product's images into the artifact's ``folder`` (PNG, lossless) and describe them relative
+    to it: evidence JPEGs age out, the version must keep what it was made from."""
     records: dict[str, list[dict[str, str]]] = {}
     for index, product in enumerate(products):
         records[product] = []
-        for number, source in enumerate(shots.get(product, [])):
-            relative = f"{SHOTS_DIR}/{index}/{number:03d}.png"
+        for number, source in enumerate(groups.get(product, [])):
+            relative = f"{folder}/{index}/{number:03d}.png"
             write_image(out / relative, read_rgb(Path(source)))
             records[product].append(
                 {"file": Path(source).name, "path": relative, "sha256": file_sha256(out / relative)}
@@ -140,14 +144,17 @@ def _train(spec: ChildSpec, backbone: Backbone, active: AnoPLe, active_info: Art
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         linewatch_version=__version__,
     )
-    staging = out.with_name(out.name + ".shots")
+    staging = out.with_name(out.name + ".images")
     shutil.rmtree(staging, ignore_errors=True)
-    records = _copy_shots(spec.shots, model.products, staging)
+    shot_records = _copy_images(spec.shots, model.products, staging, SHOTS_DIR)
+    calibration_records = _copy_images(spec.holdout, model.products, staging, CALIBRATION_DIR)
     for product, record in info.products.items():
-        record.shots = records[product]
+        record.shots = shot_records[product]
+        record.calibration_images = calibration_records[product]
     save_artifact(model, info, out, overwrite=True)
-    if (staging / SHOTS_DIR).is_dir():
-        shutil.move(str(staging / SHOTS_DIR), str(out / SHOTS_DIR))
+    for folder in (SHOTS_DIR, CALIBRATION_DIR):
+        if (staging / folder).is_dir():
+            shutil.move(str(staging / folder), str(out / folder))
     shutil.rmtree(staging, ignore_errors=True)
     return {
         "thresholds": {product: calibrations[product].threshold for product in model.products},

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 MAX_NEW_NORMALS = 200  # per product and run, the newest; more adds time, not information
 MAX_GATE_DEFECTS = 200  # the newest confirmed defects judge a candidate
+MAX_REFERENCE_NORMALS = 32  # per product: calibration normals a version carries on to the next one
 KILL_GRACE_S = 5.0
 LOG_TAIL_CHARS = 600
 
@@ -90,23 +91,24 @@ def _manifest_sha256(directory: Path) -> str:
     return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()
 
 
-def previous_shots(artifact: Path, manifest: dict[str, Any]) -> dict[str, list[Path]]:
-    """The shot images a version recorded, per product, that still exist with the recorded content.
+def recorded_images(artifact: Path, manifest: dict[str, Any], key: str) -> dict[str, list[Path]]:
+    """The images a version recorded under ``key`` ("shots" or "calibration_images"), per product, that
+    still exist with the recorded content.
 
-    Versions made by retraining carry copies under ``shots/`` (paths relative to the artifact); a model
-    trained with ``linewatch train`` names its source files (older ones relative to the folder training
-    ran in, usually the daemon's too), which may have moved since."""
+    Versions made by retraining carry copies (paths relative to the artifact); a model trained with
+    ``linewatch train`` names its source files (older ones relative to the folder training ran in,
+    usually the daemon's too), which may have moved since."""
     found: dict[str, list[Path]] = {}
     for entry in manifest["products"]:
         paths = []
-        for shot in entry.get("shots", []):
+        for shot in entry.get(key, []):
             recorded = Path(shot.get("path", ""))
             inside = artifact / recorded
             path = inside if not recorded.is_absolute() and inside.is_file() else recorded
             if path.is_file() and file_sha256(path) == shot.get("sha256"):
                 paths.append(path)
             else:
-                log.warning("retrain: shot %s of %s is missing or changed; training without it", path, artifact)
+                log.warning("retrain: %s %s of %s is missing or changed; going without it", key, path, artifact)
         found[entry["name"]] = paths
     return found
 
@@ -252,7 +254,11 @@ class Retrainer:
         superseded: list[str],
     ) -> RetrainOutcome:
         settings = self.config.retrain
-        previous = previous_shots(active, manifest)
+        previous = recorded_images(active, manifest, "shots")
+        # The normals the active version was calibrated on: the appearance the line had until now. The
+        # candidate is calibrated and judged on them as well as on the new held-out ones, so it cannot be
+        # accepted for fitting the new appearance by forgetting the old one.
+        reference = recorded_images(active, manifest, "calibration_images")
         shots: dict[str, list[str]] = {}
         holdout: dict[str, list[str]] = {}
         used: list[str] = list(superseded)
@@ -260,11 +266,14 @@ class Retrainer:
             if len(items) >= settings.min_new_normals:
                 train_part, held_part = split_holdout(items, settings.holdout_fraction, settings.seed + run_id)
                 chosen = choose_shots(previous[product], [path for _, path in train_part], settings.max_shots)
-                holdout[product] = [str(path) for _, path in held_part]
+                held = [path for _, path in held_part]
                 used.extend(item.inspection_id for item, _ in items)
             else:  # trained on its old shots; judged on whatever few confirmed normals it has
                 chosen = previous[product]
-                holdout[product] = [str(path) for _, path in items]
+                held = [path for _, path in items]
+            room = max(0, MAX_REFERENCE_NORMALS - len(held))  # the newest of the old appearance, as room allows
+            kept = reference[product][len(reference[product]) - room :] if room else []
+            holdout[product] = [str(path) for path in (*kept, *held)]
             shots[product] = [str(path) for path in chosen]
         final = self.registry.new_version_dir(self.clock.now())
         work = self._work_dir(final.name)

@@ -29,7 +29,7 @@ from linewatch.config import Config
 from linewatch.feedback import FeedbackRequest, submit
 from linewatch.images import write_image
 from linewatch.journal import Journal
-from linewatch.retrain.runner import Retrainer, child_command, previous_shots
+from linewatch.retrain.runner import Retrainer, child_command, recorded_images
 from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry, model_version
 from linewatch.scorer import Scorer
@@ -198,10 +198,12 @@ def test_confirmed_normals_of_a_drift_make_a_version_that_stops_the_false_alarms
 ) -> None:
     line = make_line()
     rng = np.random.default_rng(20)
-    stream = [darker(product.normal(rng).image) for _ in range(30)]  # good parts under the new lighting
+    original = [product.normal(rng).image for _ in range(30)]  # good parts as the line looked until now
+    stream = [darker(image) for image in original]  # the same parts under the new lighting
     models_dir = line.config.model.models_dir
     before = false_alarm_rate(line.config.model.path, models_dir, stream)
     assert before >= 0.5, f"the drift should make version 1 false-alarm, got {before:.2f}"
+    before_original = false_alarm_rate(line.config.model.path, models_dir, original)
 
     confirmed = line.inspect([darker(product.normal(rng).image) for _ in range(10)], VerdictLabel.DEFECT)
     line.confirm(confirmed, VerdictLabel.NORMAL)  # the operator: "these alarms were good parts"
@@ -214,8 +216,18 @@ def test_confirmed_normals_of_a_drift_make_a_version_that_stops_the_false_alarms
     active = registry.active()
     assert active.parent == line.config.versions_dir and outcome.version == model_version(active)
     after = false_alarm_rate(active, models_dir, stream)
-    print(f"\nfalse alarms on the drifted stream: {before:.2f} -> {after:.2f}; retrain took {took:.1f} s")
+    after_original = false_alarm_rate(active, models_dir, original)
+    print(
+        f"\nfalse alarms: drifted {before:.2f} -> {after:.2f}, original {before_original:.2f} -> {after_original:.2f};"
+        f" retrain took {took:.1f} s"
+    )
     assert after <= before / 2
+    # calibrated on version 1's calibration normals too: fitting the new lighting did not forget the old one
+    assert after_original <= before_original + 0.15
+    calibration = read_manifest(active)["products"][0]["calibration_images"]
+    assert len(calibration) == outcome.metrics["gate"]["n_normals"]  # version 1's 8 and the new held-out ones
+    assert outcome.metrics["gate"]["n_normals"] > 8
+    assert all((active / image["path"]).is_file() for image in calibration)
     assert line.swaps == [(active, outcome.version)]
     # the new version carries its shots: 4 of version 1 plus the confirmed normals it trained on
     shots = read_manifest(active)["products"][0]["shots"]
@@ -378,7 +390,7 @@ def test_a_version_that_does_not_load_is_never_activated(make_line: Any, product
     assert [p for p in line.config.versions_dir.iterdir() if p.is_dir()] == []
 
 
-def test_previous_shots_are_found_inside_the_version_or_where_training_ran(
+def test_recorded_images_are_found_inside_the_version_or_where_training_ran(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     artifact = tmp_path / "models" / "v3"
@@ -401,7 +413,7 @@ def test_previous_shots_are_found_inside_the_version_or_where_training_ran(
         ]
     }
     monkeypatch.chdir(tmp_path)
-    assert previous_shots(artifact, manifest) == {PRODUCT: [inside, Path("data/bootstrap/001.png")]}
+    assert recorded_images(artifact, manifest, "shots") == {PRODUCT: [inside, Path("data/bootstrap/001.png")]}
 
 
 def test_a_product_without_shots_or_normals_keeps_its_threshold(
