@@ -22,13 +22,14 @@ from linewatch.anople.artifact import read_manifest
 from linewatch.clock import SystemClock
 from linewatch.config import Config, load_config
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
-from linewatch.retrain.store import list_versions
+from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry
 from linewatch.scorer import Scorer
 from linewatch.sinks.db import DatabaseError, make_engine
 
 FINAL = {"accepted", "rejected", "failed", "skipped", "recalibrated", "busy"}
 WAIT_POLL_S = 2.0
+RUNS_SHOWN = 5
 WAIT_MARGIN_S = 300.0  # gathering and the gate come on top of the training's own time limit
 OK_STATUSES = {"accepted", "recalibrated", "skipped", "rolled_back", "started"}
 
@@ -155,10 +156,15 @@ def cmd_model_versions(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     registry = ModelRegistry(config.versions_dir, config.model.path)
     rows: dict[str, dict[str, Any]] = {}
+    runs: list[dict[str, Any]] = []
+    engine = make_engine(config.store_url)
     try:
-        rows = {Path(row["artifact_path"]).name: row for row in list_versions(make_engine(config.store_url))}
+        rows = {Path(row["artifact_path"]).name: row for row in list_versions(engine)}
+        runs = list_runs(engine, RUNS_SHOWN)
     except DatabaseError as problem:
         print(f"(store not readable, showing the folder only: {problem})")
+    finally:
+        engine.dispose()
     print(f"versions in {config.versions_dir} (newest last):")
     for entry in registry.versions():
         row = rows.get(entry.name, {})
@@ -166,6 +172,11 @@ def cmd_model_versions(args: argparse.Namespace) -> int:
         status = row.get("status", "-")
         reason = f"  {row['reason']}" if row.get("reason") else ""
         print(f" {marker} {entry.name:<28} {entry.created_at:<26} {status:<9} {entry.path}{reason}")
+    if runs:
+        print("latest retrain runs:")
+    for run in runs:
+        started = run["started_at"].isoformat(timespec="seconds")
+        print(f"   #{run['id']:<5} {started:<26} {run['status']:<12} {run['trigger']}: {run['reason'] or ''}")
     return 0
 
 

@@ -213,6 +213,10 @@ def test_retrain_offline_without_confirmed_normals_is_skipped_with_the_reason(
     assert [(run["id"], run["trigger"], run["status"]) for run in runs] == [
         (answer["run_id"], "cli: new batch", "skipped")  # the reason goes on record with the run
     ]
+    assert main(["model", "versions", "--config", str(line.config_path)]) == 0
+    listing = capsys.readouterr().out
+    assert "latest retrain runs:" in listing
+    assert f"#{answer['run_id']}" in listing and "skipped" in listing and "cli: new batch: too few" in listing
 
 
 def test_offline_commands_refuse_while_a_daemon_holds_the_line(line: Line, capsys: pytest.CaptureFixture[str]) -> None:
