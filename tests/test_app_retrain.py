@@ -17,6 +17,7 @@ from linewatch.config import load_config
 from linewatch.retrain.store import list_runs
 from linewatch.retrain.versions import model_version
 from linewatch.sinks.db_schema import Inspection
+from tests.services.mosquitto import MosquittoBroker, MqttWatcher
 from tests.test_app import _assert_no_frame_lost, _wait_for, daemon_model, journal_records, write_config
 
 __all__ = ["daemon_model"]  # the fixture, shared with test_app
@@ -107,3 +108,51 @@ def test_retrain_and_rollback_in_a_running_daemon(daemon_model: Path, tmp_path: 
     versions = [record.payload["model_version"] for record in verdicts]
     switches = [(a, b) for a, b in itertools.pairwise(versions) if a != b]
     assert switches == [(first, second), (second, first)]
+
+
+def test_a_retrain_asked_over_mqtt_is_echoed_and_each_step_reaches_model_state(
+    daemon_model: Path, tmp_path: Path, broker: MosquittoBroker, mqtt_prefix: str
+) -> None:
+    outputs = f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+prefix = "{mqtt_prefix}"
+client_id = "linewatch-{mqtt_prefix.replace("/", "-")}"
+
+[http]
+port = 0
+
+[retrain]
+schedule = ""
+recalibrate = false
+"""
+    config = load_config(write_config(tmp_path, daemon_model, cameras=1, fps=5.0, outputs=outputs))
+    state_topic, echo_topic = f"{mqtt_prefix}/model/state", f"{mqtt_prefix}/retrain/state"
+    with MqttWatcher(broker, state_topic, echo_topic) as watcher:
+        app = App(config)
+        app.start()
+        try:
+            first = watcher.wait_for(lambda seen: seen.topic == state_topic, timeout=30)
+            assert json.loads(first.payload)["version"] == model_version(daemon_model)
+            watcher.publish(f"{mqtt_prefix}/retrain/set", json.dumps({"reason": "shift change"}))
+            echo = watcher.wait_for(lambda seen: seen.topic == echo_topic, timeout=30)
+            assert json.loads(echo.payload) == {
+                "status": "started",
+                "trigger": "mqtt: shift change",
+                "requested": "shift change",
+            }
+
+            def news(seen: Any) -> dict[str, Any]:
+                return json.loads(seen.payload).get("retrain") or {} if seen.topic == state_topic else {}
+
+            watcher.wait_for(lambda seen: news(seen).get("status") == "skipped", timeout=60)
+            with MqttWatcher(broker, state_topic) as late:  # an HMI that connects later gets the retained state
+                retained = late.wait_for(lambda seen: seen.retain, timeout=10)
+                assert news(retained)["status"] == "skipped"
+        finally:
+            app.stop()
+    steps = [news(seen) for seen in watcher.on(state_topic) if news(seen)]
+    assert [step["status"] for step in steps] == ["running", "skipped"]  # every step, in order, retained
+    assert {step["trigger"] for step in steps} == {"mqtt: shift change"}
+    assert "too few new confirmed normals" in steps[-1]["reason"]
