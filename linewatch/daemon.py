@@ -94,8 +94,10 @@ def configure_logging(config: Config, verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # Alembic narrates every migration context at INFO; the store logs the outcome itself.
-    logging.getLogger("alembic").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Alembic narrates every migration context, APScheduler every job it adds and runs, at INFO; the store
+    # and the retrain service log what matters themselves.
+    for chatty in ("alembic", "apscheduler"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def serve(config_path: Path, verbose: bool = False) -> int:
