@@ -20,9 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from linewatch.batcher import Batcher, SlotPolicy
 from linewatch.camera.reader import CameraReader
@@ -32,6 +34,7 @@ from linewatch.config import CameraSection, Config
 from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step, tick
 from linewatch.feedback import FeedbackError, FeedbackRequest, decode_json, submit
 from linewatch.journal import Journal
+from linewatch.metrics import Health, PipelineMetrics, StateCollector, health
 from linewatch.outputs import Outputs
 from linewatch.preprocess import resize_rgb
 from linewatch.retrain.runner import ChildCommand, Retrainer
@@ -50,6 +53,8 @@ SkipReporter = Callable[[Path, str], None]
 SourceFactory = Callable[[CameraSection, SkipReporter], FrameSource]
 MAX_CONTROL_BYTES = 1024  # retrain and rollback requests are a few short fields
 MAX_TRIGGER_CHARS = 200
+SCORING_STALL_S = 30.0  # cameras deliver, yet no batch was journaled for this long: /healthz says unhealthy
+RUN_ENDS = ("accepted", "rejected", "failed", "skipped", "recalibrated")  # retrain news that end a run
 
 
 def make_source(camera: CameraSection, on_skipped: SkipReporter) -> FrameSource:
@@ -134,6 +139,11 @@ class App:
         self._serving: tuple[Scorer, str] | None = None  # set by a swap: what model/state describes
         self._retrain_news: dict[str, object] | None = None
         self._daemon_lock: int | None = None
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = PipelineMetrics(self.metrics_registry, config.site.line)
+        self.metrics_registry.register(StateCollector(self, config.site.line))
+        self._last_progress = self.clock.monotonic()  # of the last journaled batch: /healthz sees a stuck scorer
+        self._started_mono = self.clock.monotonic()
 
     # ---- start ---------------------------------------------------------------------------------
     def start(self, scorer_thread: bool = True) -> None:
@@ -174,6 +184,10 @@ class App:
             self.boot_id,
         )
         self.worker.warm_up(config.scoring.batch_max_size)
+        self._last_progress = self.clock.monotonic()
+        self.metrics.set_model(
+            self.worker.model_version, scorer.model.backbone_spec.model_name, self._active_thresholds()
+        )
         self._start_retraining()
         self._publish_model_state()
         if scorer_thread:
@@ -245,10 +259,13 @@ class App:
         self._active_path = path
         self._serving = (scorer, version)
         log.info("model %s goes into service at the next batch", version)
+        self.metrics.set_model(version, scorer.model.backbone_spec.model_name, self._active_thresholds())
         self._publish_model_state()
 
     def _on_retrain_news(self, news: dict[str, object]) -> None:
         self._retrain_news = news
+        if news.get("status") in RUN_ENDS:
+            self.metrics.observe_retrain(str(news["status"]), self.clock.now().timestamp())
         self._publish_model_state()
 
     def _active_thresholds(self) -> dict[str, float]:
@@ -277,6 +294,8 @@ class App:
                     ("POST", "/retrain"): self._http_retrain,
                     ("POST", "/model/rollback"): self._http_rollback,
                     ("GET", "/model"): lambda _request: HttpResponse(200, self._model_state()),
+                    ("GET", "/metrics"): self._http_metrics,
+                    ("GET", "/healthz"): self._http_health,
                 }
             )
 
@@ -287,6 +306,62 @@ class App:
         except DatabaseError:
             return None
         return None if run is None else run["started_at"]
+
+    def _http_metrics(self, _request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, generate_latest(self.metrics_registry), content_type=CONTENT_TYPE_LATEST)
+
+    def _http_health(self, _request: HttpRequest) -> HttpResponse:
+        verdict = self.health()
+        return HttpResponse(200 if verdict.healthy else 503, verdict.document)
+
+    def health(self) -> Health:
+        """What ``/healthz`` says: the cameras, the broker, the store, the backlog, the model, scoring progress."""
+        assert self.outputs is not None and self.worker is not None
+        cameras = {name: runtime.status for name, runtime in self.cameras.items()}
+        flowing = any(status == CameraStatus.ONLINE for status in cameras.values())
+        stalled = flowing and self.clock.monotonic() - self._last_progress > SCORING_STALL_S
+        link = self.outputs.link
+        return health(
+            cameras,
+            None if link is None else link.connected,
+            not self.outputs.store_failing(),
+            self.outputs.backlogs(),
+            self._serving[1] if self._serving is not None else self.worker.model_version,
+            stalled,
+            lambda: {
+                "line": f"{self.config.site.site}/{self.config.site.line}",
+                "uptime_s": round(self.clock.monotonic() - self._started_mono, 1),
+                "frames": {name: stats.frames for name, (_status, stats) in self.camera_states().items()},
+                "retrain": self._retrain_news,
+            },
+        )
+
+    # ---- what the metrics exporter reads (StateCollector) ---------------------------------------------------
+    def camera_states(self) -> dict[str, tuple[CameraStatus, Any]]:
+        return {name: (runtime.status, runtime.reader.stats) for name, runtime in list(self.cameras.items())}
+
+    def dropped_frames(self) -> dict[tuple[str, str], int]:
+        return self.batcher.drops() if self.batcher is not None else {}
+
+    def forwarders(self) -> dict[str, tuple[int, int, bool]]:
+        if self.outputs is None or self.journal is None:
+            return {}
+        backlogs = self.outputs.backlogs()
+        return {r.name: (backlogs.get(r.name, 0), r.stats.failures, r.failing) for r in self.outputs.runners}
+
+    def mqtt_state(self) -> tuple[bool, dict[tuple[str, str], int]] | None:
+        link = self.outputs.link if self.outputs is not None else None
+        return None if link is None else (link.connected, dict(link.stats.rejected))
+
+    def evidence_dropped(self) -> dict[str, int]:
+        writer = self.outputs.evidence if self.outputs is not None else None
+        if writer is None:
+            return {}
+        stats = writer.stats
+        return {**stats.dropped, "write_failed": stats.failed}
+
+    def disk_free(self) -> dict[str, int]:
+        return self.outputs.disk_free() if self.outputs is not None else {}
 
     @staticmethod
     def _control_field(request: HttpRequest, key: str) -> str | None:
@@ -379,6 +454,10 @@ class App:
                 runtime.episodes, ended = tick(runtime.episodes, now, self._policy)
                 events.extend(ended)
         self.journal.append_batch(verdicts, events)
+        now_mono = self.clock.monotonic()
+        self._last_progress = now_mono
+        seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
+        self.metrics.observe_batch(verdicts, events, seconds, now_mono)
 
     def run_scorer(self) -> None:
         """Score on the calling thread until stopped and drained (see :meth:`start`)."""

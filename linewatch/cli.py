@@ -21,6 +21,7 @@ from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.cli_ops import add_commands as add_operating_commands
 from linewatch.cli_retrain import add_commands as add_retrain_commands
+from linewatch.cli_status import add_commands as add_status_commands
 from linewatch.config import ConfigError, load_config
 from linewatch.console import announce_random, progress_bar
 from linewatch.images import ImageError, collect_images, heatmap_overlay, read_rgb, write_image
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, default=Path("config.toml"))
     demo.set_defaults(func=cmd_demo)
     add_operating_commands(commands)
+    add_status_commands(commands)
     return parser
 
 

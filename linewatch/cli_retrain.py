@@ -12,8 +12,6 @@ import json
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 from linewatch.anople.artifact import read_manifest
 from linewatch.clock import SystemClock
 from linewatch.config import Config, load_config
+from linewatch.daemon_client import DaemonAbsent, daemon_request
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
 from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry
@@ -32,39 +31,6 @@ WAIT_POLL_S = 2.0
 RUNS_SHOWN = 5
 WAIT_MARGIN_S = 300.0  # gathering and the gate come on top of the training's own time limit
 OK_STATUSES = {"accepted", "recalibrated", "skipped", "rolled_back", "started"}
-
-
-class DaemonAbsent(Exception):
-    """Nothing listens on the daemon's HTTP port."""
-
-
-def daemon_request(config: Config, method: str, path: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Ask the running daemon; DaemonAbsent when no daemon listens, ValueError for an answer it refused."""
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    body = None if document is None else json.dumps(document).encode()
-    request = urllib.request.Request(f"http://{host}:{config.http.port}{path}", data=body, method=method)
-    request.add_header("Content-Type", "application/json")
-    if config.http.token is not None:
-        request.add_header("Authorization", f"Bearer {config.http.token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as refused:
-        try:
-            answer = json.loads(refused.read())
-        except json.JSONDecodeError:
-            answer = {"error": refused.reason}
-        if refused.code == 409:
-            return answer  # busy: a normal answer, printed as such
-        raise ValueError(f"the daemon refused: {answer.get('error') or answer.get('reason') or answer}") from None
-    except TimeoutError:
-        raise ValueError(f"the daemon at {host}:{config.http.port} did not answer within 30 s") from None
-    except (urllib.error.URLError, ConnectionError) as absent:
-        if isinstance(getattr(absent, "reason", None), TimeoutError):
-            raise ValueError(f"the daemon at {host}:{config.http.port} did not answer within 30 s") from None
-        raise DaemonAbsent(str(absent)) from None
 
 
 def offline_retrainer(config: Config, stop: threading.Event | None = None) -> Retrainer:
@@ -181,6 +147,7 @@ def cmd_model_versions(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction, model_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
     retrain = commands.add_parser("retrain", help="retrain from confirmed normals now (gated, like the schedule)")
     retrain.add_argument("--reason", help="why; recorded with the run")
     retrain.add_argument("--wait", action="store_true", help="with a running daemon: wait for the run to end")

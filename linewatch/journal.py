@@ -644,6 +644,11 @@ class ForwarderRunner:
         journal.register_forwarder(self.name, start_at_head)
 
     @property
+    def failing(self) -> bool:
+        """The last attempt failed and the runner is backing off (health checks read it)."""
+        return self._failing > 0
+
+    @property
     def next_delay_s(self) -> float:
         """How long ``run`` waits before the next cycle: a backoff while failing, 0 with more to read, else idle."""
         if self._failing:

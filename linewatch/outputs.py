@@ -183,7 +183,7 @@ class Outputs:
         self._keeper_thread.start()
         self.http = HttpServer(config.http.host, config.http.port, config.http.token, self._routes())
         self.http.start()
-        log.info("HTTP port %s:%d (feedback)", config.http.host, self.http.port)
+        log.info("HTTP port %s:%d (metrics, health, feedback, retraining)", config.http.host, self.http.port)
 
     def _start_runner(
         self, forwarder: Forwarder, retry_min_s: float, retry_max_s: float, start_at_head: bool = False
@@ -263,6 +263,23 @@ class Outputs:
 
     def backlogs(self) -> dict[str, int]:
         return self.journal.backlogs()
+
+    def disk_free(self) -> dict[str, int]:
+        """Free bytes where the journal and the evidence go (the metrics' ``volume`` label); unreadable ones
+        are left out rather than reported as 0, which would page someone for a full disk."""
+        readings: dict[str, int] = {}
+        for volume, read in (
+            ("journal", lambda: disk_free_bytes(self.journal.path.parent)),
+            ("evidence", self._free_bytes),
+        ):
+            try:
+                readings[volume] = int(read())
+            except OSError:
+                continue
+        return readings
+
+    def store_failing(self) -> bool:
+        return any(runner.name == "db" and runner.failing for runner in self.runners)
 
     # ---- stop ----------------------------------------------------------------------------------
     def stop_intake(self) -> None:
