@@ -20,30 +20,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
+from linewatch.app_http import AppState, control_routes
 from linewatch.batcher import Batcher, SlotPolicy
 from linewatch.camera.reader import CameraReader
 from linewatch.camera.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource, VideoFileSource
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import CameraSection, Config
 from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step, tick
-from linewatch.feedback import FeedbackError, FeedbackRequest, decode_json, submit
+from linewatch.feedback import FeedbackError, FeedbackRequest, submit
 from linewatch.journal import Journal
-from linewatch.metrics import Health, PipelineMetrics, StateCollector, health
+from linewatch.metrics import PipelineMetrics, StateCollector
 from linewatch.outputs import Outputs
 from linewatch.preprocess import resize_rgb
 from linewatch.retrain.runner import ChildCommand, Retrainer
 from linewatch.retrain.service import RetrainService
 from linewatch.retrain.store import last_run
-from linewatch.retrain.versions import ModelRegistry, RegistryError, model_version
+from linewatch.retrain.versions import ModelRegistry, model_version
 from linewatch.scorer import Scorer, ScoringWorker
 from linewatch.sinks.db import DatabaseError
-from linewatch.sinks.http import HttpRequest, HttpResponse, error
 from linewatch.sinks.mqtt import RejectedPayload
 from linewatch.synthetic import SyntheticProduct
 from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verdict, VerdictLabel
@@ -51,9 +50,7 @@ from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verd
 log = logging.getLogger(__name__)
 SkipReporter = Callable[[Path, str], None]
 SourceFactory = Callable[[CameraSection, SkipReporter], FrameSource]
-MAX_CONTROL_BYTES = 1024  # retrain and rollback requests are a few short fields
 MAX_TRIGGER_CHARS = 200
-SCORING_STALL_S = 30.0  # cameras deliver, yet no batch was journaled for this long: /healthz says unhealthy
 RUN_ENDS = ("accepted", "rejected", "failed", "skipped", "recalibrated")  # retrain news that end a run
 
 
@@ -137,13 +134,14 @@ class App:
         self.retraining: RetrainService | None = None
         self._active_path = config.model.path
         self._serving: tuple[Scorer, str] | None = None  # set by a swap: what model/state describes
-        self._retrain_news: dict[str, object] | None = None
+        self.retrain_news: dict[str, object] | None = None
         self._daemon_lock: int | None = None
         self.metrics_registry = CollectorRegistry()
         self.metrics = PipelineMetrics(self.metrics_registry, config.site.line)
-        self.metrics_registry.register(StateCollector(self, config.site.line))
-        self._last_progress = self.clock.monotonic()  # of the last journaled batch: /healthz sees a stuck scorer
-        self._started_mono = self.clock.monotonic()
+        self.state = AppState(self)
+        self.metrics_registry.register(StateCollector(self.state, config.site.line))
+        self.last_progress = self.clock.monotonic()  # of the last journaled batch: /healthz sees a stuck scorer
+        self.started_mono = self.clock.monotonic()
 
     # ---- start ---------------------------------------------------------------------------------
     def start(self, scorer_thread: bool = True) -> None:
@@ -184,7 +182,7 @@ class App:
             self.boot_id,
         )
         self.worker.warm_up(config.scoring.batch_max_size)
-        self._last_progress = self.clock.monotonic()
+        self.last_progress = self.clock.monotonic()
         self.metrics.set_model(
             self.worker.model_version, scorer.model.backbone_spec.model_name, self._active_thresholds()
         )
@@ -219,7 +217,13 @@ class App:
                 runtime.thread.join(timeout=10)
         self._drain.set()
 
-    def _model_state(self) -> dict[str, object]:
+    @property
+    def serving_version(self) -> str:
+        """The model version in service, or about to be at the next batch after a swap."""
+        assert self.worker is not None
+        return self._serving[1] if self._serving is not None else self.worker.model_version
+
+    def model_state(self) -> dict[str, object]:
         """What ``model/state`` says: the model in service and the latest retraining news (retained for
         HMIs and MES)."""
         assert self.worker is not None
@@ -236,12 +240,12 @@ class App:
             "thresholds": {product: scorer.threshold(product) for product in scorer.products},
             "trained_at": scorer.info.created_at,
             "status": "active",
-            "retrain": self._retrain_news,
+            "retrain": self.retrain_news,
         }
 
     def _publish_model_state(self) -> None:
         if self.outputs is not None:
-            self.outputs.model_state(self._model_state())
+            self.outputs.model_state(self.model_state())
 
     # ---- models: loading, retraining, rollback -------------------------------------------------------
     def _load_scorer(self, path: Path) -> Scorer:
@@ -263,7 +267,7 @@ class App:
         self._publish_model_state()
 
     def _on_retrain_news(self, news: dict[str, object]) -> None:
-        self._retrain_news = news
+        self.retrain_news = news
         if news.get("status") in RUN_ENDS:
             self.metrics.observe_retrain(str(news["status"]), self.clock.now().timestamp())
         self._publish_model_state()
@@ -289,15 +293,7 @@ class App:
         self.retraining = RetrainService(self.config.retrain, self.retrainer, self._last_scheduled_run)
         self.retraining.start(self._active_path)
         if self.outputs.http is not None:
-            self.outputs.http.add_routes(
-                {
-                    ("POST", "/retrain"): self._http_retrain,
-                    ("POST", "/model/rollback"): self._http_rollback,
-                    ("GET", "/model"): lambda _request: HttpResponse(200, self._model_state()),
-                    ("GET", "/metrics"): self._http_metrics,
-                    ("GET", "/healthz"): self._http_health,
-                }
-            )
+            self.outputs.http.add_routes(control_routes(self))
 
     def _last_scheduled_run(self) -> datetime | None:
         assert self.outputs is not None
@@ -306,96 +302,6 @@ class App:
         except DatabaseError:
             return None
         return None if run is None else run["started_at"]
-
-    def _http_metrics(self, _request: HttpRequest) -> HttpResponse:
-        return HttpResponse(200, generate_latest(self.metrics_registry), content_type=CONTENT_TYPE_LATEST)
-
-    def _http_health(self, _request: HttpRequest) -> HttpResponse:
-        verdict = self.health()
-        return HttpResponse(200 if verdict.healthy else 503, verdict.document)
-
-    def health(self) -> Health:
-        """What ``/healthz`` says: the cameras, the broker, the store, the backlog, the model, scoring progress."""
-        assert self.outputs is not None and self.worker is not None
-        cameras = {name: runtime.status for name, runtime in self.cameras.items()}
-        flowing = any(status == CameraStatus.ONLINE for status in cameras.values())
-        stalled = flowing and self.clock.monotonic() - self._last_progress > SCORING_STALL_S
-        link = self.outputs.link
-        return health(
-            cameras,
-            None if link is None else link.connected,
-            not self.outputs.store_failing(),
-            self.outputs.backlogs(),
-            self._serving[1] if self._serving is not None else self.worker.model_version,
-            stalled,
-            lambda: {
-                "line": f"{self.config.site.site}/{self.config.site.line}",
-                "uptime_s": round(self.clock.monotonic() - self._started_mono, 1),
-                "frames": {name: stats.frames for name, (_status, stats) in self.camera_states().items()},
-                "retrain": self._retrain_news,
-            },
-        )
-
-    # ---- what the metrics exporter reads (StateCollector) ---------------------------------------------------
-    def camera_states(self) -> dict[str, tuple[CameraStatus, Any]]:
-        return {name: (runtime.status, runtime.reader.stats) for name, runtime in list(self.cameras.items())}
-
-    def dropped_frames(self) -> dict[tuple[str, str], int]:
-        return self.batcher.drops() if self.batcher is not None else {}
-
-    def forwarders(self) -> dict[str, tuple[int, int, bool]]:
-        if self.outputs is None or self.journal is None:
-            return {}
-        backlogs = self.outputs.backlogs()
-        return {r.name: (backlogs.get(r.name, 0), r.stats.failures, r.failing) for r in self.outputs.runners}
-
-    def mqtt_state(self) -> tuple[bool, dict[tuple[str, str], int]] | None:
-        link = self.outputs.link if self.outputs is not None else None
-        return None if link is None else (link.connected, dict(link.stats.rejected))
-
-    def evidence_dropped(self) -> dict[str, int]:
-        writer = self.outputs.evidence if self.outputs is not None else None
-        if writer is None:
-            return {}
-        stats = writer.stats
-        return {**stats.dropped, "write_failed": stats.failed}
-
-    def disk_free(self) -> dict[str, int]:
-        return self.outputs.disk_free() if self.outputs is not None else {}
-
-    @staticmethod
-    def _control_field(request: HttpRequest, key: str) -> str | None:
-        """The one optional string field of a control request body (``{}`` or ``{key: "..."}``); ValueError
-        says what is wrong, so a typo in the key is refused instead of silently ignored."""
-        try:
-            document = decode_json(request.body, MAX_CONTROL_BYTES) if request.body else {}
-        except FeedbackError as problem:
-            raise ValueError(str(problem)) from None
-        value = document.get(key) if isinstance(document, dict) else None
-        if not isinstance(document, dict) or set(document) - {key} or not (value is None or isinstance(value, str)):
-            raise ValueError(f'body must be a JSON object, {{}} or {{"{key}": "..."}}')
-        return value
-
-    def _http_retrain(self, request: HttpRequest) -> HttpResponse:
-        try:
-            reason = self._control_field(request, "reason")
-        except ValueError as problem:
-            return error(400, str(problem))
-        answer = self.retrain(reason, "http")
-        return HttpResponse(202 if answer["status"] == "started" else 409, answer)
-
-    def _http_rollback(self, request: HttpRequest) -> HttpResponse:
-        try:
-            version = self._control_field(request, "version")
-        except ValueError as problem:
-            return error(400, str(problem))
-        assert self.retrainer is not None
-        try:
-            outcome = self.retrainer.rollback(version)
-        except RegistryError as problem:
-            return error(404, str(problem))
-        status = {"rolled_back": 200, "busy": 409}.get(outcome.status, 500)
-        return HttpResponse(status, outcome.to_dict())
 
     def _camera_runtime(self, camera: CameraSection) -> CameraRuntime:
         stop = threading.Event()
@@ -455,7 +361,7 @@ class App:
                 events.extend(ended)
         self.journal.append_batch(verdicts, events)
         now_mono = self.clock.monotonic()
-        self._last_progress = now_mono
+        self.last_progress = now_mono
         seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
         self.metrics.observe_batch(verdicts, events, seconds, now_mono)
 
