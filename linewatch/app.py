@@ -101,6 +101,7 @@ class App:
         stop_event: threading.Event | None = None,
         outputs_factory: Callable[[Config, Journal, Clock, App], Outputs] = Outputs,
         retrain_command: ChildCommand | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -129,6 +130,7 @@ class App:
         self._stopping = False
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
         self._retrain_command = retrain_command
+        self._on_progress = on_progress  # told after every journaled batch (the systemd watchdog)
         self.registry: ModelRegistry | None = None
         self.retrainer: Retrainer | None = None
         self.retraining: RetrainService | None = None
@@ -364,6 +366,8 @@ class App:
         self.last_progress = now_mono
         seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
         self.metrics.observe_batch(verdicts, events, seconds, now_mono)
+        if self._on_progress is not None:
+            self._on_progress()
 
     def run_scorer(self) -> None:
         """Score on the calling thread until stopped and drained (see :meth:`start`)."""

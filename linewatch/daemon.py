@@ -14,6 +14,7 @@ from linewatch.app import App, apply_cpu_threads
 from linewatch.config import Config, ConfigError, load_config
 from linewatch.images import collect_images, write_image
 from linewatch.synthetic import SyntheticProduct
+from linewatch.systemd import Notifier
 from linewatch.training import ProductSource, train_artifact
 from linewatch.weights import load_backbone
 
@@ -106,9 +107,11 @@ def serve(config_path: Path, verbose: bool = False) -> int:
     configure_logging(config, verbose)
     stop = threading.Event()
     reload_requested = threading.Event()
+    notifier = Notifier()  # systemd's Type=notify protocol; silent without NOTIFY_SOCKET
 
     def request_stop(signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
+        notifier.stopping()  # now, not after the drain: the watchdog must not shoot a daemon that is stopping
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -120,24 +123,36 @@ def serve(config_path: Path, verbose: bool = False) -> int:
         log.info("%s; exiting", interrupted)
         return 0
     log.info("scoring with %d CPU thread(s)", apply_cpu_threads(config))
-    app = App(config, stop_event=stop)
+    notifier.status("loading the model")
+    app = App(config, stop_event=stop, on_progress=notifier.progress)
 
     def apply_reloads() -> None:
         while not stop.is_set():
             if reload_requested.wait(0.2) and not stop.is_set():
                 reload_requested.clear()
+                notifier.reloading()
+                outcome = "reload refused"
                 try:
                     changes = app.reload(load_config(config_path))
+                    outcome = f"reloaded: {'; '.join(changes) or 'nothing to change'}"
                     log.info("reloaded %s: %s", config_path, "; ".join(changes) or "nothing to change")
                 except (ConfigError, KeyError, ValueError) as error:
+                    outcome = f"reload refused: {error}"
                     log.error("reload refused, keeping the running config: %s", error)
+                finally:  # systemd stays "reloading" until READY comes
+                    notifier.ready(f"inspecting; {outcome}")
 
     control = threading.Thread(target=apply_reloads, name="reload")
     try:
         app.start(scorer_thread=False)
+        notifier.ready(f"inspecting {len(app.cameras)} camera(s), model {app.serving_version}")
+        # A ping every WatchdogSec/2 unless frames wait and no batch was journaled since the last one.
+        notifier.start_watchdog(stop, lambda: app.batcher is not None and app.batcher.pending() > 0)
         control.start()
         app.run_scorer()  # returns once stopped and drained
     finally:
+        if not stop.is_set():  # stopping for another reason than a signal (an error)
+            notifier.stopping()
         stop.set()
         if control.is_alive():
             control.join(timeout=10)
