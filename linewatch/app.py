@@ -34,7 +34,7 @@ from linewatch.config import CameraSection, Config
 from linewatch.events import CameraEpisodes, EpisodePolicy, event_id_for, initial_state, step, tick
 from linewatch.feedback import FeedbackError, FeedbackRequest, submit
 from linewatch.journal import Journal
-from linewatch.metrics import PipelineMetrics, StateCollector
+from linewatch.metrics import RETRAIN_RESULTS, PipelineMetrics, StateCollector
 from linewatch.outputs import Outputs
 from linewatch.preprocess import resize_rgb
 from linewatch.retrain.runner import ChildCommand, Retrainer
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 SkipReporter = Callable[[Path, str], None]
 SourceFactory = Callable[[CameraSection, SkipReporter], FrameSource]
 MAX_TRIGGER_CHARS = 200
-RUN_ENDS = ("accepted", "rejected", "failed", "skipped", "recalibrated")  # retrain news that end a run
 
 
 def make_source(camera: CameraSection, on_skipped: SkipReporter) -> FrameSource:
@@ -139,7 +138,7 @@ class App:
         self.retrain_news: dict[str, object] | None = None
         self._daemon_lock: int | None = None
         self.metrics_registry = CollectorRegistry()
-        self.metrics = PipelineMetrics(self.metrics_registry, config.site.line)
+        self.metrics = PipelineMetrics(self.metrics_registry, config.site.line, [c.name for c in config.cameras])
         self.state = AppState(self)
         self.metrics_registry.register(StateCollector(self.state, config.site.line))
         self.last_progress = self.clock.monotonic()  # of the last journaled batch: /healthz sees a stuck scorer
@@ -154,6 +153,7 @@ class App:
         config.site.data_dir.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal_path, self.clock)
         self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
+        self.outputs.on_alert_sent = self.metrics.observe_alert
         self.outputs.start()
         self.registry = ModelRegistry(config.versions_dir, config.model.path)
         try:
@@ -270,7 +270,7 @@ class App:
 
     def _on_retrain_news(self, news: dict[str, object]) -> None:
         self.retrain_news = news
-        if news.get("status") in RUN_ENDS:
+        if news.get("status") in RETRAIN_RESULTS:
             self.metrics.observe_retrain(str(news["status"]), self.clock.now().timestamp())
         self._publish_model_state()
 
@@ -293,9 +293,21 @@ class App:
             **({"command": self._retrain_command} if self._retrain_command is not None else {}),
         )
         self.retraining = RetrainService(self.config.retrain, self.retrainer, self._last_scheduled_run)
-        self.retraining.start(self._active_path)
+        self.retraining.start(self._active_path, self._seed_retrain_metrics)
         if self.outputs.http is not None:
             self.outputs.http.add_routes(control_routes(self))
+
+    def _seed_retrain_metrics(self) -> None:
+        """The last successful retrain survives restarts in the store; the gauge starts from it, so a
+        "no retrain for 14 days" alert can fire after a restart too."""
+        assert self.outputs is not None
+        try:
+            runs = [last_run(self.outputs.engine, status) for status in ("accepted", "recalibrated")]
+        except DatabaseError:
+            return
+        finished = [run["finished_at"] for run in runs if run is not None and run["finished_at"] is not None]
+        if finished:
+            self.metrics.retrain_last_success.labels(self.config.site.line).set(max(finished).timestamp())
 
     def _last_scheduled_run(self) -> datetime | None:
         assert self.outputs is not None

@@ -25,12 +25,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from linewatch.types import CameraStatus, Event, EventType, Verdict
+from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
 
 LATENCY_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+ALERT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # outages replay late alerts
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 20))  # scores are in (0, 1)
+
+RETRAIN_RESULTS = ("accepted", "rejected", "failed", "skipped", "recalibrated")  # runs' outcomes
 
 # Every metric family the exporter serves (histograms add _bucket/_sum/_count, counters _total).
 METRIC_NAMES = (
@@ -41,6 +44,7 @@ METRIC_NAMES = (
     "linewatch_batch_size",
     "linewatch_inference_seconds",
     "linewatch_journal_latency_seconds",
+    "linewatch_alert_latency_seconds",
     "linewatch_score",
     "linewatch_threshold",
     "linewatch_inspections_total",
@@ -61,7 +65,7 @@ METRIC_NAMES = (
 class PipelineMetrics:
     """The data path's own observations; thread-safe (prometheus-client locks each child)."""
 
-    def __init__(self, registry: CollectorRegistry, line: str) -> None:
+    def __init__(self, registry: CollectorRegistry, line: str, cameras: Sequence[str] = ()) -> None:
         self.line = line
         self.batch_size = Histogram(
             "linewatch_batch_size", "Frames per scored batch", ["line"], buckets=BATCH_BUCKETS, registry=registry
@@ -78,6 +82,13 @@ class PipelineMetrics:
             "Capture to journal commit of a verdict: nothing is sent or stored before this",
             ["line", "camera"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.alert_latency = Histogram(
+            "linewatch_alert_latency_seconds",
+            "Capture to broker acknowledgement of a defect event (end to end)",
+            ["line"],
+            buckets=ALERT_BUCKETS,
             registry=registry,
         )
         self.score = Histogram(
@@ -105,6 +116,15 @@ class PipelineMetrics:
             "linewatch_model_info", "The model in service (value 1)", ["line", "version", "backbone"], registry=registry
         )
         self._model: tuple[str, str] | None = None
+        # Counters exist at 0 from the start, so a rule's increase() sees the first verdict or failed run too.
+        for camera in cameras:
+            for result in (VerdictLabel.NORMAL, VerdictLabel.DEFECT):
+                self.inspections.labels(line, camera, str(result))
+            self.defect_events.labels(line, camera)
+        for result in RETRAIN_RESULTS:
+            self.retrain_runs.labels(line, result)
+        for per_line in (self.batch_size, self.inference_seconds, self.alert_latency):
+            per_line.labels(line)
 
     def observe_batch(
         self, verdicts: Sequence[Verdict], events: Sequence[Event], seconds: float, now_mono: float
@@ -121,6 +141,9 @@ class PipelineMetrics:
         for event in events:
             if event.type == EventType.NEW:
                 self.defect_events.labels(line, event.camera).inc()
+
+    def observe_alert(self, seconds: float) -> None:
+        self.alert_latency.labels(self.line).observe(seconds)
 
     def observe_retrain(self, status: str, at_unix: float) -> None:
         """A retraining run ended (busy requests and progress steps are not runs)."""
@@ -171,14 +194,19 @@ class StateCollector(Collector):
         reconnects = CounterMetricFamily(
             "linewatch_camera_reconnects", "Camera open attempts after the first", labels=["line", "camera"]
         )
-        up = GaugeMetricFamily("linewatch_camera_up", "1 while the camera delivers frames", labels=["line", "camera"])
+        up = GaugeMetricFamily(
+            "linewatch_camera_up",
+            "1 while the camera delivers frames; disabled ones are left out",
+            labels=["line", "camera"],
+        )
         dropped = CounterMetricFamily(
             "linewatch_frames_dropped", "Frames not scored, by reason", labels=["line", "camera", "reason"]
         )
         for camera, (status, stats) in sorted(parts.camera_states().items()):
             captured.add_metric([line, camera], stats.frames)
             reconnects.add_metric([line, camera], stats.reconnects)
-            up.add_metric([line, camera], 1.0 if status == CameraStatus.ONLINE else 0.0)
+            if status != CameraStatus.DISABLED:  # switched off on purpose: not "down", no alert
+                up.add_metric([line, camera], 1.0 if status == CameraStatus.ONLINE else 0.0)
             dropped.add_metric([line, camera, "fps_limit"], stats.frames_limited)
             dropped.add_metric([line, camera, "bad_frame"], stats.bad_frames)
         for (camera, reason), count in sorted(parts.dropped_frames().items()):

@@ -22,7 +22,15 @@ from linewatch.clock import Clock
 from linewatch.config import Config
 from linewatch.feedback import FEEDBACK_MAX_BYTES, FeedbackError, parse_feedback, submit
 from linewatch.housekeeping import JournalKeeper
-from linewatch.journal import Forwarder, ForwarderRunner, Journal, JournalRecord, LoggingForwarder
+from linewatch.journal import (
+    Forwarder,
+    ForwarderRunner,
+    Journal,
+    JournalError,
+    JournalRecord,
+    LoggingForwarder,
+    event_from_payload,
+)
 from linewatch.sinks.db import (
     DatabaseError,
     confirmed_normal_inspections,
@@ -83,6 +91,31 @@ class StoreForwarder:
         return self._inner.send(records)
 
 
+class AlertTimer:
+    """The MQTT forwarder, timed: for every defect event the broker acknowledged, capture -> alert sent
+    (the end-to-end latency a line cares about) goes to ``observe``. Wall clock, as the event carries its
+    frame's capture time; the journal's strict parser reads it, like every other consumer."""
+
+    def __init__(self, inner: Forwarder, clock: Clock, observe: Callable[[float], None]) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._observe = observe
+        self.name = inner.name
+        self.kinds = inner.kinds
+
+    def send(self, records: Sequence[JournalRecord]) -> int:
+        delivered = self._inner.send(records)
+        now = self._clock.now()
+        for record in records[:delivered]:
+            if record.kind == "event":
+                try:
+                    captured = event_from_payload(record.payload).frame_ts
+                except JournalError:
+                    continue  # the forwarder skipped it too (and logged why)
+                self._observe(max(0.0, (now - captured).total_seconds()))
+        return delivered
+
+
 class Outputs:
     """Owns every consumer of the journal, its housekeeping and the operator channels. ``handlers``
     answer what arrives over MQTT (the App); ``free_bytes`` (evidence disk), ``journal_free_bytes`` and
@@ -120,6 +153,7 @@ class Outputs:
         self.sweeper: RetentionSweeper | None = None
         self.http: HttpServer | None = None
         self._protected: set[str] | None = None
+        self.on_alert_sent: Callable[[float], None] | None = None  # seconds from capture to PUBACK (metrics)
 
     # ---- start ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -142,7 +176,9 @@ class Outputs:
             # Alerts are live: a new cursor starts at the head (no past episodes re-alerted). While the broker
             # is away a send fails at once without touching the network, so a short backoff is cheap and
             # delivery resumes within MQTT_RETRY_MAX_S of the reconnect.
-            mqtt_forwarder = MqttForwarder(self.link, config.site.site, config.site.line)
+            mqtt_forwarder: Forwarder = MqttForwarder(self.link, config.site.site, config.site.line)
+            if self.on_alert_sent is not None:
+                mqtt_forwarder = AlertTimer(mqtt_forwarder, self.clock, self.on_alert_sent)
             self._start_runner(mqtt_forwarder, MQTT_RETRY_MIN_S, MQTT_RETRY_MAX_S, start_at_head=True)
         if config.journal.log_records:
             self._start_runner(LoggingForwarder(), config.store.retry_min_s, config.store.retry_max_s)

@@ -69,6 +69,7 @@ def test_pipeline_metrics_count_what_a_batch_did() -> None:
     metrics.set_model("v2@def", "ViT-B-16-plus-240", {"bracket": 0.45})
     metrics.observe_retrain("accepted", 1_764_300_000.0)
     metrics.observe_retrain("rejected", 1_764_400_000.0)
+    metrics.observe_alert(0.4)
     got = samples(registry)
     line = ("line", "l1")
     assert got[("linewatch_inspections_total", (("camera", "cam1"), line, ("result", "defect")))] == 1
@@ -84,6 +85,8 @@ def test_pipeline_metrics_count_what_a_batch_did() -> None:
     assert models == {(("backbone", "ViT-B-16-plus-240"), line, ("version", "v2@def")): 1}  # the old one is gone
     assert got[("linewatch_threshold", (line, ("product", "bracket")))] == 0.45
     assert got[("linewatch_retrain_runs_total", (line, ("result", "rejected")))] == 1
+    assert got[("linewatch_alert_latency_seconds_bucket", (("le", "0.5"), line))] == 1
+    assert got[("linewatch_alert_latency_seconds_bucket", (("le", "0.25"), line))] == 0
     assert got[("linewatch_retrain_last_success_timestamp_seconds", (line,))] == 1_764_300_000.0  # rejected: no
 
 
@@ -95,6 +98,7 @@ class FakeComponents:
         return {
             "cam1": (CameraStatus.ONLINE, CameraStats(frames=120, reconnects=2, frames_limited=7)),
             "cam2": (CameraStatus.STALLED, CameraStats(frames=5)),
+            "cam3": (CameraStatus.DISABLED, CameraStats(frames=50)),
         }
 
     def dropped_frames(self) -> dict[tuple[str, str], int]:
@@ -122,6 +126,8 @@ def test_the_state_collector_reads_the_components_counters() -> None:
     assert got[("linewatch_camera_reconnects_total", (("camera", "cam1"), line))] == 2
     assert got[("linewatch_camera_up", (("camera", "cam1"), line))] == 1
     assert got[("linewatch_camera_up", (("camera", "cam2"), line))] == 0
+    assert ("linewatch_camera_up", (("camera", "cam3"), line)) not in got  # disabled on purpose: not "down"
+    assert got[("linewatch_frames_captured_total", (("camera", "cam3"), line))] == 50
     assert got[("linewatch_frames_dropped_total", (("camera", "cam1"), line, ("reason", "fps_limit")))] == 7
     assert got[("linewatch_frames_dropped_total", (("camera", "cam1"), line, ("reason", "queue_full")))] == 3
     assert got[("linewatch_journal_backlog", (("forwarder", "db"), line))] == 40
@@ -219,6 +225,8 @@ port = {free_port()}
         assert later[("linewatch_journal_latency_seconds_count", (("camera", "cam0"), line))] > 0
         assert later[("linewatch_camera_up", (("camera", "cam1"), line))] == 1
         assert later[("linewatch_mqtt_connected", (line,))] == 1
+        # defect episodes (30 % defects, debounce 1 of 1) reach the broker: capture -> PUBACK is timed
+        wait_until(lambda: _scrape(app)[("linewatch_alert_latency_seconds_count", (line,))] > 0, timeout=30)
         document = json.loads(_get(app, "/healthz")[1])
         assert document["status"] == "ok" and document["broker"] == "connected"
         assert document["cameras"] == {"cam0": "online", "cam1": "online"}

@@ -50,10 +50,12 @@ class RetrainService:
         self._running = False  # a scheduled or requested run is going
         self._pending: Future[RetrainOutcome] | None = None
 
-    def start(self, active: Path) -> None:
-        """Record the active version in the store (on the worker: a store that is down must not delay the
-        start), then schedule, and catch up a run the daemon missed while it was down."""
+    def start(self, active: Path, bookkeeping: Callable[[], None] | None = None) -> None:
+        """Record the active version in the store and run ``bookkeeping`` (on the worker: a store that is down
+        must not delay the start), then schedule, and catch up a run the daemon missed while it was down."""
         self._worker.submit(self.retrainer.record_active, active, None, False)
+        if bookkeeping is not None:
+            self._worker.submit(bookkeeping)
         settings = self.settings
         if not settings.enabled or not settings.schedule:
             log.info("retraining: %s", "disabled" if not settings.enabled else "on demand only (no schedule)")
