@@ -86,6 +86,7 @@ class CameraRuntime:
     stop: threading.Event
     thread: threading.Thread | None = None
     status: CameraStatus = CameraStatus.OFFLINE
+    reported: bool = False  # the reader has said something since the start (health: "starting" until then)
     episodes: CameraEpisodes = field(default_factory=initial_state)
 
 
@@ -202,6 +203,8 @@ class App:
             else:
                 self._on_status(camera.name, CameraStatus.DISABLED)
                 log.info("camera %s: disabled in the config", camera.name)
+        if self.outputs.http is not None:  # once the cameras exist: health and metrics read them
+            self.outputs.http.add_routes(control_routes(self))
         self._shutdown_thread = threading.Thread(target=self._stop_capture_on_signal, name="shutdown")
         self._shutdown_thread.start()
         log.info("ready: %d camera(s), model %s", len(self.cameras), self.worker.model_version)
@@ -294,8 +297,6 @@ class App:
         )
         self.retraining = RetrainService(self.config.retrain, self.retrainer, self._last_scheduled_run)
         self.retraining.start(self._active_path, self._seed_retrain_metrics)
-        if self.outputs.http is not None:
-            self.outputs.http.add_routes(control_routes(self))
 
     def _seed_retrain_metrics(self) -> None:
         """The last successful retrain survives restarts in the store; the gauge starts from it, so a
@@ -348,6 +349,7 @@ class App:
         runtime = self.cameras.get(camera)
         if runtime is not None:
             runtime.status = status
+            runtime.reported = True
         if self.outputs is not None:
             self.outputs.camera_status(camera, status)
 
@@ -395,6 +397,7 @@ class App:
             # Both the scorer in use and one a swap is about to bring in (they are the same most of the time).
             for scorer in {self.worker.scorer, *([self._serving[0]] if self._serving else [])}:
                 scorer.set_threshold_overrides(dict(config.model.thresholds))
+            self.metrics.set_thresholds(self._active_thresholds())
             self._publish_model_state()
             changes.append(f"thresholds {dict(config.model.thresholds) or 'calibrated'}")
         old_cameras = {c.name: c for c in self.config.cameras}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from linewatch.feedback import FeedbackError, decode_json
+from linewatch.journal import JournalError
 from linewatch.metrics import Health, health
 from linewatch.retrain.versions import RegistryError
 from linewatch.sinks.http import HttpRequest, HttpResponse, Route, error
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 MAX_CONTROL_BYTES = 1024  # retrain and rollback requests are a few short fields
 SCORING_STALL_S = 30.0  # cameras deliver, yet no batch was journaled for this long: /healthz says unhealthy
+BROKER_GRACE_S = 30.0  # after a start, a broker not connected yet is "connecting", not a fault
 
 
 class AppState:
@@ -38,10 +40,19 @@ class AppState:
 
     def forwarders(self) -> dict[str, tuple[int, int, bool]]:
         outputs = self._app.outputs
-        if outputs is None:
-            return {}
-        backlogs = outputs.backlogs()
+        backlogs = self._backlogs()
+        if outputs is None or backlogs is None:
+            return {}  # the families go missing from the scrape, the rest is still served
         return {r.name: (backlogs.get(r.name, 0), r.stats.failures, r.failing) for r in outputs.runners}
+
+    def _backlogs(self) -> dict[str, int] | None:
+        """Per forwarder; None when the journal cannot be read right now (never an exception in a scrape)."""
+        if self._app.outputs is None:
+            return None
+        try:
+            return self._app.outputs.backlogs()
+        except JournalError:
+            return None
 
     def mqtt_state(self) -> tuple[bool, dict[tuple[str, str], int]] | None:
         link = self._app.outputs.link if self._app.outputs is not None else None
@@ -61,14 +72,21 @@ class AppState:
         """The cameras, the broker, the store, the backlog, the model, and whether scoring makes progress."""
         app = self._app
         assert app.outputs is not None
-        cameras = {name: runtime.status for name, runtime in app.cameras.items()}
+        cameras = {name: runtime.status if runtime.reported else None for name, runtime in list(app.cameras.items())}
         flowing = any(status == CameraStatus.ONLINE for status in cameras.values())
         link = app.outputs.link
+        if link is None:
+            broker = "disabled"
+        elif link.connected:
+            broker = "connected"
+        else:  # not up yet after a start (within the grace) is not a fault; lost later, or never within it, is
+            starting = link.stats.connects == 0 and app.clock.monotonic() - app.started_mono < BROKER_GRACE_S
+            broker = "connecting" if starting else "disconnected"
         return health(
             cameras,
-            None if link is None else link.connected,
+            broker,
             not app.outputs.store_failing(),
-            app.outputs.backlogs(),
+            self._backlogs(),
             app.serving_version,
             flowing and app.clock.monotonic() - app.last_progress > SCORING_STALL_S,
             lambda: {

@@ -20,7 +20,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except DaemonAbsent:
         where = f"{config.http.host}:{config.http.port}"
         raise ValueError(f"no daemon answers on {where}; is `linewatch run` up?") from None
-    elapsed = max(1e-3, float(state.get("uptime_s", 0)) - float(first.get("uptime_s", 0))) or args.interval
+    elapsed = float(state.get("uptime_s", 0)) - float(first.get("uptime_s", 0))
+    if elapsed <= 0:  # restarted between the two readings: the counters started again
+        first, elapsed = {}, max(float(state.get("uptime_s", 0)), 1e-3)
     print(f"line {state.get('line', '?')}: {state['status'].upper()}, model {state.get('model_version')}")
     for problem in state.get("problems", []):
         print(f"  ! {problem}")

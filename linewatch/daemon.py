@@ -139,8 +139,9 @@ def serve(config_path: Path, verbose: bool = False) -> int:
                 except (ConfigError, KeyError, ValueError) as error:
                     outcome = f"reload refused: {error}"
                     log.error("reload refused, keeping the running config: %s", error)
-                finally:  # systemd stays "reloading" until READY comes
-                    notifier.ready(f"inspecting; {outcome}")
+                finally:  # systemd stays "reloading" until READY comes (unless it is stopping by now)
+                    if not stop.is_set():
+                        notifier.ready(f"inspecting; {outcome}")
 
     control = threading.Thread(target=apply_reloads, name="reload")
     try:

@@ -116,6 +116,7 @@ class PipelineMetrics:
             "linewatch_model_info", "The model in service (value 1)", ["line", "version", "backbone"], registry=registry
         )
         self._model: tuple[str, str] | None = None
+        self._products: set[str] = set()
         # Counters exist at 0 from the start, so a rule's increase() sees the first verdict or failed run too.
         for camera in cameras:
             for result in (VerdictLabel.NORMAL, VerdictLabel.DEFECT):
@@ -156,6 +157,13 @@ class PipelineMetrics:
             self.model_info.remove(self.line, *self._model)
         self._model = (version, backbone)
         self.model_info.labels(self.line, version, backbone).set(1)
+        self.set_thresholds(thresholds)
+
+    def set_thresholds(self, thresholds: dict[str, float]) -> None:
+        """The thresholds in force (after a swap or a SIGHUP override); products no longer served go."""
+        for product in self._products - set(thresholds):
+            self.threshold.remove(self.line, product)
+        self._products = set(thresholds)
         for product, value in thresholds.items():
             self.threshold.labels(self.line, product).set(value)
 
@@ -269,30 +277,34 @@ class Health:
 
 
 def health(
-    cameras: dict[str, CameraStatus],
-    broker: bool | None,
+    cameras: dict[str, CameraStatus | None],
+    broker: str,
     store_ok: bool,
-    backlogs: dict[str, int],
+    backlogs: dict[str, int] | None,
     model_version: str,
     scoring_stalled: bool,
     extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Health:
     """The health verdict: unhealthy when an enabled camera delivers nothing, the broker (if configured) is
-    down, the store cannot be written, or the scorer stopped making progress. Disabled cameras are fine."""
+    ``disconnected``, the store cannot be written, the journal cannot be read (``backlogs`` None), or the
+    scorer stopped making progress. Disabled cameras are fine, and so is a camera that has not reported
+    yet (None: still opening after a start) and a broker still ``connecting`` for the first time."""
     problems = [f"camera {name} is {status}" for name, status in sorted(cameras.items()) if status in _DOWN]
-    if broker is False:
+    if broker == "disconnected":
         problems.append("MQTT broker disconnected")
     if not store_ok:
         problems.append("SQL store not writable")
+    if backlogs is None:
+        problems.append("journal not readable")
     if scoring_stalled:
         problems.append("scoring made no progress")
     document = {
         "status": "unhealthy" if problems else "ok",
         "problems": problems,
-        "cameras": {name: str(status) for name, status in sorted(cameras.items())},
-        "broker": "disabled" if broker is None else ("connected" if broker else "disconnected"),
+        "cameras": {name: "starting" if status is None else str(status) for name, status in sorted(cameras.items())},
+        "broker": broker,
         "store": "ok" if store_ok else "failing",
-        "journal_backlog": dict(sorted(backlogs.items())),
+        "journal_backlog": None if backlogs is None else dict(sorted(backlogs.items())),
         "model_version": model_version,
         **(extra() if extra is not None else {}),
     }

@@ -45,7 +45,7 @@ from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWrite
 from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer, error
 from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink
 from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes
-from linewatch.types import CameraStatus, Frame, Verdict
+from linewatch.types import CameraStatus, EventType, Frame, Verdict
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
@@ -109,10 +109,11 @@ class AlertTimer:
         for record in records[:delivered]:
             if record.kind == "event":
                 try:
-                    captured = event_from_payload(record.payload).frame_ts
+                    event = event_from_payload(record.payload)
                 except JournalError:
                     continue  # the forwarder skipped it too (and logged why)
-                self._observe(max(0.0, (now - captured).total_seconds()))
+                if event.type == EventType.NEW:  # updates and ends carry older frames: not an alert's latency
+                    self._observe(max(0.0, (now - event.frame_ts).total_seconds()))
         return delivered
 
 
@@ -304,10 +305,9 @@ class Outputs:
         """Free bytes where the journal and the evidence go (the metrics' ``volume`` label); unreadable ones
         are left out rather than reported as 0, which would page someone for a full disk."""
         readings: dict[str, int] = {}
-        for volume, read in (
-            ("journal", lambda: disk_free_bytes(self.journal.path.parent)),
-            ("evidence", self._free_bytes),
-        ):
+        journal_dir = self.journal.path.parent
+        journal_free = self._journal_free_bytes or (lambda: disk_free_bytes(journal_dir))  # what the keeper reads
+        for volume, read in (("journal", journal_free), ("evidence", self._free_bytes)):
             try:
                 readings[volume] = int(read())
             except OSError:

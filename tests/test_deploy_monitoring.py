@@ -513,6 +513,9 @@ RULE_CASES: dict[str, dict[str, Any]] = {
             # l3: failed long ago, nothing since; l4: a new series of a good result
             series("linewatch_retrain_runs_total", {"line": "l3", "result": "failed"}, "1x4000"),
             series("linewatch_retrain_runs_total", {"line": "l4", "result": "accepted"}, "_x1999 1x2000"),
+            # l5: a fresh deploy, every result's counter exported at 0 from its start: nothing happened
+            series("linewatch_retrain_runs_total", {"line": "l5", "result": "failed"}, "_x1999 0x2000"),
+            series("linewatch_retrain_runs_total", {"line": "l5", "result": "rejected"}, "_x1999 0x2000"),
         ],
         "promql_expr_test": [
             holds("LinewatchRetrainFailed", "1990m"),

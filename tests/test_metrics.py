@@ -87,6 +87,9 @@ def test_pipeline_metrics_count_what_a_batch_did() -> None:
     assert got[("linewatch_retrain_runs_total", (line, ("result", "rejected")))] == 1
     assert got[("linewatch_alert_latency_seconds_bucket", (("le", "0.5"), line))] == 1
     assert got[("linewatch_alert_latency_seconds_bucket", (("le", "0.25"), line))] == 0
+    metrics.set_thresholds({"hinge": 0.3})  # a SIGHUP override, or a model of other products
+    thresholds = {labels: v for (name, labels), v in samples(registry).items() if name == "linewatch_threshold"}
+    assert thresholds == {(line, ("product", "hinge")): 0.3}
     assert got[("linewatch_retrain_last_success_timestamp_seconds", (line,))] == 1_764_300_000.0  # rejected: no
 
 
@@ -139,23 +142,45 @@ def test_the_state_collector_reads_the_components_counters() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cameras", "broker", "store_ok", "stalled", "problems"),
+    ("cameras", "broker", "store_ok", "backlogs", "stalled", "problems"),
     [
-        ({"cam1": CameraStatus.ONLINE, "cam2": CameraStatus.DISABLED}, True, True, False, []),
-        ({"cam1": CameraStatus.ONLINE}, None, True, False, []),  # no broker configured: not a problem
-        ({"cam1": CameraStatus.STALLED}, True, True, False, ["camera cam1 is stalled"]),
-        ({"cam1": CameraStatus.OFFLINE}, False, True, False, ["camera cam1 is offline", "MQTT broker disconnected"]),
-        ({"cam1": CameraStatus.ONLINE}, True, False, True, ["SQL store not writable", "scoring made no progress"]),
+        ({"cam1": CameraStatus.ONLINE, "cam2": CameraStatus.DISABLED}, "connected", True, {"db": 3}, False, []),
+        ({"cam1": CameraStatus.ONLINE}, "disabled", True, {"db": 3}, False, []),  # no broker configured
+        ({"cam1": None}, "connecting", True, {"db": 3}, False, []),  # just started: nothing is late yet
+        ({"cam1": CameraStatus.STALLED}, "connected", True, {"db": 3}, False, ["camera cam1 is stalled"]),
+        (
+            {"cam1": CameraStatus.OFFLINE},
+            "disconnected",
+            True,
+            {"db": 3},
+            False,
+            ["camera cam1 is offline", "MQTT broker disconnected"],
+        ),
+        (
+            {"cam1": CameraStatus.ONLINE},
+            "connected",
+            False,
+            None,
+            True,
+            ["SQL store not writable", "journal not readable", "scoring made no progress"],
+        ),
     ],
 )
 def test_health_table(
-    cameras: dict[str, CameraStatus], broker: bool | None, store_ok: bool, stalled: bool, problems: list[str]
+    cameras: dict[str, CameraStatus | None],
+    broker: str,
+    store_ok: bool,
+    backlogs: dict[str, int] | None,
+    stalled: bool,
+    problems: list[str],
 ) -> None:
-    verdict = health(cameras, broker, store_ok, {"db": 3}, "v1@abc", stalled)
+    verdict = health(cameras, broker, store_ok, backlogs, "v1@abc", stalled)
     assert verdict.healthy is (not problems)
     assert verdict.document["problems"] == problems
     assert verdict.document["status"] == ("ok" if not problems else "unhealthy")
-    assert verdict.document["journal_backlog"] == {"db": 3} and verdict.document["model_version"] == "v1@abc"
+    assert verdict.document["journal_backlog"] == backlogs and verdict.document["model_version"] == "v1@abc"
+    assert verdict.document["broker"] == broker
+    assert set(verdict.document["cameras"].values()) <= {"online", "offline", "stalled", "disabled", "starting"}
 
 
 def _get(app: App, path: str) -> tuple[int, bytes]:

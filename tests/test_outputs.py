@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from linewatch.clock import SystemClock
+from linewatch.clock import FakeClock, SystemClock
 from linewatch.config import Config, EvidenceSection, HttpSection, MqttSection, SiteSection, StoreSection
-from linewatch.journal import Journal
-from linewatch.outputs import Outputs
+from linewatch.journal import Journal, JournalRecord, event_payload, verdict_payload
+from linewatch.outputs import AlertTimer, Outputs
 from linewatch.sinks.db import make_engine, upgrade_database
 from linewatch.sinks.db_schema import Inspection
-from linewatch.types import Frame, VerdictLabel
+from linewatch.types import EventType, Frame, VerdictLabel
 from tests.services.mosquitto import wait_until
 from tests.services.postgres import PostgresServer
-from tests.test_journal import make_verdict
+from tests.test_journal import T0, make_event, make_verdict
 
 
 def _config(tmp_path: Path, store_url: str, **store: object) -> Config:
@@ -111,3 +111,35 @@ def test_verdicts_carry_evidence_paths_only_when_the_evidence_was_queued(
     assert [(v.snapshot, v.heatmap) for v in outputs.with_evidence(frames, verdicts, maps)] == [(None, None)] * 3
     # Wanted: the defect and the first normal (every 2nd normal); the second normal was never submitted.
     assert outputs.evidence.stats.dropped == {"stopped": 2}
+
+
+class OfferedRecords:
+    """A forwarder that acknowledges the first ``accept`` records of each chunk."""
+
+    name = "mqtt"
+    kinds = frozenset({"event", "verdict"})
+
+    def __init__(self, accept: int) -> None:
+        self.accept = accept
+
+    def send(self, records: Sequence[JournalRecord]) -> int:
+        return min(self.accept, len(records))
+
+
+def test_alert_timer_times_new_episodes_that_the_broker_acknowledged() -> None:
+    clock = FakeClock(start=T0 + timedelta(seconds=10))
+    seen: list[float] = []
+    new = make_event("e1", 1)  # captured at T0 + 1 s
+    update = make_event("e1", 2)
+    ended = make_event("e1", 3, type=EventType.END)
+    later = make_event("e2", 1, camera="cam2", frame_ts=T0 + timedelta(seconds=9))
+    records = [
+        JournalRecord(position, "event", f"{e.event_id}:{e.seq}", e.camera, event_payload(e), "")
+        for position, e in enumerate((new, update, ended, later), start=1)
+    ]
+    verdict = make_verdict(1)
+    records.insert(1, JournalRecord(9, "verdict", verdict.inspection_id, "cam1", verdict_payload(verdict), ""))
+    timer = AlertTimer(OfferedRecords(accept=4), clock, seen.append)
+    assert (timer.name, timer.kinds) == ("mqtt", OfferedRecords.kinds)
+    assert timer.send(records) == 4
+    assert seen == [9.0]  # only the new episode among the acknowledged ones; e2 was not acknowledged yet
