@@ -15,8 +15,6 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from linewatch.camera.reader import CameraStats
 from linewatch.metrics import METRIC_NAMES, RETRAIN_RESULTS, PipelineMetrics, StateCollector
-from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
+from linewatch.types import Event, EventType, VerdictLabel
+from tests.test_metrics import FakeComponents, verdict  # the same stand-ins as the exporter's own tests
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (installed with huggingface_hub and timm) reads the rules")
 
@@ -87,54 +85,13 @@ def names_in(expressions: list[str]) -> set[str]:
     return {name for expression in expressions for name in NAME.findall(expression)}
 
 
-def verdict(camera: str, seq: int, label: VerdictLabel, score: float) -> Verdict:
-    return Verdict(
-        inspection_id=f"{camera}-b-{seq}",
-        camera=camera,
-        product="bracket",
-        seq=seq,
-        frame_ts=datetime(2026, 11, 28, tzinfo=UTC),
-        captured_mono=99.9,
-        score=score,
-        threshold=0.5,
-        label=label,
-        model_version="v1",
-    )
-
-
-@dataclass
-class FakeComponents:
-    """What the App hands the state collector: two cameras, two forwarders, MQTT on, both volumes."""
-
-    def camera_states(self) -> dict[str, tuple[CameraStatus, Any]]:
-        return {
-            "cam1": (CameraStatus.ONLINE, CameraStats(frames=120, reconnects=2, frames_limited=7)),
-            "cam2": (CameraStatus.STALLED, CameraStats(frames=5)),
-        }
-
-    def dropped_frames(self) -> dict[tuple[str, str], int]:
-        return {("cam1", "queue_full"): 3}
-
-    def forwarders(self) -> dict[str, tuple[int, int, bool]]:
-        return {"db": (40, 6, True), "mqtt": (0, 1, False)}
-
-    def mqtt_state(self) -> tuple[bool, dict[tuple[str, str], int]] | None:
-        return True, {("feedback", "bad_json"): 2}
-
-    def evidence_dropped(self) -> dict[str, int]:
-        return {"queue_full": 9}
-
-    def disk_free(self) -> dict[str, int]:
-        return {"journal": 10_000, "evidence": 20_000}
-
-
 @pytest.fixture(scope="module")
 def exposition() -> list[Any]:
     """The metric families a daemon that has scored, opened an episode and retrained serves on /metrics."""
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry, "l1")
     registry.register(StateCollector(FakeComponents(), "l1"))
-    batch = [verdict("cam1", 1, VerdictLabel.NORMAL, 0.2), verdict("cam1", 2, VerdictLabel.DEFECT, 0.9)]
+    batch = [verdict("cam1", 1, VerdictLabel.NORMAL, 0.2, 99.9), verdict("cam1", 2, VerdictLabel.DEFECT, 0.9, 99.9)]
     opened = Event(
         "e1", EventType.NEW, 1, "cam1", "bracket", batch[1].frame_ts, 0.9, 0.5, VerdictLabel.DEFECT, "v1", "cam1-b-2"
     )
