@@ -49,13 +49,14 @@ class RetrainService:
         self._lock = threading.Lock()
         self._running = False  # a scheduled or requested run is going
         self._pending: Future[RetrainOutcome] | None = None
+        self._startup: list[Future[Any]] = []
 
     def start(self, active: Path, bookkeeping: Callable[[], None] | None = None) -> None:
         """Record the active version in the store and run ``bookkeeping`` (on the worker: a store that is down
         must not delay the start), then schedule, and catch up a run the daemon missed while it was down."""
-        self._worker.submit(self.retrainer.record_active, active, None, False)
+        self._startup = [self._worker.submit(self.retrainer.record_active, active, None, False)]
         if bookkeeping is not None:
-            self._worker.submit(bookkeeping)
+            self._startup.append(self._worker.submit(bookkeeping))
         settings = self.settings
         if not settings.enabled or not settings.schedule:
             log.info("retraining: %s", "disabled" if not settings.enabled else "on demand only (no schedule)")
@@ -74,7 +75,7 @@ class RetrainService:
         scheduler.start()
         self._scheduler = scheduler
         log.info("retraining scheduled %r, next run %s", settings.schedule, self.next_run_time())
-        self._worker.submit(self._catch_up, trigger)
+        self._startup.append(self._worker.submit(self._catch_up, trigger))
 
     def _catch_up(self, trigger: CronTrigger) -> None:
         previous = self._last_scheduled()
@@ -88,8 +89,15 @@ class RetrainService:
                 break
             due = later
         if due is not None and due <= now and (now - due).total_seconds() <= self.settings.misfire_grace_s:
+            if not self._claim():
+                return  # a request got in first: that run is the catch-up
             log.info("retraining: the run due at %s was missed while the daemon was down; running it now", due)
-            self.request("schedule")
+            self._requested("schedule")  # here, on the worker: a queued job would be cancelled by a stop
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the start-up work (store bookkeeping, a catch-up run) to end (tests, benchmarks)."""
+        for future in self._startup:
+            future.result(timeout=timeout)
 
     def next_run_time(self) -> str | None:
         job = self._scheduler.get_job(JOB_ID) if self._scheduler is not None else None

@@ -105,7 +105,8 @@ def test_a_run_missed_while_down_is_caught_up_once_within_the_grace(
     settings = RetrainSection(schedule="30 3 * * *", timezone="UTC", misfire_grace_s=3 * 3600)
     service = RetrainService(settings, retrainer, lambda: last_scheduled)  # type: ignore[arg-type]
     service.start(Path("models/line1/v7"))
-    service.stop()  # waits for the start-up work queued on the worker
+    service.settle(timeout=10)
+    service.stop()
     assert retrainer.recorded == [Path("models/line1/v7")]  # the active version goes on record at start
     assert retrainer.triggers == (["schedule"] if caught_up else [])
 
@@ -116,5 +117,6 @@ def test_a_missed_run_beyond_the_grace_is_left_to_the_schedule() -> None:
     last = datetime(2026, 11, 26, 3, 30, 5, tzinfo=UTC)
     service = RetrainService(settings, retrainer, lambda: last)  # type: ignore[arg-type]
     service.start(Path("v1"))
+    service.settle(timeout=10)
     service.stop()
     assert retrainer.triggers == []
