@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,3 +74,31 @@ def test_keeper_survives_a_failing_journal(tmp_path: Path, caplog: pytest.LogCap
         keeper.run_once()
     assert keeper.stats.failures == 2 and caplog.text.count("journal housekeeping failed") == 1
     journal.close()
+
+
+def test_backlogs_stay_exact_through_pruning(tmp_path: Path) -> None:
+    """The backlog is computed in constant time from the head and the oldest position; seeded random
+    appends, deliveries and both kinds of pruning must keep it equal to counting the records."""
+    rng = random.Random(7)
+    clock = FakeClock()
+    with Journal(tmp_path / "j.sqlite3", clock) as journal:
+        for name in ("db", "mqtt"):
+            journal.register_forwarder(name)
+        seq = 0
+        for _ in range(60):
+            action = rng.choice(["append", "append", "deliver", "prune_oldest", "prune_delivered"])
+            if action == "append":
+                batch = [make_verdict(seq + i + 1) for i in range(rng.randint(1, 5))]
+                seq += len(batch)
+                journal.append_batch(batch, [])
+            elif action == "deliver":
+                name = rng.choice(["db", "mqtt"])
+                journal.mark_done(name, rng.randint(journal.cursor(name), journal.head()))
+            elif action == "prune_oldest":
+                journal.prune_oldest(rng.randint(1, 4))
+            else:
+                journal.prune_delivered(clock.now() + timedelta(seconds=1), ["db", "mqtt"])
+            clock.advance(1)
+            counted = {name: sum(1 for r in journal.read_after(name, 100_000)) for name in ("db", "mqtt")}
+            assert journal.backlogs() == counted
+            assert all(journal.backlog(name) == counted[name] for name in counted)
