@@ -25,6 +25,7 @@ from linewatch.journal import Journal, JournalRecord
 from linewatch.synthetic import SyntheticProduct
 from linewatch.types import Batch, CameraStatus, Frame, Verdict, VerdictLabel
 from tests.conftest import quick_artifact
+from tests.services.mosquitto import MosquittoBroker
 
 PRODUCT = "bracket"
 WIDTH, HEIGHT = 160, 120
@@ -103,6 +104,20 @@ update_min_interval_s = {update_min_interval_s}
 {outputs}{camera_blocks}"""
     )
     return path
+
+
+def mqtt_section(broker: MosquittoBroker, prefix: str, **settings: float) -> str:
+    """The [mqtt] section for a daemon on this test broker: topics under ``prefix`` and a client id of its own
+    (persistent sessions must not be shared between tests), plus ``settings`` (timeouts, backoff)."""
+    extra = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    client_id = "linewatch-" + prefix.replace("/", "-")
+    return f"""
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+prefix = "{prefix}"
+client_id = "{client_id}"
+{extra}"""
 
 
 def journal_records(journal_path: Path, kind: str) -> list[JournalRecord]:

@@ -18,7 +18,7 @@ from linewatch.retrain.store import list_runs
 from linewatch.retrain.versions import model_version
 from linewatch.sinks.db_schema import Inspection
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher
-from tests.test_app import _assert_no_frame_lost, _wait_for, daemon_model, journal_records, write_config
+from tests.test_app import _assert_no_frame_lost, _wait_for, daemon_model, journal_records, mqtt_section, write_config
 
 __all__ = ["daemon_model"]  # the fixture, shared with test_app
 
@@ -113,13 +113,7 @@ def test_retrain_and_rollback_in_a_running_daemon(daemon_model: Path, tmp_path: 
 def test_a_retrain_asked_over_mqtt_is_echoed_and_each_step_reaches_model_state(
     daemon_model: Path, tmp_path: Path, broker: MosquittoBroker, mqtt_prefix: str
 ) -> None:
-    outputs = f"""
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "{mqtt_prefix}"
-client_id = "linewatch-{mqtt_prefix.replace("/", "-")}"
-
+    outputs = f"""{mqtt_section(broker, mqtt_prefix)}
 [http]
 port = 0
 

@@ -23,7 +23,7 @@ from linewatch.metrics import METRIC_NAMES, PipelineMetrics, StateCollector, hea
 from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
 from tests.services.mosquitto import MosquittoBroker, wait_until
 from tests.services.ports import free_port
-from tests.test_app import daemon_model, write_config
+from tests.test_app import daemon_model, mqtt_section, write_config
 
 __all__ = ["daemon_model"]  # the fixture, shared with test_app
 
@@ -206,15 +206,7 @@ def _scrape(app: App) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_move_as_frames_flow_and_health_follows_the_broker(
     daemon_model: Path, tmp_path: Path, broker: MosquittoBroker, mqtt_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    outputs = f"""
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "{mqtt_prefix}"
-client_id = "linewatch-{mqtt_prefix.replace("/", "-")}"
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-
+    outputs = f"""{mqtt_section(broker, mqtt_prefix, reconnect_min_s=0.1, reconnect_max_s=0.5)}
 [http]
 port = {free_port()}
 """

@@ -23,7 +23,7 @@ from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
 from tests.services.postgres import PostgresServer
-from tests.test_app import daemon_model, journal_records, write_config  # noqa: F401  (a module-scoped fixture)
+from tests.test_app import daemon_model, journal_records, mqtt_section, write_config  # noqa: F401  (a module-scoped fixture)
 
 
 def _write_config(root: Path, model: Path, broker: MosquittoBroker, store_url: str, prefix: str) -> Path:
@@ -33,15 +33,7 @@ url = "{store_url}"
 retry_min_s = 0.1
 retry_max_s = 0.5
 
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-prefix = "{prefix}"
-client_id = "linewatch-{prefix.replace("/", "-")}"
-ack_timeout_s = 2.0
-reconnect_min_s = 0.1
-reconnect_max_s = 0.5
-
+{mqtt_section(broker, prefix, ack_timeout_s=2.0, reconnect_min_s=0.1, reconnect_max_s=0.5)}
 [evidence]
 every_nth_normal = 5
 min_free_mb = 0  # evidence must not depend on the test machine's free disk
