@@ -26,7 +26,7 @@ from sqlalchemy import Engine, Select, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from linewatch.sinks.db import DatabaseError, masked, translated, write_transaction
+from linewatch.sinks.db import DatabaseError, masked, require_aware, require_one_of, translated, write_transaction
 from linewatch.sinks.db_schema import MODEL_STATUSES, VERDICTS, Inspection, ModelVersion, RetrainRun
 
 RUN_STATUSES = ("running", "accepted", "rejected", "failed", "skipped", "recalibrated")
@@ -48,7 +48,7 @@ def confirmed_images(engine: Engine, label: str, untrained_only: bool) -> list[L
     """Inspections whose latest operator label is ``label`` ("normal" or "defect") and that have a snapshot;
     with ``untrained_only``, only those no retraining used yet. Ordered by label time, then id, so a
     training set drawn from them is reproducible."""
-    _check_one_of("label", label, VERDICTS)
+    require_one_of("label", label, VERDICTS)
     query = (
         select(Inspection.id, Inspection.camera, Inspection.product, Inspection.snapshot, Inspection.labelled_at)
         .where(
@@ -85,7 +85,7 @@ def mark_trained(engine: Engine, inspection_ids: Sequence[str], version: str) ->
 
 def start_run(engine: Engine, trigger: str, started_at: datetime) -> int:
     """Log the start of a retraining run (status "running"); returns its id for :func:`finish_run`."""
-    row = {"trigger": trigger, "started_at": _aware("started_at", started_at), "status": "running"}
+    row = {"trigger": trigger, "started_at": require_aware("started_at", started_at), "status": "running"}
     with translated(masked(engine.url), "starting a retrain run"), write_transaction(engine) as conn:
         key = conn.execute(insert(RetrainRun).values(row)).inserted_primary_key
     if key is None:  # every supported dialect reports it; a driver that did not would lose the run's id
@@ -103,13 +103,13 @@ def finish_run(
     finished_at: datetime,
 ) -> None:
     """Record how run ``run_id`` ended. DatabaseError when there is no such run."""
-    _check_one_of("status", status, RUN_STATUSES)
+    require_one_of("status", status, RUN_STATUSES)
     values = {
         "status": status,
         "reason": reason,
         "candidate_version": candidate_version,
         "metrics": metrics,
-        "finished_at": _aware("finished_at", finished_at),
+        "finished_at": require_aware("finished_at", finished_at),
     }
     where = masked(engine.url)
     with translated(where, f"finishing retrain run {run_id}"), write_transaction(engine) as conn:
@@ -124,7 +124,7 @@ def fail_interrupted_runs(engine: Engine, finished_at: datetime) -> int:
     values = {
         "status": "failed",
         "reason": "interrupted: the daemon stopped or crashed during the run",
-        "finished_at": _aware("finished_at", finished_at),
+        "finished_at": require_aware("finished_at", finished_at),
     }
     with translated(masked(engine.url), "closing interrupted retrain runs"), write_transaction(engine) as conn:
         return int(conn.execute(update(RetrainRun).where(RetrainRun.status == "running").values(values)).rowcount)
@@ -147,7 +147,7 @@ def record_version(
 ) -> None:
     """Insert the version's row, or rewrite every column but ``activated_at`` when it exists (a replay);
     with ``keep_existing`` an existing row is left as it is (a rollback must not erase its gate numbers)."""
-    _check_one_of("status", status, MODEL_STATUSES)
+    require_one_of("status", status, MODEL_STATUSES)
     row = {
         "version": version,
         "artifact_path": artifact_path,
@@ -158,7 +158,7 @@ def record_version(
         "metrics": metrics,
         "status": status,
         "reason": reason,
-        "created_at": _aware("created_at", created_at),
+        "created_at": require_aware("created_at", created_at),
     }
     dialect_insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
     stmt = dialect_insert(ModelVersion.__table__).values(row)
@@ -176,7 +176,7 @@ def record_version(
 def activate_version(engine: Engine, version: str, at: datetime) -> None:
     """Make ``version`` the one active version (``activated_at`` = ``at``) and retire whichever was active,
     in one transaction. DatabaseError when ``version`` has no row (nothing is changed then)."""
-    at = _aware("at", at)
+    at = require_aware("at", at)
     where = masked(engine.url)
     with translated(where, f"activating model version {version!r}"), write_transaction(engine) as conn:
         done = conn.execute(
@@ -211,7 +211,7 @@ def last_run(engine: Engine, status: str | None = None, trigger: str | None = No
     there is none."""
     query = _runs_newest_first()
     if status is not None:
-        _check_one_of("status", status, RUN_STATUSES)
+        require_one_of("status", status, RUN_STATUSES)
         query = query.where(RetrainRun.status == status)
     if trigger is not None:
         query = query.where(RetrainRun.trigger == trigger)
@@ -223,16 +223,3 @@ def last_run(engine: Engine, status: str | None = None, trigger: str | None = No
 def _runs_newest_first() -> Select[Any]:
     # id breaks ties: two runs started in the same microsecond still come back in insertion order, reversed.
     return select(RetrainRun.__table__).order_by(RetrainRun.started_at.desc(), RetrainRun.id.desc())
-
-
-def _check_one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _aware(name: str, value: datetime) -> datetime:
-    """Refuse naive datetimes here, naming the argument (the column type would refuse them too, but deep
-    inside SQLAlchemy, as a DatabaseError that reads like the store failing)."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime (UTC); got naive {value.isoformat()}")
-    return value

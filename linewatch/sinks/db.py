@@ -92,6 +92,20 @@ def translated(where: str, what: str) -> Iterator[None]:
 # --- engines -------------------------------------------------------------------------------------------------
 
 
+def require_one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse an argument outside ``allowed`` before any SQL runs, naming it (ValueError)."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def require_aware(name: str, value: datetime) -> datetime:
+    """Refuse naive datetimes, naming the argument: the column type would refuse them too, but deep inside
+    SQLAlchemy, as a DatabaseError that reads like the store failing."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime (UTC); got naive {value.isoformat()}")
+    return value
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql[+psycopg]://user:password@host:port/db``."""
     try:
