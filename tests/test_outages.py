@@ -154,7 +154,8 @@ def test_feedback_over_mqtt_http_and_cli_reaches_the_store_with_evidence(
             body = json.dumps({"inspection_id": normal.key, "label": "defect"})
             connection.request("POST", "/feedback", body=body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
-            assert response.status == 200, response.read()
+            answer = response.read()  # the connection is kept alive: read the answer before the next request
+            assert response.status == 200, answer
             unknown = json.dumps({"inspection_id": "nope", "label": "normal"})
             connection.request("POST", "/feedback", body=unknown, headers={"Content-Type": "application/json"})
             assert connection.getresponse().status == 404

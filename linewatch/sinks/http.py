@@ -1,9 +1,24 @@
-"""The daemon's small HTTP port (``[http]``): operator feedback now, metrics and health later.
+"""The daemon's HTTP port (``[http]``): feedback, metrics, health, model control, and the operator's page.
 
-Stdlib ``ThreadingHTTPServer``: a handful of tiny JSON routes do not justify a web framework in the
-daemon. Safe by default: loopback unless configured otherwise, and a bearer token (required by the
-config beyond loopback) checked in constant time on every route. Bodies are size-limited before they
-are read; every answer is JSON with a status code a script can act on.
+Starlette served by uvicorn on a thread of the daemon: the operator's page (linewatch/web) needs templates,
+forms, cookies and static files, which a framework does better than hand-written handlers, and the JSON
+routes ride on the same port so a line exposes one address. Two kinds of routes:
+
+- JSON routes, a table ``{(method, path): handler}`` of plain functions ``HttpRequest -> HttpResponse``
+  (run on a worker thread, so they may block on the journal or the store). A bearer token, when configured,
+  is checked in constant time before anything else; POST bodies must be ``application/json`` (a page
+  elsewhere cannot make a browser send that without a CORS preflight, which is never granted: the CSRF
+  defence of a token-less loopback port) and are size-limited before they are read. Every answer is JSON
+  with a status code a script can act on.
+- The page site (:meth:`HttpServer.set_site`), an ASGI app that gets every path the table does not name and
+  does its own authentication (a login cookie or the bearer token) and CSRF checks.
+
+Without a token (loopback only, the config insists), a request must name a loopback host in its ``Host``
+header: otherwise a web page could rebind its own DNS name to 127.0.0.1 and use the port as if it were the
+same site (DNS rebinding). With a token, the token is the guard.
+
+Every response carries ``Cache-Control: no-store`` unless it set its own, ``nosniff``, a same-origin referrer policy
+and no framing. The socket is bound in the constructor, so a taken port is an error at start, not on a thread.
 """
 
 from __future__ import annotations
@@ -11,14 +26,29 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import uvicorn
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
+START_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 100  # beyond it new requests get 503: a flood cannot take the daemon's file descriptors
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),  # no URL (ids, filters) leaks to another site
+    (b"x-frame-options", b"DENY"),
+)
 
 
 @dataclass(frozen=True)
@@ -49,101 +79,173 @@ def error(status: int, message: str) -> HttpResponse:
     return HttpResponse(status, {"error": message})
 
 
+def bearer_ok(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``token``, compared in constant time."""
+    return hmac.compare_digest((authorization or "").encode(), b"Bearer " + token.encode())
+
+
+def unauthorized() -> HttpResponse:
+    return HttpResponse(401, {"error": "missing or wrong bearer token"}, headers={"WWW-Authenticate": "Bearer"})
+
+
 class HttpServer:
-    """Serves ``routes`` ({(method, path): handler}) on host:port in a daemon thread; ``port`` 0 picks a
-    free one (read it back from :attr:`port`). Handlers run on the server's threads and must be safe
-    to call concurrently."""
+    """Serves JSON ``routes`` and, once set, a page site on host:port from a thread; ``port`` 0 picks a free
+    one (read it back from :attr:`port`). JSON handlers run on worker threads and must be safe to call
+    concurrently."""
 
     def __init__(self, host: str, port: int, token: str | None, routes: dict[tuple[str, str], Route]) -> None:
-        self._token = token.encode() if token is not None else None
+        self._token = token
         self._routes = dict(routes)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "linewatch"
-            sys_version = ""
-            timeout = 10  # a client that sends nothing (or too little body) must not hold a thread forever
-
-            def do_GET(self) -> None:
-                server._serve(self, "GET")
-
-            def do_POST(self) -> None:
-                server._serve(self, "POST")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("http %s: " + format, self.client_address[0], *args)
-
-        try:
-            self._httpd = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise OSError(f"[http] cannot listen on {host}:{port}: {exc.strerror}") from exc
-        self._httpd.daemon_threads = True
+        self._site: ASGIApp | None = None
+        self._socket = _listen(host, port)
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     def add_routes(self, routes: dict[tuple[str, str], Route]) -> None:
-        """Serve more paths (the App adds its control routes once the parts behind them exist). The table is
-        replaced whole, so a request being served sees the old or the new one, never half of it."""
+        """Serve more JSON paths (the App adds its control routes once the parts behind them exist). The table
+        is replaced whole, so a request being served sees the old or the new one, never half of it."""
         self._routes = {**self._routes, **routes}
+
+    def set_site(self, site: ASGIApp) -> None:
+        """Hand every path the JSON table does not name to ``site`` (the operator's page)."""
+        self._site = site
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return int(self._socket.getsockname()[1])
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,), name="http", daemon=True)
+        config = uvicorn.Config(
+            self._asgi,
+            interface="asgi3",
+            lifespan="off",
+            proxy_headers=False,  # no proxy is trusted to say who the client is or which scheme it used
+            limit_concurrency=MAX_CONNECTIONS,
+            log_config=None,  # the daemon's logging setup stays as it is
+            access_log=False,
+            server_header=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="http", daemon=True
+        )
         self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S  # real time: bounds a wait for a thread, not a decision
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            why = (
+                "its thread ended (see the log)"
+                if not self._thread.is_alive()
+                else f"not within {START_TIMEOUT_S:.0f} s"
+            )
+            raise RuntimeError(f"[http] the server did not start: {why}")
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(timeout=10)
-        self._httpd.server_close()
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=15)
+        self._socket.close()
 
-    def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+    async def _asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # no websockets here; lifespan is off
+            return
+        send = _with_security_headers(send)
+        if self._token is None and not _loopback_host(scope):
+            refusal = error(421, "this port answers only to a loopback Host (127.0.0.1, localhost, [::1])")
+            await Response(refusal.encoded(), refusal.status, media_type=refusal.content_type)(scope, receive, send)
+            return
+        routes = self._routes
+        path = scope["path"]
+        if self._site is not None and not any(route_path == path for _method, route_path in routes):
+            await self._site(scope, receive, send)
+            return
+        request = Request(scope, receive)
         try:
-            response = self._respond(handler, method)
+            answer = await self._json(request, routes)
         except Exception:  # a bug in a route must answer 500, not kill the connection silently
-            log.exception("http %s %s failed", method, handler.path)
-            response = error(500, "internal error; see the daemon's log")
-        body = response.encoded()
-        handler.send_response(response.status)
-        handler.send_header("Content-Type", response.content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.send_header("Cache-Control", "no-store")
-        for name, value in response.headers.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(body)
+            log.exception("http %s %s failed", request.method, path)
+            answer = error(500, "internal error; see the daemon's log")
+        response = Response(answer.encoded(), answer.status, answer.headers, answer.content_type)
+        await response(scope, receive, send)
 
-    def _respond(self, handler: BaseHTTPRequestHandler, method: str) -> HttpResponse:
-        path = handler.path.split("?", 1)[0]
-        if self._token is not None:
-            offered = handler.headers.get("Authorization", "")
-            if not hmac.compare_digest(offered.encode(), b"Bearer " + self._token):
-                return HttpResponse(
-                    401, {"error": "missing or wrong bearer token"}, headers={"WWW-Authenticate": "Bearer"}
-                )
-        route = self._routes.get((method, path))
+    async def _json(self, request: Request, routes: dict[tuple[str, str], Route]) -> HttpResponse:
+        method, path = request.method, request.url.path
+        if self._token is not None and not bearer_ok(request.headers.get("authorization"), self._token):
+            return unauthorized()
+        route = routes.get((method, path))
         if route is None:
-            allowed = sorted(m for m, p in self._routes if p == path)
+            allowed = sorted(m for m, p in routes if p == path)
             if allowed:
                 return HttpResponse(405, {"error": f"use {', '.join(allowed)}"}, headers={"Allow": ", ".join(allowed)})
             return error(404, f"no such path {path!r}")
         body = b""
         if method == "POST":
-            # A web page elsewhere can make a browser POST text/plain or a form here without asking (CSRF on a
-            # token-less loopback port); application/json it can only send after a CORS preflight we never allow.
-            media_type = handler.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if media_type != "application/json":
-                return error(415, "Content-Type must be application/json")
-            length_header = handler.headers.get("Content-Length")
-            if length_header is None:
-                return error(411, "Content-Length is required")
-            try:
-                length = int(length_header)
-            except ValueError:
-                return error(400, "Content-Length is not a number")
-            if length < 0 or length > MAX_BODY_BYTES:
-                return error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-            body = handler.rfile.read(length)
-        return route(HttpRequest(method, path, body, handler.client_address[0]))
+            problem, body = await read_json_body(request, MAX_BODY_BYTES)
+            if problem is not None:
+                return problem
+        client = request.client.host if request.client is not None else ""
+        return await run_in_threadpool(route, HttpRequest(method, path, body, client))
+
+
+async def read_json_body(request: Request, limit: int) -> tuple[HttpResponse | None, bytes]:
+    """The body of a JSON POST, or the error to answer: not JSON (415), no length (411), too big (413,
+    refused before reading)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        return error(415, "Content-Type must be application/json"), b""
+    length_header = request.headers.get("content-length")
+    if length_header is None:
+        return error(411, "Content-Length is required"), b""
+    if int(length_header) > limit:  # the HTTP parser already refused a length that is not a number
+        return error(413, f"body larger than {limit} bytes"), b""
+    try:
+        return None, await request.body()
+    except ClientDisconnect:
+        return error(400, "the client went away before sending the body"), b""
+
+
+def _loopback_host(scope: Scope) -> bool:
+    """Whether the request's Host header names this machine's loopback (any port)."""
+    host = next((value for name, value in scope["headers"] if name == b"host"), b"").decode("latin-1").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in LOOPBACK_NAMES
+
+
+def _with_security_headers(send: Send) -> Send:
+    """Add the headers every answer carries; ``Cache-Control: no-store`` unless the response chose its own
+    caching (the page's static files)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            names = {name.lower() for name, _value in headers}
+            headers.extend(header for header in SECURITY_HEADERS if header[0] not in names)
+            if b"cache-control" not in names:
+                headers.append((b"cache-control", b"no-store"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sending
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket for host:port (IPv4 or IPv6, whichever the host names)."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"[http] cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart must not wait for TIME_WAIT
+        sock.bind(address)
+        sock.listen(128)
+        sock.set_inheritable(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"[http] cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
