@@ -5,16 +5,18 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 # mosquitto and postgresql: the tests start their own throwaway broker and database server;
-# openssl makes the certificates of the TLS broker test.
+# openssl makes the certificates of the TLS broker test. Tests only: chromium runs the operator page's
+# browser test (driven by Playwright over its own pipe: no chromedriver, no browser download).
 APT_PACKAGES := python3.11 python3.11-venv mosquitto postgresql openssl
+TEST_APT_PACKAGES := chromium
 export HF_HUB_OFFLINE := 1
 
-.PHONY: run test setup system-deps lint bench clean
+.PHONY: run test setup system-deps test-system-deps lint bench clean
 
 run: setup
 	$(BIN)/linewatch run --config config.toml
 
-test: system-deps setup lint
+test: system-deps test-system-deps setup lint
 	$(BIN)/python -m pytest -q --durations=10
 
 setup: $(VENV)/.installed
@@ -30,6 +32,12 @@ system-deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi
+
+test-system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends $(TEST_APT_PACKAGES); \
+	}
 
 $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)

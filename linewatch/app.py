@@ -26,6 +26,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from linewatch.app_http import AppState, control_routes
+from linewatch.app_web import build_site
 from linewatch.batcher import Batcher, SlotPolicy
 from linewatch.camera.reader import CameraReader
 from linewatch.camera.sources import FolderSource, FrameSource, OpenCVSource, SyntheticSource, VideoFileSource
@@ -46,6 +47,7 @@ from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.mqtt import RejectedPayload
 from linewatch.synthetic import SyntheticProduct
 from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verdict, VerdictLabel
+from linewatch.web.live import LiveFrames
 
 log = logging.getLogger(__name__)
 SkipReporter = Callable[[Path, str], None]
@@ -137,6 +139,7 @@ class App:
         self._active_path = config.model.path
         self._serving: tuple[Scorer, str] | None = None  # set by a swap: what model/state describes
         self.retrain_news: dict[str, object] | None = None
+        self.live = LiveFrames()  # the latest frame of every camera, for the operator page's live view
         self._daemon_lock: int | None = None
         self.metrics_registry = CollectorRegistry()
         self.metrics = PipelineMetrics(self.metrics_registry, config.site.line, [c.name for c in config.cameras])
@@ -205,6 +208,8 @@ class App:
                 log.info("camera %s: disabled in the config", camera.name)
         if self.outputs.http is not None:  # once the cameras exist: health and metrics read them
             self.outputs.http.add_routes(control_routes(self))
+            if self.config.web.enabled:
+                self.outputs.http.set_site(build_site(self).app)
         self._shutdown_thread = threading.Thread(target=self._stop_capture_on_signal, name="shutdown")
         self._shutdown_thread.start()
         log.info("ready: %d camera(s), model %s", len(self.cameras), self.worker.model_version)
@@ -362,6 +367,9 @@ class App:
         """
         assert self.journal is not None and self.outputs is not None
         verdicts = self.outputs.with_evidence(batch.frames, verdicts, pixel_maps)
+        if self.config.web.enabled:
+            for frame, verdict, pixel_map in zip(batch.frames, verdicts, pixel_maps, strict=True):
+                self.live.update(verdict, frame.image, pixel_map)
         events: list[Event] = []
         for verdict in verdicts:
             runtime = self.cameras.get(verdict.camera)

@@ -5,8 +5,8 @@ Every error names the key path and what is allowed. Numbers and strings are stri
 Sections: ``[site]`` (names and the data folder), ``[model]`` (which artifact and backbone, on which
 device), ``[scoring]`` (batching), ``[events]`` (defect episodes), ``[journal]``, ``[store]`` (the SQL
 database), ``[mqtt]`` (the broker), ``[evidence]`` (snapshots and heatmaps on disk), ``[http]`` (the
-metrics/feedback port), ``[retrain]`` (retraining from confirmed normals), ``[[cameras]]`` and
-``[demo]`` (the synthetic run behind ``linewatch demo``).
+metrics/feedback port), ``[web]`` (the operator's page on that port), ``[retrain]`` (retraining from
+confirmed normals), ``[[cameras]]`` and ``[demo]`` (the synthetic run behind ``linewatch demo``).
 """
 
 from __future__ import annotations
@@ -177,6 +177,10 @@ class EvidenceSection(_Section):
     min_free_mb: Number = Field(2048.0, ge=0.0)  # below this much free disk, the oldest evidence goes first
     sweep_interval_s: Number = Field(60.0, gt=0.0)
     queue_size: StrictInt = Field(64, ge=1)  # frames waiting to be written; beyond it evidence is dropped (counted)
+    # A normal scored within this fraction of its threshold is a close call: its evidence is kept, and the review
+    # page asks an operator about it (on both sides of the threshold). 0 = only every Nth normal.
+    close_call_band: Number = Field(0.1, ge=0.0, lt=1.0)
+    close_call_interval_s: Number = Field(1.0, ge=0.0)  # at most one close call kept per camera this often
 
 
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 (and 7) is Sunday
@@ -280,6 +284,16 @@ class HttpSection(_Section):
         return self
 
 
+class WebSection(_Section):
+    """The operator's page on the HTTP port (linewatch/web/): live view, review queue, history, models."""
+
+    enabled: StrictBool = True
+    refresh_s: Number = Field(2.0, ge=0.5, le=60.0)  # how often the live view and line status refresh
+    review_hours: Number = Field(24.0, gt=0.0)  # the review queue shows what happened in this many hours
+    session_hours: Number = Field(12.0, gt=0.0)  # a login (with [http] token set) lasts this long
+    timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # times shown; default: local
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -335,9 +349,21 @@ class Config(_Section):
     mqtt: MqttSection = MqttSection()
     evidence: EvidenceSection = EvidenceSection()
     http: HttpSection = HttpSection()
+    web: WebSection = WebSection()
     retrain: RetrainSection = RetrainSection()
     cameras: list[CameraSection] = []
     demo: DemoSection = DemoSection()
+
+    @model_validator(mode="after")
+    def _review_within_the_journal(self) -> Config:
+        # A label is checked against the journal, which keeps records keep_days: the queue must not offer
+        # items that can no longer be labelled.
+        if self.web.review_hours > self.journal.keep_days * 24:
+            raise ValueError(
+                f"web.review_hours ({self.web.review_hours:g}) must not exceed journal.keep_days "
+                f"({self.journal.keep_days:g} days): older items can no longer be labelled"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> Config:

@@ -23,7 +23,7 @@ FEEDBACK_MAX_BYTES = 4096  # a feedback body is well under 1 KiB; HTTP uses this
 MAX_ID_LENGTH = 128
 REPEAT_WINDOW = timedelta(seconds=60)
 MAX_USER_LENGTH = 64
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")  # inspection and event ids
 
 
 class FeedbackError(ValueError):
@@ -96,7 +96,7 @@ def feedback_from_document(document: Any) -> FeedbackRequest:
     if len(ids) != 1:
         raise FeedbackError("schema", "give exactly one of inspection_id and event_id")
     target, target_id = ids[0]
-    if not isinstance(target_id, str) or len(target_id) > MAX_ID_LENGTH or not _ID.match(target_id):
+    if not isinstance(target_id, str) or len(target_id) > MAX_ID_LENGTH or not ID_PATTERN.match(target_id):
         raise FeedbackError("schema", f"{target}_id must be an id string of at most {MAX_ID_LENGTH} characters")
     label = document.get("label")
     if label not in ("normal", "defect"):

@@ -149,7 +149,9 @@ class Outputs:
         self._sweeper_thread: threading.Thread | None = None
         self._keeper_thread: threading.Thread | None = None
         self.keeper: JournalKeeper | None = None
-        self.sampler = EvidenceSampler(config.evidence.every_nth_normal)
+        self.sampler = EvidenceSampler(
+            config.evidence.every_nth_normal, config.evidence.close_call_band, config.evidence.close_call_interval_s
+        )
         self.evidence: EvidenceWriter | None = None
         self.sweeper: RetentionSweeper | None = None
         self.http: HttpServer | None = None
@@ -280,7 +282,7 @@ class Outputs:
         assert self.evidence is not None
         kept = []
         for frame, verdict, pixel_map in zip(frames, verdicts, pixel_maps, strict=True):
-            if self.sampler.wants(verdict.camera, verdict.label):
+            if self.sampler.wants(verdict.camera, verdict.label, verdict.score, verdict.threshold, verdict.frame_ts):
                 paths = evidence_paths(verdict.camera, verdict.frame_ts, verdict.inspection_id, verdict.label)
                 job = EvidenceJob(
                     paths.snapshot, paths.heatmap, frame.image, pixel_map, verdict.threshold, verdict.label

@@ -34,7 +34,7 @@ def test_shipped_config_loads_with_the_values_written_in_it() -> None:
     config = load_config(SHIPPED)
     raw = tomllib.loads(SHIPPED.read_text())
     assert set(raw) == {
-        *("site", "model", "scoring", "events", "journal", "store", "mqtt", "evidence", "http", "retrain"),
+        *("site", "model", "scoring", "events", "journal", "store", "mqtt", "evidence", "http", "web", "retrain"),
         *("cameras", "demo"),
     }
     sections = [(name, getattr(config, name), values) for name, values in raw.items() if name != "cameras"]
@@ -344,3 +344,35 @@ def test_cron_weekdays_read_as_crontab_reads_them(weekday: str, days: str) -> No
 def test_cron_weekday_errors_name_the_problem(expression: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         cron_trigger(expression, "UTC")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("[web]\nrefresh_s = 0.1\n", ["web.refresh_s: Input should be greater than or equal to 0.5"]),
+        ("[web]\nrefresh_s = 120\n", ["web.refresh_s: Input should be less than or equal to 60"]),
+        ("[web]\nreview_hours = 0\n", ["web.review_hours: Input should be greater than 0"]),
+        ("[web]\nsession_hours = -1\n", ["web.session_hours: Input should be greater than 0"]),
+        ('[web]\ntimezone = "Moon/Base"\n', ["web.timezone: unknown time zone 'Moon/Base'"]),
+        ('[web]\nenabled = "yes"\n', ["web.enabled", "boolean"]),
+        ("[web]\nport = 80\n", ["web.port: Extra inputs are not permitted"]),
+        ("[evidence]\nclose_call_band = 1\n", ["evidence.close_call_band: Input should be less than 1"]),
+        (
+            "[journal]\nkeep_days = 1\n[web]\nreview_hours = 48\n",
+            ["web.review_hours (48) must not exceed journal.keep_days (1 days)"],
+        ),
+        ("[evidence]\nclose_call_band = -0.1\n", ["evidence.close_call_band: Input should be greater than or equal"]),
+    ],
+)
+def test_web_settings_name_the_bad_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
+    message = _error(tmp_path, text)
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_web_defaults_and_values(tmp_path: Path) -> None:
+    defaults = load_config(_config(tmp_path, ""))
+    assert defaults.web.enabled and defaults.web.refresh_s == 2.0 and defaults.web.timezone is None
+    assert defaults.evidence.close_call_band == 0.1
+    config = load_config(_config(tmp_path, '[web]\nenabled = false\ntimezone = "Asia/Tokyo"\nreview_hours = 8\n'))
+    assert not config.web.enabled and config.web.timezone == "Asia/Tokyo" and config.web.review_hours == 8.0

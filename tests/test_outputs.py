@@ -106,7 +106,8 @@ def test_verdicts_carry_evidence_paths_only_when_the_evidence_was_queued(
     outputs.evidence.stop()  # a stopped writer refuses every job, as a full queue would
     frame_ts = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
     frames = [Frame("cam1", i, frame_ts, 0.0, np.zeros((8, 8, 3), np.uint8), "p") for i in (1, 2, 3)]
-    verdicts = [make_verdict(1, label=VerdictLabel.DEFECT), make_verdict(2), make_verdict(3)]
+    # scores far from the threshold: no close call, only the every-Nth rule decides for the normals
+    verdicts = [make_verdict(1, label=VerdictLabel.DEFECT), make_verdict(2, score=0.1), make_verdict(3, score=0.1)]
     maps = [np.zeros((4, 4), np.float32)] * 3
     assert [(v.snapshot, v.heatmap) for v in outputs.with_evidence(frames, verdicts, maps)] == [(None, None)] * 3
     # Wanted: the defect and the first normal (every 2nd normal); the second normal was never submitted.

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
@@ -137,27 +137,49 @@ def parse_evidence_name(name: str) -> EvidenceName | None:
 
 
 class EvidenceSampler:
-    """Decides which verdicts keep evidence: every defect, and the 1st, N+1st, 2N+1st... normal per camera.
+    """Decides which verdicts keep evidence: every defect, close calls (a normal scored within
+    ``close_call_band`` of its threshold) at most one per ``close_call_interval_s`` per camera, and the 1st,
+    N+1st, 2N+1st... other normal per camera.
 
     Normals are sampled so retraining and audits have recent good parts to look at without writing every
-    frame; counting per camera keeps a fast camera from using up a slow one's share. Not thread-safe: it is
-    called from the scorer thread only.
+    frame; counting per camera keeps a fast camera from using up a slow one's share. Close calls are what the
+    review page asks operators about, and a confirmed close call is the normal that teaches a retrain the
+    most; the interval keeps a drifting line, where most frames become close calls, from writing every frame.
+    Not thread-safe: it is called from the scorer thread only.
     """
 
-    def __init__(self, every_nth_normal: int) -> None:
+    def __init__(self, every_nth_normal: int, close_call_band: float = 0.0, close_call_interval_s: float = 0.0) -> None:
         if isinstance(every_nth_normal, bool) or not isinstance(every_nth_normal, int) or every_nth_normal < 0:
             raise ValueError(f"every_nth_normal must be an integer >= 0 (0 = no normals), got {every_nth_normal!r}")
+        if not 0.0 <= close_call_band < 1.0:
+            raise ValueError(f"close_call_band must be within [0, 1), got {close_call_band!r}")
+        if not close_call_interval_s >= 0.0:
+            raise ValueError(f"close_call_interval_s must be >= 0, got {close_call_interval_s!r}")
         self._every = every_nth_normal
+        self._band = close_call_band
+        self._interval = timedelta(seconds=close_call_interval_s)
         self._normals_seen: dict[str, int] = {}  # per camera, modulo N
+        self._last_close_call: dict[str, datetime] = {}  # per camera: frame time of the last close call kept
 
-    def wants(self, camera: str, verdict: VerdictLabel | str) -> bool:
+    def wants(self, camera: str, verdict: VerdictLabel | str, score: float, threshold: float, at: datetime) -> bool:
+        """Whether to keep this verdict's evidence; ``at`` is its frame time."""
         if parse_verdict(verdict) is VerdictLabel.DEFECT:
             return True
+        if is_close_call(score, threshold, self._band):
+            last = self._last_close_call.get(camera)
+            if last is None or at - last >= self._interval or at < last:  # a clock stepped back starts anew
+                self._last_close_call[camera] = at
+                return True
         if self._every == 0:
             return False
         seen = self._normals_seen.get(camera, 0)
         self._normals_seen[camera] = (seen + 1) % self._every
         return seen == 0
+
+
+def is_close_call(score: float, threshold: float, band: float) -> bool:
+    """Whether a score lies within ``band`` (a fraction of the threshold's size) of its threshold."""
+    return band > 0.0 and abs(score - threshold) <= band * abs(threshold)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ NORMAL, DEFECT = VerdictLabel.NORMAL, VerdictLabel.DEFECT
 TS = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 HEIGHT, WIDTH = 480, 640
 THRESHOLD = 0.5
+AT = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PLENTY = 10**12
 
 
@@ -54,8 +55,26 @@ PLENTY = 10**12
 def test_sampler_keeps_every_defect_and_every_nth_normal_per_camera(
     every: int, calls: list[tuple[str, str]], expected: list[bool]
 ) -> None:
-    sampler = EvidenceSampler(every)
-    assert [sampler.wants(camera, verdict) for camera, verdict in calls] == expected
+    sampler = EvidenceSampler(every, close_call_band=0.1)
+    assert [sampler.wants(camera, verdict, 0.1, THRESHOLD, AT) for camera, verdict in calls] == expected
+
+
+def test_sampler_keeps_close_calls_without_using_up_the_nth_normal_turn() -> None:
+    sampler = EvidenceSampler(3, close_call_band=0.1)
+    scores = [0.1, 0.46, 0.44, 0.2, 0.2, 0.54, 0.2]  # 0.46 and 0.54 are within 10 % of 0.5; 0.44 is not
+    kept = [sampler.wants("a", NORMAL, score, THRESHOLD, AT) for score in scores]
+    assert kept == [True, True, False, False, True, True, False]  # the 1st, 4th... plain normals; every close call
+    assert not EvidenceSampler(0).wants("a", NORMAL, 0.5, THRESHOLD, AT)  # band 0: close calls are not special
+
+
+def test_close_calls_are_kept_at_most_once_per_interval_per_camera() -> None:
+    sampler = EvidenceSampler(0, close_call_band=0.1, close_call_interval_s=1.0)
+    times = [0.0, 0.4, 0.99, 1.0, 1.5, 2.2]
+    kept = [sampler.wants("a", NORMAL, 0.48, THRESHOLD, AT + timedelta(seconds=t)) for t in times]
+    assert kept == [True, False, False, True, False, True]
+    assert sampler.wants("b", NORMAL, 0.48, THRESHOLD, AT + timedelta(seconds=0.4))  # another camera: its own
+    assert sampler.wants("a", DEFECT, 0.52, THRESHOLD, AT + timedelta(seconds=2.3))  # defects: always
+    assert sampler.wants("a", NORMAL, 0.48, THRESHOLD, AT - timedelta(hours=1))  # clock stepped back: anew
 
 
 @pytest.mark.parametrize("bad", [-1, True, 2.0, "3"])
@@ -64,9 +83,17 @@ def test_sampler_refuses_bad_n(bad: object) -> None:
         EvidenceSampler(bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_sampler_refuses_a_bad_band(bad: float) -> None:
+    with pytest.raises(ValueError, match="close_call_band"):
+        EvidenceSampler(1, bad)
+    with pytest.raises(ValueError, match="close_call_interval_s"):
+        EvidenceSampler(1, 0.1, -bad - 0.5)
+
+
 def test_sampler_refuses_unknown_verdict() -> None:
     with pytest.raises(ValueError, match="'maybe'"):
-        EvidenceSampler(1).wants("a", "maybe")
+        EvidenceSampler(1).wants("a", "maybe", 0.1, THRESHOLD, AT)
 
 
 # ---------------------------------------------------------------- paths

@@ -1,0 +1,496 @@
+"""The operator's page: live view, review queue, history and models, as a Starlette app.
+
+Server-rendered Jinja2 templates (autoescaped) with htmx for the parts that refresh or answer a button, and
+a few lines of our own JavaScript for keyboard shortcuts; every page also works as plain HTML forms. What
+the page needs from the running daemon comes through :class:`WebBackend` (linewatch/app_web.py implements
+it), so this module reads the store and the journal only through that and linewatch/web/queries.py.
+
+Safety: see linewatch/web/auth.py for logins and CSRF. Evidence is served only from paths of the evidence
+layout (``<camera>/<YYYY-MM-DD>/<inspection id>-<verdict>[-heatmap].jpg``) that resolve inside the
+evidence folder; static files from a fixed list. A strict Content-Security-Policy allows scripts, styles
+and images from this site only, so even a markup mistake cannot run a script from a product name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import anyio
+from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from linewatch.feedback import FeedbackError, FeedbackRequest
+from linewatch.journal import JournalError
+from linewatch.sinks.db import DatabaseError
+from linewatch.sinks.evidence import DATE_FORMAT, parse_evidence_name, safe_segment
+from linewatch.sinks.http import bearer_ok
+from linewatch.types import Label, LabelTarget, VerdictLabel
+from linewatch.web import queries
+from linewatch.web.auth import (
+    CSRF_FIELD,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Session,
+    SessionKeeper,
+    operator_name,
+    safe_next,
+    same_origin,
+)
+from linewatch.web.live import LIVE_KINDS, LiveFrames
+from linewatch.web.params import (
+    VERSION,
+    BadInput,
+    choice,
+    cursor,
+    field,
+    identifier,
+    local_datetime,
+    optional_choice,
+    optional_id,
+    optional_text,
+)
+from linewatch.web.plot import score_plot
+from linewatch.web.rows import HistoryFilter
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "app.css": "text/css",
+    "app.js": "text/javascript",
+    "htmx.min.js": "text/javascript",
+}
+CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+log = logging.getLogger(__name__)
+MAX_FORM_BYTES = 16 * 1024
+PAGE_WORKERS = 8  # threads for page handlers, apart from the JSON routes' (a slow store must not queue /healthz)
+HISTORY_PAGE_ROWS = 100
+PLOT_POINTS = 2000
+RUNS_SHOWN = 30
+REVIEW_ITEMS = 50
+JUDGED_REMEMBERED = 500  # labels given here, hidden from the queue until the store holds them
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class WebBackend(Protocol):
+    """What the page reads from and asks of the running daemon."""
+
+    line: str  # "<site>/<line>"
+    cameras: list[tuple[str, str]]  # (name, product) of every configured camera
+    evidence_dir: Path
+    engine: Engine
+    live: LiveFrames
+
+    def status(self) -> dict[str, Any]: ...  # the /healthz document
+    def model(self) -> dict[str, Any]: ...  # the model/state document
+    def label(self, request: FeedbackRequest) -> Label: ...  # journaled like MQTT feedback; FeedbackError
+    def versions(self) -> list[dict[str, Any]]: ...  # model versions, newest first, with the store's rows merged
+    def runs(self, limit: int) -> list[dict[str, Any]]: ...  # retrain runs, newest first
+    def rollback(self, version: str) -> tuple[bool, str]: ...  # (done, what happened)
+    def retrain(self, reason: str | None) -> tuple[bool, str]: ...  # (started, what happened)
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    refresh_s: float
+    review_window: timedelta
+    close_call_band: float
+    timezone: tzinfo
+
+
+Handler = Callable[[Request, Session | None, FormData | None], Response]
+
+
+class Site:
+    """Builds the Starlette app; one instance per daemon."""
+
+    def __init__(self, backend: WebBackend, keeper: SessionKeeper, settings: WebSettings) -> None:
+        self.backend = backend
+        self.keeper = keeper
+        self.settings = settings
+        self.env = Environment(
+            loader=PackageLoader("linewatch.web", "templates"), autoescape=select_autoescape(default=True)
+        )
+        self.env.filters["local"] = self._local_time
+        self.env.filters["score"] = lambda value: f"{value:.4f}"
+        self.env.globals["evidence_url"] = evidence_url
+        self._static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+        versions = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in self._static.items()}
+        self.env.globals["static_url"] = lambda name: f"/static/{name}?v={versions[name]}"
+        self._judged: OrderedDict[tuple[str, str], str] = OrderedDict()  # (target, id) -> label, oldest first
+        self._judged_lock = threading.Lock()
+        self._workers: anyio.CapacityLimiter | None = None  # made on the server's event loop, at first use
+        routes = [
+            Route("/", self._page(self.live_page)),
+            Route("/live/panel", self._page(self.live_panel)),
+            Route("/live/{camera}/{kind}.jpg", self._page(self.live_image)),
+            Route("/review", self._page(self.review_page)),
+            Route("/review/label", self._page(self.review_label, post=True), methods=["POST"]),
+            Route("/history", self._page(self.history_page)),
+            Route("/models", self._page(self.models_page)),
+            Route("/models/state", self._page(self.models_state)),
+            Route("/models/rollback", self._page(self.models_rollback, post=True), methods=["POST"]),
+            Route("/models/retrain", self._page(self.models_retrain, post=True), methods=["POST"]),
+            Route("/evidence/{camera}/{day}/{name}", self._page(self.evidence)),
+            Route("/login", self._page(self.login_page, open_=True)),
+            Route("/login", self._page(self.login, post=True, open_=True), methods=["POST"]),
+            Route("/logout", self._page(self.logout, post=True, open_=True), methods=["POST"]),
+            Route("/static/{name}", self.static),
+            Route("/favicon.ico", lambda _request: Response(status_code=204)),  # no icon; not a 404 per page view
+        ]
+        self.app = Starlette(routes=routes)
+
+    # ---- the guard every page and button goes through -------------------------------------------------
+    def _page(
+        self, handler: Handler, post: bool = False, open_: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Session (issued when missing), login when the token requires it, CSRF and origin checks on POSTs,
+        the form read with a size limit; the handler then runs on a worker thread (it may block on the store)."""
+
+        async def endpoint(request: Request) -> Response:
+            now = time.time()
+            session = self.keeper.decode(request.cookies.get(SESSION_COOKIE), now)
+            by_bearer = self.keeper.token is not None and bearer_ok(
+                request.headers.get("authorization"), self.keeper.token
+            )
+            fresh = session is None and not by_bearer
+            if fresh:
+                session = self.keeper.issue(None, False, now)
+            if not open_ and not by_bearer and not (session is not None and session.authenticated):
+                response = self._to_login(request)
+            else:
+                response = await self._run(request, session, handler, post, by_bearer)
+            if fresh and session is not None and SESSION_COOKIE not in response.headers.get("set-cookie", ""):
+                self._set_cookie(response, request, session)
+            return response
+
+        return endpoint
+
+    async def _run(
+        self, request: Request, session: Session | None, handler: Handler, post: bool, by_bearer: bool
+    ) -> Response:
+        form = None
+        if post:
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit() or int(length) > MAX_FORM_BYTES:
+                return self._refuse(request, 413, f"a form must state its length and stay under {MAX_FORM_BYTES} bytes")
+            form = await request.form(max_files=0, max_fields=16)
+            if not by_bearer:
+                offered = request.headers.get(CSRF_HEADER) or field(form, CSRF_FIELD)
+                if not same_origin(request.headers, request.headers.get("host")):
+                    return self._refuse(request, 403, "cross-site request refused")
+                if not self.keeper.csrf_ok(session, offered):
+                    return self._refuse(
+                        request, 403, "the page has expired or the request did not come from it; reload"
+                    )
+        if self._workers is None:
+            self._workers = anyio.CapacityLimiter(PAGE_WORKERS)
+        try:
+            response = await anyio.to_thread.run_sync(handler, request, session, form, limiter=self._workers)
+        except BadInput as problem:
+            return self._refuse(request, 400, str(problem))
+        except DatabaseError as problem:
+            return self._refuse(request, 503, f"the main store cannot be read right now: {problem}")
+        except JournalError as problem:
+            log.error("web page: the journal failed: %s", problem)
+            return self._refuse(request, 503, f"NOT recorded: the journal cannot be written ({problem})")
+        except Exception:  # never a bare 500 that htmx would swap in place of what the operator was judging
+            log.exception("web page %s %s failed", request.method, request.url.path)
+            return self._refuse(request, 500, "internal error, nothing was recorded; see the daemon's log")
+        if response.media_type == "text/html":
+            response.headers["content-security-policy"] = CSP
+        return response
+
+    def _to_login(self, request: Request) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        location = "/login?" + urlencode({"next": target})
+        if request.headers.get("hx-request"):  # a refreshing fragment: send the whole page to the login
+            return Response(status_code=401, headers={"HX-Redirect": location})
+        return RedirectResponse(location, status_code=303)  # a plain form too: its post is lost, the login is not
+
+    def _refuse(self, request: Request, status: int, message: str) -> Response:
+        if request.headers.get("hx-request"):
+            response = self._render("_message.html", {"message": message, "error": True}, status)
+            response.headers["HX-Retarget"] = "#messages"
+            response.headers["HX-Reswap"] = "innerHTML"
+        else:
+            response = self._render("error.html", {**self._common(request, None), "message": message}, status)
+        response.headers["content-security-policy"] = CSP
+        return response
+
+    def _set_cookie(self, response: Response, request: Request, session: Session) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.keeper.encode(session),
+            max_age=max(1, session.expires - int(time.time())),
+            path="/",
+            httponly=True,
+            # Lax, not Strict: a link from an HMI or an e-mail must arrive logged in (a Strict cookie is left
+            # out of such a navigation, and the fresh session issued then would log the operator out). Posts
+            # from elsewhere still carry no cookie, and need the CSRF token besides.
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+
+    # ---- rendering helpers ---------------------------------------------------------------------------
+    def _render(self, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+        return HTMLResponse(self.env.get_template(template).render(context), status_code=status)
+
+    def _common(self, request: Request, session: Session | None) -> dict[str, Any]:
+        model = self.backend.model()
+        return {
+            "line": self.backend.line,
+            "path": request.url.path,
+            "user": session.user if session is not None else None,
+            "csrf": self.keeper.csrf_token(session) if session is not None else "",
+            "login_needed": self.keeper.token_required,
+            "model": model,
+            "refresh_ms": int(self.settings.refresh_s * 1000),
+        }
+
+    def _local_time(self, value: datetime | str | None) -> str:
+        if value is None or value == "":
+            return "-"
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return value
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(self.settings.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    # ---- live view -----------------------------------------------------------------------------------
+    def live_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        return self._render("live.html", {**self._common(request, session), **self._panel()})
+
+    def live_panel(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        return self._render("_panel.html", {**self._common(request, session), **self._panel()})
+
+    def _panel(self) -> dict[str, Any]:
+        status = self.backend.status()
+        tiles = []
+        for name, product in self.backend.cameras:
+            verdict = self.backend.live.show(name)
+            tiles.append(
+                {"name": name, "product": product, "state": status["cameras"].get(name, "-"), "verdict": verdict}
+            )
+        return {"status": status, "tiles": tiles}
+
+    def live_image(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
+        camera, kind = request.path_params["camera"], request.path_params["kind"]
+        if camera not in {name for name, _product in self.backend.cameras} or kind not in LIVE_KINDS:
+            return PlainTextResponse("no such camera or image", status_code=404)
+        inspection_id = request.query_params.get("i", "")
+        data = self.backend.live.jpeg(camera, kind, inspection_id)
+        if data is None:
+            return PlainTextResponse("that frame is no longer kept; the view refreshes", status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"X-Inspection-Id": inspection_id})
+
+    # ---- review queue --------------------------------------------------------------------------------
+    def review_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        queue = queries.review_queue(
+            self.backend.engine,
+            datetime.now(UTC),
+            self.settings.review_window,
+            self.settings.close_call_band,
+            limit=REVIEW_ITEMS + len(self._judged),
+        )
+        with self._judged_lock:  # judged here, but the store has not caught up yet (an outage): not again
+            items = [item for item in queue if (item.target, item.target_id) not in self._judged][:REVIEW_ITEMS]
+        context = {
+            **self._common(request, session),
+            "items": items,
+            "window_h": self.settings.review_window / timedelta(hours=1),
+        }
+        return self._render("review.html", context)
+
+    def review_label(self, request: Request, session: Session | None, form: FormData | None) -> Response:
+        assert form is not None
+        target = choice(form, "target", ("event", "inspection"))
+        target_id = identifier(form, "target_id")
+        label = choice(form, "label", ("normal", "defect"))
+        user = session.user if session is not None else None
+        try:
+            self.backend.label(FeedbackRequest(LabelTarget(target), target_id, VerdictLabel(label), user))
+            with self._judged_lock:
+                self._judged[(target, target_id)] = label
+                while len(self._judged) > JUDGED_REMEMBERED:
+                    self._judged.popitem(last=False)
+        except FeedbackError as problem:
+            return self._refuse(request, 404 if problem.reason == "unknown_id" else 400, str(problem))
+        if not request.headers.get("hx-request"):
+            return RedirectResponse("/review", status_code=303)
+        try:
+            item = queries.review_item(self.backend.engine, target, target_id)
+            earlier = queries.label_history(self.backend.engine, target, target_id)
+        except DatabaseError:  # the label is journaled and will reach the store: say so, not "failed"
+            item, earlier = None, []
+        context = {
+            **self._common(request, session),
+            "item": item,
+            "pending": (target, target_id, label, user),
+            "earlier": earlier,  # who judged it before (the store may not hold this label yet)
+        }
+        return self._render("_item.html", context)
+
+    # ---- history -------------------------------------------------------------------------------------
+    def history_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        params = request.query_params
+        tz = self.settings.timezone
+        flt = HistoryFilter(
+            camera=optional_id(params.get("camera"), "camera"),
+            product=optional_text(params.get("product"), "product"),
+            verdict=optional_choice(params.get("verdict"), "verdict", ("normal", "defect")),  # type: ignore[arg-type]
+            label=optional_choice(params.get("label"), "label", ("normal", "defect", "unlabelled")),  # type: ignore[arg-type]
+            since=local_datetime(params.get("since"), "since", tz),
+            until=local_datetime(params.get("until"), "until", tz),
+        )
+        if flt.since is not None and flt.until is not None and flt.until <= flt.since:
+            raise BadInput("until must be later than since")
+        before = cursor(params.get("before"))
+        rows, next_cursor = queries.history_page(self.backend.engine, flt, HISTORY_PAGE_ROWS, before)
+        points = queries.score_series(self.backend.engine, flt, PLOT_POINTS)
+        kept = {key: value for key, value in params.items() if key != "before" and value}
+        older = None
+        if next_cursor is not None:
+            older = "/history?" + urlencode({**kept, "before": f"{next_cursor[0].isoformat()}|{next_cursor[1]}"})
+        products = sorted({product for _name, product in self.backend.cameras})
+        context = {
+            **self._common(request, session),
+            "rows": rows,
+            "filter": flt,
+            "params": params,
+            "cameras": [name for name, _product in self.backend.cameras],
+            "products": products,
+            "plot": score_plot(points, tz),
+            "older": older,
+            "newest": "/history?" + urlencode(kept) if before is not None else None,
+        }
+        return self._render("history.html", context)
+
+    # ---- models --------------------------------------------------------------------------------------
+    def models_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        return self._render("models.html", self._models_context(request, session))
+
+    def models_state(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        return self._render("_models_state.html", self._models_context(request, session))
+
+    def _models_context(self, request: Request, session: Session | None) -> dict[str, Any]:
+        try:
+            runs, runs_problem = self.backend.runs(RUNS_SHOWN), None
+        except DatabaseError as problem:  # rollback works from the folder: keep the page, say what is missing
+            runs, runs_problem = [], f"retraining runs cannot be read from the store right now: {problem}"
+        return {
+            **self._common(request, session),
+            "versions": self.backend.versions(),
+            "runs": runs,
+            "runs_problem": runs_problem,
+        }
+
+    def models_rollback(self, request: Request, session: Session | None, form: FormData | None) -> Response:
+        assert form is not None
+        version = identifier(form, "version", pattern=VERSION)
+        return self._models_answer(request, session, self.backend.rollback(version))
+
+    def models_retrain(self, request: Request, session: Session | None, form: FormData | None) -> Response:
+        assert form is not None
+        reason = optional_text(field(form, "reason"), "reason")
+        who = session.user if session is not None else None
+        if who:  # the run's record says who asked
+            reason = f"{reason} ({who})" if reason else f"asked by {who}"
+        return self._models_answer(request, session, self.backend.retrain(reason))
+
+    def _models_answer(self, request: Request, session: Session | None, outcome: tuple[bool, str]) -> Response:
+        """The outcome as a message (409 when refused): above the versions and runs, which refresh themselves
+        on ``models-changed``; the whole page for a plain form post."""
+        done, message = outcome
+        status = 200 if done else 409
+        if not request.headers.get("hx-request"):
+            context = {**self._models_context(request, session), "message": message, "error": not done}
+            return self._render("models.html", context, status)
+        response = self._render("_message.html", {"message": message, "error": not done}, status)
+        response.headers["HX-Trigger"] = "models-changed"
+        return response
+
+    # ---- files ---------------------------------------------------------------------------------------
+    def evidence(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
+        camera, day, name = (request.path_params[key] for key in ("camera", "day", "name"))
+        root = self.backend.evidence_dir.resolve()
+        try:
+            safe_segment(camera, "camera")
+            if not _DAY.match(day) or parse_evidence_name(name) is None:
+                raise ValueError("not an evidence file name")
+            datetime.strptime(day, DATE_FORMAT)
+            path = (root / camera / day / name).resolve()
+        except (ValueError, OSError):
+            return PlainTextResponse("no such evidence", status_code=404)
+        gone = PlainTextResponse("no such evidence (retention may have removed it)", status_code=404)
+        if not path.is_relative_to(root):
+            return gone
+        try:  # read whole (a JPEG is small): retention may remove the file at any moment
+            data = path.read_bytes()
+        except OSError:
+            return gone
+        return Response(data, media_type="image/jpeg")  # not cached: a shared line PC keeps nothing after a logout
+
+    async def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        media_type = STATIC_FILES.get(name)
+        if media_type is None:
+            return PlainTextResponse("no such file", status_code=404)
+        # Cached for a day: the pages ask for ?v=<content hash>, so an upgrade's new files are fetched at once.
+        return Response(self._static[name], media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
+
+    # ---- login ---------------------------------------------------------------------------------------
+    def login_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        context = {
+            **self._common(request, session),
+            "next": safe_next(request.query_params.get("next")),
+            "problem": None,
+        }
+        return self._render("login.html", context)
+
+    def login(self, request: Request, session: Session | None, form: FormData | None) -> Response:
+        assert form is not None
+        target = safe_next(field(form, "next"))
+        try:
+            name = operator_name(field(form, "name"))
+        except ValueError as problem:
+            return self._login_again(request, session, target, str(problem))
+        if self.keeper.token_required and not self.keeper.token_ok(field(form, "token") or ""):
+            return self._login_again(request, session, target, "wrong token")
+        response = RedirectResponse(target, status_code=303)
+        self._set_cookie(response, request, self.keeper.issue(name, True, time.time()))
+        return response
+
+    def _login_again(self, request: Request, session: Session | None, target: str, problem: str) -> Response:
+        context = {**self._common(request, session), "next": target, "problem": problem}
+        return self._render("login.html", context, 400 if problem != "wrong token" else 401)
+
+    def logout(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+
+def evidence_url(path: str | None) -> str | None:
+    """The page URL of an evidence path from the store (already in the layout's POSIX form)."""
+    return None if not path else "/evidence/" + path
