@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 
 from linewatch.retrain.store import (
     ID_CHUNK,
@@ -28,6 +28,7 @@ from linewatch.retrain.store import (
 from linewatch.sinks.db import DatabaseError, make_engine, upgrade_database
 from linewatch.sinks.db_schema import Inspection
 from tests.services.postgres import PASSWORD
+from tests.store_rows import insert_inspections, inspection_row
 
 T0 = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
 
@@ -45,35 +46,15 @@ def at(minutes: float) -> datetime:
 
 
 def add_inspections(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Inspection rows with the scorer's columns filled in; each row may set id, verdict, snapshot, label,
-    labelled_at and trained_into (label source and user follow the label)."""
+    """Inspection rows (tests/store_rows.py defaults, model v0, an hour ago); each row may set id, verdict,
+    snapshot, label, labelled_at and trained_into (label source and user follow the label)."""
     full = []
     for position, row in enumerate(rows):
-        label = row.get("label")
-        full.append(
-            {
-                "camera": "cam1",
-                "product": "metal plate",
-                "seq": position,
-                "frame_ts": at(-60 + position / 1000),
-                "score": 0.1,
-                "threshold": 0.5,
-                "verdict": "normal",
-                "model_version": "v0",
-                "part_id": None,
-                "snapshot": f"cam1/{row['id']}.jpg",
-                "heatmap": None,
-                "label": None,
-                "label_source": None if label is None else "cli",
-                "label_user": None if label is None else "ana",
-                "labelled_at": None,
-                "trained_into": None,
-                "journal_position": position,
-                **row,
-            }
-        )
-    with engine.begin() as conn:
-        conn.execute(insert(Inspection), full)
+        labelled = {"label_source": "cli", "label_user": "ana"} if row.get("label") is not None else {}
+        fields = {"model_version": "v0", **labelled, **row}
+        inspection_id = fields.pop("id")
+        full.append(inspection_row(inspection_id, at(-60 + position / 1000), position, **fields))
+    insert_inspections(engine, full)
 
 
 def trained_into(engine: Engine) -> dict[str, str | None]:

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord, RetrainRun
 from linewatch.web.site import CSP
+from tests.store_rows import inspection_row
 from tests.web.daemon import (  # noqa: F401  (fixtures)
     CAMERA,
     PRODUCT,
@@ -98,28 +99,18 @@ def assert_html_page(reply: Reply, status: int = 200) -> str:
     return reply.text
 
 
-def inspection_row(inspection_id: str, frame_ts: datetime, **values: Any) -> dict[str, Any]:
-    """A complete ``inspections`` row (the columns the daemon always fills), overridable."""
-    row: dict[str, Any] = {
-        "id": inspection_id,
+def probe_row(inspection_id: str, frame_ts: datetime, **values: Any) -> dict[str, Any]:
+    """An ``inspections`` row on the probe camera and product (no live frame has them), overridable."""
+    fields: dict[str, Any] = {
         "camera": "probe",
         "product": "probe",
         "seq": 1,
-        "frame_ts": frame_ts,
         "score": 0.5,
         "threshold": 0.6,
-        "verdict": "normal",
         "model_version": "probe@0",
-        "part_id": None,
         "snapshot": None,
-        "heatmap": None,
-        "label": None,
-        "label_source": None,
-        "label_user": None,
-        "labelled_at": None,
-        "journal_position": 0,
     }
-    return {**row, **values}
+    return inspection_row(inspection_id, frame_ts, **{**fields, **values})
 
 
 def evidence_ids(page: str, prefix: str) -> list[str]:
@@ -174,7 +165,7 @@ FILTER_ROWS = [
 def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
     """History rows of the past (2020 for the filters, 2021 to page through) and rows with hostile text."""
     filter_rows = [
-        inspection_row(
+        probe_row(
             row.inspection_id,
             row.frame_ts,
             camera=row.camera,
@@ -189,7 +180,7 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
         for row in FILTER_ROWS
     ]
     page_rows = [
-        inspection_row(
+        probe_row(
             ID_FORMAT.format(index),
             PAGE_DAY + timedelta(seconds=index // 3),
             product="probe-page",
@@ -198,7 +189,7 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
         for index in range(PAGE_ROWS)
     ]
     now = datetime.now(UTC)
-    hostile_inspection = inspection_row(
+    hostile_inspection = probe_row(
         "xss-inspection",
         HOSTILE_DAY,
         product=PAYLOAD,
@@ -210,7 +201,7 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
         labelled_at=now,
         snapshot="probe/2022-01-01/xss-inspection-normal.jpg",
     )
-    neighbour = inspection_row("xss-neighbour", HOSTILE_DAY + timedelta(minutes=1))  # a second product: a legend
+    neighbour = probe_row("xss-neighbour", HOSTILE_DAY + timedelta(minutes=1))  # a second product: a legend
     hostile_event = {
         "event_id": "xss-event",
         "camera": "probe",

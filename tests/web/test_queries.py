@@ -22,11 +22,12 @@ from linewatch.sinks.db import (
     upgrade_database,
     write_transaction,
 )
-from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, Inspection, LabelRecord
+from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, LabelRecord
 from linewatch.web.queries import history_page, label_history, review_item, review_queue, score_series
 from linewatch.web.rows import HistoryFilter, InspectionRow, ReviewItem, ScorePoint
 from tests.services.ports import free_port
 from tests.services.postgres import PASSWORD
+from tests.store_rows import insert_inspections, inspection_row
 
 T0 = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -54,35 +55,14 @@ def at(minutes: float) -> datetime:
 
 
 def add_inspections(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Inspection rows with the scorer's columns filled in (a normal frame scored 0.1 against 0.5 on cam1, with a
-    snapshot); each row sets at least id and frame_ts and may override any column. A label brings its user and
-    time with it."""
+    """Inspection rows (tests/store_rows.py defaults); each row sets at least id and frame_ts and may override
+    any column. A label brings its user and time with it."""
     full = []
     for position, row in enumerate(rows):
-        label = row.get("label")
-        full.append(
-            {
-                "camera": "cam1",
-                "product": "metal plate",
-                "seq": position,
-                "score": 0.1,
-                "threshold": 0.5,
-                "verdict": "normal",
-                "model_version": "v1",
-                "part_id": None,
-                "snapshot": f"cam1/{row['id']}.jpg",
-                "heatmap": None,
-                "label": None,
-                "label_source": None if label is None else "web",
-                "label_user": None if label is None else "ana",
-                "labelled_at": None if label is None else row["frame_ts"] + HOUR,
-                "trained_into": None,
-                "journal_position": position,
-                **row,
-            }
-        )
-    with engine.begin() as conn:
-        conn.execute(insert(Inspection), full)
+        labelled = {"label_source": "web", "label_user": "ana", "labelled_at": row["frame_ts"] + HOUR}
+        fields = {**(labelled if row.get("label") is not None else {}), **row}
+        full.append(inspection_row(fields.pop("id"), fields.pop("frame_ts"), position, **fields))
+    insert_inspections(engine, full)
 
 
 def add_events(engine: Engine, rows: list[dict[str, Any]]) -> None:
