@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from linewatch.journal import JournalRecord, format_ts, verdict_payload
+from linewatch.pipeline.journal.records import JournalRecord, format_ts, verdict_payload
 from linewatch.sinks.db import make_engine, upgrade_database
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.types import Verdict, VerdictLabel

@@ -30,7 +30,6 @@ import numpy as np
 
 from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.anople.settings import AnoPLeSettings
-from linewatch.app import App, apply_cpu_threads
 from linewatch.clock import SystemClock
 from linewatch.config import (
     CameraSection,
@@ -42,10 +41,12 @@ from linewatch.config import (
     ScoringSection,
     SiteSection,
 )
+from linewatch.daemon.app import App
+from linewatch.daemon.lifecycle import apply_cpu_threads
 from linewatch.images import write_image
-from linewatch.scorer import ScoredImage, Scorer
-from linewatch.synthetic import SyntheticProduct
-from linewatch.training import ProductSource, train_artifact
+from linewatch.model.training import ProductSource, train_artifact
+from linewatch.pipeline.camera.synthetic import SyntheticProduct
+from linewatch.pipeline.scorer import ScoredImage, Scorer
 from linewatch.types import Batch, Verdict
 
 PRODUCT = "part"

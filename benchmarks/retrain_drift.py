@@ -29,16 +29,17 @@ from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.clock import SystemClock
 from linewatch.config import Config
-from linewatch.feedback import FeedbackRequest, submit
+from linewatch.daemon.feedback import submit
+from linewatch.feedback import FeedbackRequest
 from linewatch.images import write_image
-from linewatch.journal import Journal
+from linewatch.model.training import ProductSource, train_artifact
+from linewatch.pipeline.camera.synthetic import SyntheticProduct
+from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.scorer import Scorer
 from linewatch.retrain.runner import Retrainer
 from linewatch.retrain.versions import ModelRegistry
-from linewatch.scorer import Scorer
 from linewatch.sinks.db import make_engine, upgrade_database
 from linewatch.sinks.db_forwarder import DbForwarder
-from linewatch.synthetic import SyntheticProduct
-from linewatch.training import ProductSource, train_artifact
 from linewatch.types import LabelTarget, Verdict, VerdictLabel
 
 PRODUCT = "bracket"

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, event, insert, text
 
-from linewatch.journal import JournalRecord, verdict_payload
+from linewatch.pipeline.journal.records import JournalRecord, verdict_payload
 from linewatch.sinks.db import make_engine, upgrade_database
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_schema import DefectEvent, Inspection

@@ -1,27 +1,22 @@
-"""Operator feedback: one path for every channel (MQTT, ``linewatch label``, HTTP, the review page).
+"""Operator feedback requests: what every channel (MQTT, ``linewatch label``, HTTP, the review page) accepts.
 
-A label names an inspection or a whole defect episode (event) and says ``normal`` or ``defect``. It is
-checked against the journal (an unknown id is refused, so labels never point at nothing) and then
-journaled like a verdict: durable at once, forwarded to the main store in order after the record it
-refers to, and replayed if the store is down. Retraining later reads confirmed normals from the store.
+A label names an inspection or a whole defect episode (event) and says ``normal`` or ``defect``. This
+module only parses and validates requests from untrusted input (strict JSON, ids, users), so the channels
+in ``sinks/`` and ``web/`` can share it; accepting a request into the journal is
+:func:`linewatch.daemon.feedback.submit`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from linewatch.clock import Clock
-from linewatch.journal import Journal
-from linewatch.types import Label, LabelTarget, VerdictLabel
+from linewatch.types import LabelTarget, VerdictLabel
 
 FEEDBACK_MAX_BYTES = 4096  # a feedback body is well under 1 KiB; HTTP uses this, MQTT its max_payload_bytes
 MAX_ID_LENGTH = 128
-REPEAT_WINDOW = timedelta(seconds=60)
 MAX_USER_LENGTH = 64
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")  # inspection and event ids
 
@@ -105,35 +100,3 @@ def feedback_from_document(document: Any) -> FeedbackRequest:
     if user is not None and not (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH and user.isprintable()):
         raise FeedbackError("schema", f"user must be a printable string of 1 to {MAX_USER_LENGTH} characters")
     return FeedbackRequest(target, target_id, VerdictLabel(label), user)
-
-
-def submit(journal: Journal, clock: Clock, request: FeedbackRequest, source: str, camera: str | None = None) -> Label:
-    """Journal the label after checking its target exists (and, when the channel names a camera, as the
-    MQTT topic does, that the target belongs to it). Raises FeedbackError("unknown_id" | "wrong_camera").
-
-    The same judgement repeated within REPEAT_WINDOW (a QoS 1 redelivery, a double click) returns the
-    label already journaled instead of a second copy; a changed mind is always journaled."""
-    found = journal.camera_of(request.target, request.target_id)
-    if found is None:
-        raise FeedbackError("unknown_id", f"no {request.target} with id {request.target_id!r} in the journal")
-    if camera is not None and found != camera:
-        raise FeedbackError(
-            "wrong_camera", f"{request.target} {request.target_id!r} belongs to camera {found!r}, not {camera!r}"
-        )
-    for earlier in journal.recent_labels(found, clock.now() - REPEAT_WINDOW):
-        if (earlier.target, earlier.target_id) == (request.target, request.target_id):
-            if (earlier.label, earlier.user, earlier.source) == (request.label, request.user, source):
-                return earlier
-            break  # the latest judgement of this target differs: this one is news
-    label = Label(
-        label_id=uuid.uuid4().hex,
-        target=request.target,
-        target_id=request.target_id,
-        camera=found,
-        label=request.label,
-        source=source,
-        labelled_at=clock.now(),
-        user=request.user,
-    )
-    journal.append_batch((), (), (label,))
-    return label

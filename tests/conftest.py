@@ -17,8 +17,8 @@ from linewatch.anople.backbone import TINY_MODEL, Backbone, load_random_backbone
 from linewatch.anople.model import AnoPLe
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.anople.train import train
-from linewatch.preprocess import to_model_tensor
-from linewatch.synthetic import SyntheticProduct, SyntheticSample
+from linewatch.model.preprocess import to_model_tensor
+from linewatch.pipeline.camera.synthetic import SyntheticProduct, SyntheticSample
 
 torch.set_num_threads(1)
 
@@ -91,7 +91,7 @@ def quick_artifact(
 ) -> Path:
     """A model trained for 3 steps on ``images`` (written to a folder beside ``out``): for pipeline
     and scorer tests, where a real artifact matters and accuracy does not."""
-    from linewatch.training import ProductSource, train_artifact
+    from linewatch.model.training import ProductSource, train_artifact
 
     folder = image_folder(out.parent / f"{out.name}-normals", images)
     train_artifact(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from linewatch.cli import main
+from linewatch.cli.main import main
 from linewatch.config import Config, ConfigError, DemoSection, ModelSection, cron_trigger, load_config
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config.toml"
@@ -223,7 +223,7 @@ def test_example_plant_config_is_valid(tmp_path: Path) -> None:
 
 
 def test_check_config_exits_78_on_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from linewatch.cli import main
+    from linewatch.cli.main import main
 
     bad = _config(tmp_path, "[scoring]\nbatch_max_size = 0\n")
     assert main(["check-config", "--config", str(bad)]) == 78

@@ -2,7 +2,7 @@
 
 A dashboard or alert that names a metric the daemon does not serve (a typo, a renamed family, a label the
 series lacks, a result value the code never writes) shows an empty panel or never fires, and nothing
-complains. So: every name and filter they use must exist in ``linewatch.metrics`` and in a live
+complains. So: every name and filter they use must exist in ``linewatch.daemon.metrics`` and in a live
 exposition, the dashboard must show every family (a new metric gets a panel), and the files must be
 well formed. Where ``promtool`` is installed it checks the Prometheus files and runs every alert rule on
 synthetic series: each fires when it should, and not in the look-alike cases it must ignore.
@@ -22,9 +22,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from linewatch.metrics import METRIC_NAMES, RETRAIN_RESULTS, PipelineMetrics, StateCollector
+from linewatch.daemon.metrics import METRIC_NAMES, RETRAIN_RESULTS, PipelineMetrics, StateCollector
 from linewatch.types import Event, EventType, VerdictLabel
-from tests.test_metrics import FakeComponents, verdict  # the same stand-ins as the exporter's own tests
+from tests.daemon.test_metrics import FakeComponents, verdict  # the same stand-ins as the exporter's own tests
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (installed with huggingface_hub and timm) reads the rules")
 

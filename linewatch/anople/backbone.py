@@ -1,6 +1,6 @@
 """The frozen open_clip backbone: build it from explicit weights, never from the network.
 
-Where weights come from is the caller's business (``linewatch.weights`` resolves pretrained tags to files
+Where weights come from is the caller's business (``linewatch.model.weights`` resolves pretrained tags to files
 under ``models/``). This module only turns a model name plus either a safetensors file or an explicit
 random-init seed into a frozen CLIP model, and fingerprints what it loaded so an artifact can later prove
 it is paired with the same backbone.

@@ -27,8 +27,8 @@ from linewatch.anople.train import train
 from linewatch.eval.datasets import ClassSplit, TestSample
 from linewatch.eval.metrics import aupro, f1_max, image_auroc, pixel_auroc
 from linewatch.images import heatmap_overlay, read_rgb, write_image
-from linewatch.preprocess import to_model_tensor
-from linewatch.training import draw_shots
+from linewatch.model.preprocess import to_model_tensor
+from linewatch.model.training import draw_shots
 
 CELLS = "cells"
 EXAMPLES_PER_KIND = 2

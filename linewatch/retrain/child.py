@@ -33,9 +33,9 @@ from linewatch.anople.model import AnoPLe
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.anople.train import train
 from linewatch.images import read_rgb, write_image
-from linewatch.preprocess import to_model_tensor
-from linewatch.training import calibrate_product, score_tensors
-from linewatch.weights import backbone_loader
+from linewatch.model.preprocess import to_model_tensor
+from linewatch.model.training import calibrate_product, score_tensors
+from linewatch.model.weights import backbone_loader
 
 SHOTS_DIR = "shots"
 CALIBRATION_DIR = "calibration"

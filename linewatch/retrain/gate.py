@@ -10,7 +10,7 @@ version does. A retrain fed defects as "normals" raises its threshold over them 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -163,4 +163,29 @@ def recalibrated_threshold(
         True,
         f"moved {current:.5f} -> {bounded:.5f}{limited} from {np.asarray(normal_scores).size} confirmed normals "
         f"(target false-reject rate {target_frr:g})",
+    )
+
+
+def gate_evidence(
+    scored: dict[str, Any],
+    normal_products: Iterable[str],
+    defect_products: Iterable[str],
+    thresholds: dict[str, float],
+) -> GateEvidence:
+    """Flatten one version's per-product scores (the training process's report: ``holdout`` and
+    ``defects``, product -> scores) into the gate's arrays, in a fixed product order."""
+    normal_scores, normal_thresholds, defect_scores, defect_thresholds = [], [], [], []
+    for product in sorted(set(normal_products)):
+        values = scored["holdout"].get(product, [])
+        normal_scores.extend(values)
+        normal_thresholds.extend([thresholds[product]] * len(values))
+    for product in sorted(set(defect_products)):
+        values = scored["defects"].get(product, [])
+        defect_scores.extend(values)
+        defect_thresholds.extend([thresholds[product]] * len(values))
+    return GateEvidence(
+        np.asarray(normal_scores, dtype=np.float64),
+        np.asarray(normal_thresholds, dtype=np.float64),
+        np.asarray(defect_scores, dtype=np.float64),
+        np.asarray(defect_thresholds, dtype=np.float64),
     )

@@ -13,30 +13,23 @@ so a batch of mislabelled images fails once instead of every night; a crash or t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from linewatch.anople.artifact import LEARNED, MANIFEST, MEMORY, ArtifactError, read_manifest
-from linewatch.anople.backbone import file_sha256
+from linewatch.anople.artifact import ArtifactError, read_manifest
 from linewatch.clock import Clock
 from linewatch.config import Config
-from linewatch.retrain.child import SHOTS_DIR, ChildSpec
-from linewatch.retrain.gate import GateEvidence, choose_shots, gate, recalibrated_threshold, split_holdout
+from linewatch.retrain.child import ChildSpec
+from linewatch.retrain.gate import choose_shots, gate, gate_evidence, recalibrated_threshold, split_holdout
+from linewatch.retrain.launch import ChildCommand, RunFailed, child_command, run_child
 from linewatch.retrain.store import (
     LabelledImage,
     activate_version,
@@ -47,6 +40,7 @@ from linewatch.retrain.store import (
     record_version,
     start_run,
 )
+from linewatch.retrain.version_files import copy_recalibrated, created_at_of, manifest_sha256, recorded_images
 from linewatch.retrain.versions import ModelRegistry, RegistryBusy, RegistryError, model_version
 from linewatch.sinks.db import DatabaseError
 
@@ -55,15 +49,6 @@ log = logging.getLogger(__name__)
 MAX_NEW_NORMALS = 200  # per product and run, the newest; more adds time, not information
 MAX_GATE_DEFECTS = 200  # the newest confirmed defects judge a candidate
 MAX_REFERENCE_NORMALS = 32  # per product: calibration normals a version carries on to the next one
-KILL_GRACE_S = 5.0
-LOG_TAIL_CHARS = 600
-
-ChildCommand = Callable[[Path], list[str]]
-
-
-def child_command(spec: Path) -> list[str]:
-    return [sys.executable, "-m", "linewatch.retrain.child", str(spec)]
-
 
 @dataclass(frozen=True)
 class RetrainOutcome:
@@ -81,36 +66,6 @@ class RetrainOutcome:
             "version": self.version,
             "metrics": self.metrics,
         }
-
-
-class RunFailed(Exception):
-    """A step of the run failed; the message is the reason recorded for it."""
-
-
-def _manifest_sha256(directory: Path) -> str:
-    return hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()
-
-
-def recorded_images(artifact: Path, manifest: dict[str, Any], key: str) -> dict[str, list[Path]]:
-    """The images a version recorded under ``key`` ("shots" or "calibration_images"), per product, that
-    still exist with the recorded content.
-
-    Versions made by retraining carry copies (paths relative to the artifact); a model trained with
-    ``linewatch train`` names its source files (older ones relative to the folder training ran in,
-    usually the daemon's too), which may have moved since."""
-    found: dict[str, list[Path]] = {}
-    for entry in manifest["products"]:
-        paths = []
-        for shot in entry.get(key, []):
-            recorded = Path(shot.get("path", ""))
-            inside = artifact / recorded
-            path = inside if not recorded.is_absolute() and inside.is_file() else recorded
-            if path.is_file() and file_sha256(path) == shot.get("sha256"):
-                paths.append(path)
-            else:
-                log.warning("retrain: %s %s of %s is missing or changed; going without it", key, path, artifact)
-        found[entry["name"]] = paths
-    return found
 
 
 class Retrainer:
@@ -284,9 +239,10 @@ class Retrainer:
             report = self._run_child(spec, work)
             # judged at the thresholds each would serve at: config overrides win over a calibration
             serving = {**report["candidate"]["thresholds"], **self.config.model.thresholds}
+            defect_products = [item.product for item, _ in defects]
             result = gate(
-                self._evidence(report["active"], holdout, defects, report["active"]["thresholds"]),
-                self._evidence(report["candidate"], holdout, defects, serving),
+                gate_evidence(report["active"], holdout, defect_products, report["active"]["thresholds"]),
+                gate_evidence(report["candidate"], holdout, defect_products, serving),
                 settings.frr_margin,
             )
             metrics = {
@@ -317,7 +273,7 @@ class Retrainer:
         reason: str,
         metrics: dict[str, Any],
     ) -> RetrainOutcome:
-        version = f"{final.name}@{_manifest_sha256(candidate_dir)[:10]}"
+        version = f"{final.name}@{manifest_sha256(candidate_dir)[:10]}"
         try:  # recorded under the folder it would have had; the folder itself is deleted
             self._record(candidate_dir, version, str(final), "failed", reason, metrics, self.clock.now())
         except DatabaseError as problem:
@@ -387,60 +343,8 @@ class Retrainer:
         return path
 
     def _run_child(self, spec: Path, work: Path) -> dict[str, Any]:
-        """Run the training process to its end, the time limit, or the daemon's stop; the report it wrote."""
-        limit = self.config.retrain.time_limit_s
-        log_path = work / "child.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.config.retrain.cpu_threads)}
-        started = time.monotonic()
-        with log_path.open("wb") as output:
-            process = subprocess.Popen(
-                self._command(spec), stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
-            )
-        try:
-            while True:
-                try:
-                    code = process.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    if self._stop.is_set():
-                        raise RunFailed("the daemon is stopping; training abandoned") from None
-                    if time.monotonic() - started > limit:
-                        raise RunFailed(f"training exceeded the time limit of {limit:g} s and was killed") from None
-        finally:  # whatever ends the wait (limit, stop, Ctrl-C), the child does not outlive it
-            if process.poll() is None:
-                _kill(process)
-        if code != 0:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            raise RunFailed(f"the training process {how}: {_tail(log_path)}")
-        report_path = Path(ChildSpec.read(spec).report)
-        try:
-            return json.loads(report_path.read_text())
-        except (OSError, json.JSONDecodeError) as problem:
-            raise RunFailed(f"the training process left no readable report ({problem})") from None
-
-    @staticmethod
-    def _evidence(
-        scored: dict[str, Any],
-        holdout: dict[str, list[str]],
-        defects: list[tuple[LabelledImage, Path]],
-        thresholds: dict[str, float],
-    ) -> GateEvidence:
-        """Flatten one version's per-product scores into the gate's arrays, in a fixed product order."""
-        normal_scores, normal_thresholds, defect_scores, defect_thresholds = [], [], [], []
-        for product in sorted(holdout):
-            values = scored["holdout"].get(product, [])
-            normal_scores.extend(values)
-            normal_thresholds.extend([thresholds[product]] * len(values))
-        for product in sorted({item.product for item, _ in defects}):
-            values = scored["defects"].get(product, [])
-            defect_scores.extend(values)
-            defect_thresholds.extend([thresholds[product]] * len(values))
-        return GateEvidence(
-            np.asarray(normal_scores, dtype=np.float64),
-            np.asarray(normal_thresholds, dtype=np.float64),
-            np.asarray(defect_scores, dtype=np.float64),
-            np.asarray(defect_thresholds, dtype=np.float64),
-        )
+        settings = self.config.retrain
+        return run_child(self._command, spec, work, settings.time_limit_s, settings.cpu_threads, self._stop)
 
     # ---- threshold recalibration ---------------------------------------------------------------
     def _recalibrate(
@@ -487,7 +391,7 @@ class Retrainer:
             return RetrainOutcome("skipped", reason, run_id, metrics=metrics)
         final = self.registry.new_version_dir(self.clock.now())
         staging = self.registry.staging_dir(final)
-        _copy_recalibrated(active, staging, changes, model_version(active), self.clock.now())
+        copy_recalibrated(active, staging, changes, model_version(active), self.clock.now())
         self.registry.publish(staging, final)
         version = self._activate_new(final, metrics)
         self._prune()
@@ -547,12 +451,12 @@ class Retrainer:
             artifact_path=artifact_path,
             backbone=manifest["backbone"]["model_name"],
             backbone_sha256=manifest["backbone"]["weights_sha256"],
-            manifest_sha256=_manifest_sha256(directory),
+            manifest_sha256=manifest_sha256(directory),
             thresholds={entry["name"]: entry["calibration"]["threshold"] for entry in manifest["products"]},
             metrics=metrics if metrics is not None else manifest.get("metrics") or None,
             status=status,
             reason=reason,
-            created_at=created_at or _created_at(manifest, self.clock.now()),
+            created_at=created_at or created_at_of(manifest, self.clock.now()),
             keep_existing=keep_existing,
         )
 
@@ -573,62 +477,3 @@ class Retrainer:
 
     def _report(self, trigger: str, outcome: RetrainOutcome) -> None:
         self._publish({**outcome.to_dict(), "trigger": trigger, "at": self.clock.now().isoformat()})
-
-
-def _created_at(manifest: dict[str, Any], fallback: datetime) -> datetime:
-    stamp = manifest.get("created_at")
-    if not isinstance(stamp, str):
-        return fallback
-    try:
-        parsed = datetime.fromisoformat(stamp)
-    except ValueError:
-        return fallback
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _copy_recalibrated(
-    active: Path, staging: Path, thresholds: dict[str, tuple[float, int]], parent: str, now: datetime
-) -> None:
-    """A new version identical to ``active`` but for the thresholds; the tensors are copied bit for bit."""
-    for name in (LEARNED, MEMORY):
-        shutil.copy2(active / name, staging / name)
-    if (active / SHOTS_DIR).is_dir():
-        shutil.copytree(active / SHOTS_DIR, staging / SHOTS_DIR)
-    manifest = read_manifest(active)
-    for entry in manifest["products"]:
-        if entry["name"] in thresholds:
-            value, count = thresholds[entry["name"]]
-            calibration = entry["calibration"]
-            calibration["threshold"] = value
-            calibration["source"] = f"recalibrated from {count} confirmed normals (bounded step)"
-            calibration["n_normals"] = count
-        # shots recorded relative to the parent stay valid: the shots folder was copied with them
-    manifest["training"] = {**manifest["training"], "mode": "recalibration", "parent_version": parent}
-    manifest["created_at"] = now.isoformat(timespec="seconds")
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the whole process group, SIGKILL after a grace period. A process that survives SIGKILL
-    (stuck in the kernel, a hung GPU driver) is logged and left, rather than hanging the daemon's stop."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-    if process.poll() is None:
-        log.error("retrain: training process %d did not die on SIGKILL; left behind", process.pid)
-
-
-def _tail(path: Path) -> str:
-    try:
-        text = path.read_bytes()[-LOG_TAIL_CHARS:].decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    lines = [line for line in text.splitlines() if line.strip()]
-    return " | ".join(lines[-4:]) or "(no output)"

@@ -21,7 +21,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from linewatch.journal import JournalError, JournalRecord, event_from_payload, label_from_payload, verdict_from_payload
+from linewatch.pipeline.journal.records import (
+    JournalError,
+    JournalRecord,
+    event_from_payload,
+    label_from_payload,
+    verdict_from_payload,
+)
 from linewatch.sinks.db import DatabaseError, masked, reason, write_transaction
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord, LatestLabel
 from linewatch.types import Event, EventType, Label, LabelTarget, Verdict, VerdictLabel

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
-from linewatch.journal import JournalError, JournalRecord, event_from_payload, verdict_from_payload
+from linewatch.pipeline.journal.records import JournalError, JournalRecord, event_from_payload, verdict_from_payload
 from linewatch.sinks.mqtt_link import (
     InboundHandlers,
     MqttLink,

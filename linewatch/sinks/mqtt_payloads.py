@@ -1,7 +1,7 @@
 """MQTT topics and payloads: what linewatch publishes and how it checks what it receives. No I/O here.
 
 Topics hang under one prefix P (``linewatch/<site>/<line>`` by default); see :class:`Topics`. Outgoing
-messages are compact JSON built from the typed Event / Verdict that :mod:`linewatch.journal` parses (and
+messages are compact JSON built from the typed Event / Verdict that :mod:`linewatch.pipeline.journal` parses (and
 checks) from its records, so the payload schema is read in one place. Incoming ones are checked in a fixed
 order (topic shape, retained flag, then size, UTF-8, JSON by :func:`linewatch.feedback.decode_json`, the
 strict decoder every untrusted channel shares, then schema) and every failure is a :class:`Rejected`
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from linewatch.feedback import FeedbackError, FeedbackRequest, decode_json, feedback_from_document
-from linewatch.journal import format_ts
+from linewatch.pipeline.journal.records import format_ts
 from linewatch.types import Event, Verdict
 
 CAMERA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -2,7 +2,7 @@
 
 Server-rendered Jinja2 templates (autoescaped) with htmx for the parts that refresh or answer a button, and
 a few lines of our own JavaScript for keyboard shortcuts; every page also works as plain HTML forms. What
-the page needs from the running daemon comes through :class:`WebBackend` (linewatch/app_web.py implements
+the page needs from the running daemon comes through :class:`WebBackend` (linewatch/daemon/web_mount.py implements
 it), so this module reads the store and the journal only through that and linewatch/web/queries.py.
 
 Safety: see linewatch/web/auth.py for logins and CSRF. Evidence is served only from paths of the evidence
@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from linewatch.feedback import FeedbackError, FeedbackRequest
-from linewatch.journal import JournalError
+from linewatch.pipeline.journal.records import JournalError
 from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.evidence import DATE_FORMAT, parse_evidence_name, safe_segment
 from linewatch.sinks.http import bearer_ok

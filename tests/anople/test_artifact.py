@@ -22,7 +22,7 @@ from linewatch.anople.artifact import (
 from linewatch.anople.backbone import Backbone, BackboneSpec, load_random_backbone
 from linewatch.anople.calibrate import Calibration
 from linewatch.anople.model import AnoPLe
-from linewatch.preprocess import to_model_tensor
+from linewatch.model.preprocess import to_model_tensor
 from tests.conftest import PRODUCT
 
 CALIBRATION = Calibration(0.4, 0.3, 0.05, 0.05, 20, "held-out normals", 0.9, 20)

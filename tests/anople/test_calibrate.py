@@ -8,7 +8,7 @@ import torch
 
 from linewatch.anople.calibrate import calibrate, threshold_for_frr
 from linewatch.anople.model import AnoPLe
-from linewatch.preprocess import to_model_tensor
+from linewatch.model.preprocess import to_model_tensor
 
 
 @pytest.mark.parametrize(

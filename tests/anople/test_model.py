@@ -14,8 +14,8 @@ from sklearn.metrics import roc_auc_score
 from linewatch.anople.backbone import Backbone
 from linewatch.anople.model import AnoPLe, harmonic_mean, upsample_blur_matrix
 from linewatch.anople.settings import AnoPLeSettings
-from linewatch.preprocess import to_model_tensor
-from linewatch.synthetic import SyntheticSample
+from linewatch.model.preprocess import to_model_tensor
+from linewatch.pipeline.camera.synthetic import SyntheticSample
 from tests.conftest import PRODUCT, TRAINED_STEPS
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linewatch.cli import main
+from linewatch.cli.main import main
 from linewatch.images import read_rgb, write_image
-from linewatch.synthetic import SyntheticProduct
+from linewatch.pipeline.camera.synthetic import SyntheticProduct
 
 CLASSES = {"metal_nut": 1, "screw": 5}
 DEFECTS = ("scratch", "spot")

@@ -26,18 +26,21 @@ from linewatch.anople.backbone import Backbone, file_sha256
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.clock import SystemClock
 from linewatch.config import Config
-from linewatch.feedback import FeedbackRequest, submit
+from linewatch.daemon.feedback import submit
+from linewatch.feedback import FeedbackRequest
 from linewatch.images import write_image
-from linewatch.journal import Journal
-from linewatch.retrain.runner import Retrainer, child_command, recorded_images
+from linewatch.model.training import ProductSource, train_artifact
+from linewatch.pipeline.camera.synthetic import SyntheticProduct
+from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.scorer import Scorer
+from linewatch.retrain.launch import child_command
+from linewatch.retrain.runner import Retrainer
 from linewatch.retrain.store import list_runs, list_versions
+from linewatch.retrain.version_files import recorded_images
 from linewatch.retrain.versions import ModelRegistry, model_version
-from linewatch.scorer import Scorer
 from linewatch.sinks.db import make_engine, upgrade_database
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_schema import Inspection
-from linewatch.synthetic import SyntheticProduct
-from linewatch.training import ProductSource, train_artifact
 from linewatch.types import LabelTarget, Verdict, VerdictLabel
 from tests.conftest import image_folder
 

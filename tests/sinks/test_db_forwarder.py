@@ -15,8 +15,10 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from linewatch.clock import FakeClock
-from linewatch.events import EpisodePolicy, initial_state, step
-from linewatch.journal import ForwarderRunner, Journal, JournalRecord, parse_ts
+from linewatch.pipeline.events import EpisodePolicy, initial_state, step
+from linewatch.pipeline.journal.forwarding import ForwarderRunner
+from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.journal.records import JournalRecord, parse_ts
 from linewatch.sinks.db import (
     DatabaseError,
     confirmed_normal_inspections,

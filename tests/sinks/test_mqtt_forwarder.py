@@ -18,7 +18,9 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from linewatch.clock import SystemClock
 from linewatch.config import MqttSection
-from linewatch.journal import ForwarderRunner, Journal, JournalRecord, event_payload, verdict_payload
+from linewatch.pipeline.journal.forwarding import ForwarderRunner
+from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.journal.records import JournalRecord, event_payload, verdict_payload
 from linewatch.sinks.mqtt import MqttForwarder, MqttLink, MqttUnavailable
 from linewatch.sinks.mqtt_payloads import Topics
 from linewatch.types import Event, EventType, Verdict, VerdictLabel

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from linewatch.config import MqttSection
-from linewatch.journal import JournalRecord, event_payload
+from linewatch.pipeline.journal.records import JournalRecord, event_payload
 from linewatch.sinks.mqtt import MqttForwarder, MqttLink
 from linewatch.sinks.mqtt_payloads import Topics
 from linewatch.types import Event, EventType, VerdictLabel

@@ -4,7 +4,7 @@ Playwright's own browser builds are never downloaded (``playwright install`` nee
 tests never download anything); instead the fixture drives the system ``chromium`` package through
 ``executable_path``. Playwright's bundled node driver runs offline, so nothing else is needed.
 
-Use it from a test module (the project's pattern for shared fixtures, see tests/test_outages.py)::
+Use it from a test module (the project's pattern for shared fixtures, see tests/daemon/test_outages.py)::
 
     from tests.web.browser import chromium_page, save_screenshot  # noqa: F401  (a fixture)
 

@@ -1,7 +1,7 @@
 """A real linewatch daemon serving the operator page, and an HTTP client that behaves like a browser's.
 
 The page tests go through the whole path an operator's click takes (uvicorn, the guard, the journal, the
-forwarder, the store), so the fixtures start a real :class:`linewatch.app.App` the way tests/test_app.py
+forwarder, the store), so the fixtures start a real :class:`linewatch.daemon.app.App` the way tests/daemon/test_app.py
 does: one synthetic camera at 10 fps (30% defects, so defect episodes with evidence appear within seconds),
 MQTT off, the HTTP port on a free port, every normal kept as evidence (the review queue and history show
 images).
@@ -31,12 +31,12 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import Select, select
 
-from linewatch.app import App
 from linewatch.config import Config, load_config
-from linewatch.journal import JournalRecord
+from linewatch.daemon.app import App
+from linewatch.pipeline.journal.records import JournalRecord
 from linewatch.sinks.db_schema import DefectEvent
 from linewatch.web.auth import SESSION_COOKIE
-from tests.test_app import PRODUCT, _wait_for, daemon_model, journal_records, write_config
+from tests.daemon.test_app import PRODUCT, _wait_for, daemon_model, journal_records, write_config
 
 __all__ = ["PRODUCT", "Reply", "WebClient", "WebDaemon", "daemon_model", "token_daemon", "web_daemon"]
 

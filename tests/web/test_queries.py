@@ -13,7 +13,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, event, insert, inspect
 
-from linewatch.cli import main
+from linewatch.cli.main import main
 from linewatch.sinks.db import (
     DatabaseError,
     alembic_config,

@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from sqlalchemy import select
 
-import linewatch.app_web
+import linewatch.daemon.web_mount
 from linewatch.feedback import FeedbackRequest
-from linewatch.journal import JournalError
+from linewatch.pipeline.journal.records import JournalError
 from linewatch.retrain.versions import model_version
 from linewatch.sinks.db_schema import RetrainRun
 from linewatch.types import Label
@@ -586,7 +586,7 @@ def test_a_label_the_journal_refuses_is_reported_not_recorded(
     def full_disk(*_args: object, **_kwargs: object) -> None:
         raise JournalError("database or disk is full")
 
-    monkeypatch.setattr(linewatch.app_web, "submit", full_disk)
+    monkeypatch.setattr(linewatch.daemon.web_mount, "submit", full_disk)
     reply = client.post("/review/label", label_fields(client, "event", event_id, "normal"), HTMX)
     assert reply.status == 503 and "NOT recorded" in reply.text and "disk is full" in reply.text
     assert reply.header("hx-retarget") == "#messages"
@@ -606,7 +606,7 @@ def test_an_item_judged_here_leaves_the_queue_before_the_store_has_the_label(
         journaled.append(request)  # never forwarded: the store keeps the episode unlabelled
         return Label("id", request.target, request.target_id, CAMERA, request.label, source, datetime.now(UTC))
 
-    monkeypatch.setattr(linewatch.app_web, "submit", journal_only)
+    monkeypatch.setattr(linewatch.daemon.web_mount, "submit", journal_only)
     reply = client.post("/review/label", label_fields(client, "event", event_id, "defect"), HTMX)
     assert reply.status == 200 and [request.target_id for request in journaled] == [event_id]
     assert stored_event(web_daemon, event_id).label is None

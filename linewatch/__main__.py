@@ -1,0 +1,7 @@
+"""``python -m linewatch``: the same command line as the ``linewatch`` script."""
+
+import sys
+
+from linewatch.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""``linewatch`` command line: the parser and ``main``, a thin layer over the command groups.
+
+The commands themselves live beside this module, one per group: model work (``model.py``), daemon
+operations (``ops.py``), retraining (``retrain.py``), status (``status.py``) and the demo (``demo.py``).
+
+Exit codes: 0 success, 1 some inputs failed while others were processed, 2 bad usage or input
+(the message names the file, key or value at fault).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from linewatch.anople.artifact import ArtifactError
+from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
+from linewatch.anople.settings import AnoPLeSettings
+from linewatch.cli.model import (
+    cmd_eval,
+    cmd_model_import,
+    cmd_model_info,
+    cmd_model_list,
+    cmd_model_pull,
+    cmd_score,
+    cmd_train,
+)
+from linewatch.cli.ops import add_commands as add_operating_commands
+from linewatch.cli.retrain import add_commands as add_retrain_commands
+from linewatch.cli.status import add_commands as add_status_commands
+from linewatch.config import ConfigError, load_config
+from linewatch.images import ImageError
+from linewatch.model.training import TrainingError
+from linewatch.model.weights import DEFAULT_MODELS_DIR
+
+USER_ERRORS = (ImageError, TrainingError, ArtifactError, BackboneError, ConfigError, KeyError, ValueError)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (steps, shots, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+EX_CONFIG = 78  # sysexits.h; systemd's RestartPreventExitStatus keeps a broken config from restart loops
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"linewatch: config error: {error}", file=sys.stderr)
+        return EX_CONFIG
+    cameras = ", ".join(f"{c.name} ({c.source}, {c.product})" for c in config.cameras) or "none"
+    print(
+        f"{args.config}: OK; line {config.site.site}/{config.site.line}; cameras: {cameras}; model {config.model.path}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from linewatch.daemon.lifecycle import serve
+    from linewatch.retrain.versions import RegistryBusy, RegistryError
+    from linewatch.sinks.db import DatabaseError
+
+    try:
+        return serve(args.config, args.verbose)
+    except ConfigError as error:
+        print(f"linewatch: config error: {error}", file=sys.stderr)
+        return EX_CONFIG
+    # e.g. the HTTP port is taken, another daemon serves the line, active.json is damaged: the log says why
+    except (DatabaseError, OSError, RegistryBusy, RegistryError) as error:
+        print(f"linewatch: error: {error}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from linewatch.cli.demo import run_demo  # the demo pulls in the synthetic generator only when used
+
+    return run_demo(args.config)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in the same 'linewatch: error: ...' form as every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"linewatch: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="linewatch", description="Few-shot visual inspection for production lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where backbone weights live")
+        sub.add_argument("--weights", type=Path, help="explicit backbone .safetensors file instead of models/")
+        sub.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+
+    train = commands.add_parser("train", help="train a model from normal images")
+    common(train)
+    train.add_argument("--normals", action="append", required=True, help="folder, file or glob of normal images")
+    train.add_argument("--product", action="append", required=True, help="product name, one per --normals")
+    train.add_argument("--out", type=Path, required=True, help="model directory to create, e.g. models/NAME")
+    train.add_argument("--shots", type=positive_int, default=4, help="normal images used for training and memory")
+    train.add_argument("--steps", type=positive_int, default=AnoPLeSettings.steps)
+    train.add_argument("--batch-size", type=positive_int, default=AnoPLeSettings.batch_size)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--frr", type=float, default=0.01, help="target false-reject rate for the threshold")
+    train.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")
+    train.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
+    train.add_argument("--hflip", action="store_true", help="augment with horizontal flips")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.set_defaults(func=cmd_train)
+
+    score = commands.add_parser("score", help="score images with a trained model")
+    common(score)
+    score.add_argument("images", nargs="+", help="image files, folders or globs")
+    score.add_argument("--model", type=Path, required=True, help="model directory")
+    score.add_argument("--product", help="product name (needed when the model holds several)")
+    score.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    score.add_argument("--heatmaps", type=Path, help="write heatmap overlays into this folder")
+    score.add_argument("--batch-size", type=positive_int, default=8)
+    score.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    score.set_defaults(func=cmd_score)
+
+    model = commands.add_parser("model", help="backbone weights and trained models")
+    model_commands = model.add_subparsers(dest="model_command", required=True)
+    pull_cmd = model_commands.add_parser("pull", help="download backbone weights once (connected machine)")
+    pull_cmd.add_argument("name")
+    pull_cmd.add_argument("tag")
+    import_cmd = model_commands.add_parser("import", help="convert a copied checkpoint into models/")
+    import_cmd.add_argument("name")
+    import_cmd.add_argument("tag")
+    import_cmd.add_argument("checkpoint", type=Path)
+    list_cmd = model_commands.add_parser("list", help="list backbone weights and trained models")
+    info_cmd = model_commands.add_parser("info", help="describe a model directory or weights")
+    info_cmd.add_argument("target", type=Path, help="model directory, weights file, or MODEL/TAG")
+    for sub, func in (
+        (pull_cmd, cmd_model_pull),
+        (import_cmd, cmd_model_import),
+        (list_cmd, cmd_model_list),
+        (info_cmd, cmd_model_info),
+    ):
+        sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
+        sub.set_defaults(func=func)
+    add_retrain_commands(commands, model_commands)
+
+    evaluate = commands.add_parser("eval", help="the paper's few-shot protocol on MVTec-AD, VisA or a folder")
+    common(evaluate)
+    evaluate.add_argument("--dataset", required=True, choices=["mvtec", "visa", "folder"])
+    evaluate.add_argument("--root", type=Path, required=True, help="dataset root (for folder: the class folder)")
+    evaluate.add_argument("--classes", nargs="+", help="classes to evaluate (default: all found)")
+    evaluate.add_argument("--shots", nargs="+", type=positive_int, default=[1, 2, 4], help="k values")
+    evaluate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    evaluate.add_argument("--steps", type=positive_int, default=AnoPLeSettings.steps)
+    evaluate.add_argument("--multi-class", action="store_true", help="one model for all classes per (k, seed)")
+    evaluate.add_argument("--limit-test", type=positive_int, help="score at most N test images per class (smoke runs)")
+    evaluate.add_argument("--eval-size", type=positive_int, default=256, help="maps and masks compared at this size")
+    evaluate.add_argument("--batch-size", type=positive_int, default=16)
+    evaluate.add_argument("--name", action="append", default=[], help="prompt words for a class: CLASS=WORDS")
+    evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="results and the resumable cell cache")
+    evaluate.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")
+    evaluate.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
+    evaluate.set_defaults(func=cmd_eval)
+
+    run = commands.add_parser("run", help="run the inspection daemon until SIGTERM")
+    run.add_argument("--config", type=Path, default=Path("config.toml"))
+    run.set_defaults(func=cmd_run)
+    check = commands.add_parser("check-config", help="validate a config file (exit 78 when invalid)")
+    check.add_argument("--config", type=Path, default=Path("config.toml"))
+    check.set_defaults(func=cmd_check_config)
+
+    demo = commands.add_parser("demo", help="train and score on synthetic parts (the default main job)")
+    demo.add_argument("--config", type=Path, default=Path("config.toml"))
+    demo.set_defaults(func=cmd_demo)
+    add_operating_commands(commands)
+    add_status_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse already printed the usage error; callers get the code
+        return int(stop.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"linewatch: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

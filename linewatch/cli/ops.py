@@ -1,0 +1,79 @@
+"""Operating commands of the ``linewatch`` CLI: feedback from a shell and database migrations.
+
+They work next to a running daemon: the journal is SQLite in WAL mode with a busy timeout, so a label
+appended here is picked up by the daemon's forwarders like any other record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from pathlib import Path
+
+from linewatch.clock import SystemClock
+from linewatch.config import load_config
+from linewatch.daemon.feedback import submit
+from linewatch.feedback import FeedbackError, feedback_from_document
+from linewatch.pipeline.journal.outbox import Journal
+from linewatch.types import LabelTarget
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = config.journal_path
+    if not path.exists():
+        raise ValueError(f"no journal at {path}: has the daemon run with {args.config}?")
+    clock = SystemClock()
+    with Journal(path, clock) as journal:
+        targets = [t for t in LabelTarget if journal.camera_of(t, args.id) is not None]
+        if not targets:
+            raise ValueError(f"no inspection or event with id {args.id!r} in {path}")
+        if len(targets) > 1:
+            raise ValueError(f"{args.id!r} names both an inspection and an event; label it over MQTT or HTTP")
+        document = {f"{targets[0]}_id": args.id, "label": args.label, "user": args.user or _login_name()}
+        try:  # the same checks as MQTT and HTTP feedback
+            label = submit(journal, clock, feedback_from_document(document), "cli")
+        except FeedbackError as error:
+            raise ValueError(str(error)) from None
+    print(f"{label.target} {label.target_id} (camera {label.camera}) labelled {label.label} by {label.user}; journaled")
+    return 0
+
+
+def _login_name() -> str | None:
+    """Who runs the command, when the system knows (a container's arbitrary uid may have no name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from linewatch.sinks.db import DatabaseError, upgrade_database
+
+    config = load_config(args.config)
+    try:
+        result = upgrade_database(config.store_url, config.backup_dir)
+    except DatabaseError as error:
+        raise ValueError(str(error)) from None
+    if result.from_revision == result.to_revision:
+        print(f"database already at revision {result.to_revision}")
+    else:
+        print(f"database upgraded from {result.from_revision or 'empty'} to {result.to_revision}")
+    if result.backup is not None:
+        print(f"backup of the previous file: {result.backup}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    label = commands.add_parser("label", help="mark an inspection or defect event normal or defect")
+    label.add_argument("id", help="inspection id or event id (from the MQTT payload, the store or the logs)")
+    label.add_argument("label", choices=["normal", "defect"])
+    label.add_argument("--user", help="who judged it (default: the login name)")
+    label.add_argument("--config", type=Path, default=Path("config.toml"))
+    label.set_defaults(func=cmd_label)
+
+    db = commands.add_parser("db", help="the SQL store")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the store to this version (SQLite is backed up first)")
+    upgrade.add_argument("--config", type=Path, default=Path("config.toml"))
+    upgrade.set_defaults(func=cmd_db_upgrade)

@@ -1,0 +1,477 @@
+"""Composition root: builds the daemon from the config, starts it in order, stops it in reverse.
+
+Start order: journal -> outputs (store, forwarders, broker, evidence, HTTP; see outputs.py) -> model
+(loaded, warmed up) -> batcher -> scorer thread -> cameras. Stopping goes in reverse: cameras stop
+capturing, the scorer drains what the batcher holds, the outputs take no more work, forwarders flush,
+the broker hears ``stopped`` (the link outlives the forwarders so they can flush through it), the
+journal closes. A verdict is durable in the journal before anything else sees it.
+
+The App also answers what arrives over MQTT (feedback, camera enable/disable, retrain requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from linewatch.clock import Clock, SystemClock
+from linewatch.config import CameraSection, Config
+from linewatch.daemon.cameras import CameraRuntime, SourceFactory, make_source
+from linewatch.daemon.control import control_routes
+from linewatch.daemon.feedback import submit
+from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
+from linewatch.daemon.outputs import Outputs
+from linewatch.daemon.state import AppState
+from linewatch.daemon.web_mount import build_site
+from linewatch.feedback import FeedbackError, FeedbackRequest
+from linewatch.model.preprocess import resize_rgb
+from linewatch.pipeline.batcher import Batcher, SlotPolicy
+from linewatch.pipeline.camera.reader import CameraReader
+from linewatch.pipeline.events import EpisodePolicy, event_id_for, step, tick
+from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.scorer import Scorer, ScoringWorker
+from linewatch.retrain.launch import ChildCommand
+from linewatch.retrain.runner import Retrainer, RetrainOutcome
+from linewatch.retrain.service import RetrainService
+from linewatch.retrain.store import last_run
+from linewatch.retrain.versions import ModelRegistry, RegistryError, model_version
+from linewatch.sinks.db import DatabaseError
+from linewatch.sinks.mqtt import RejectedPayload
+from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verdict, VerdictLabel
+from linewatch.web.live import LiveFrames
+
+log = logging.getLogger(__name__)
+MAX_TRIGGER_CHARS = 200
+
+
+class App:
+    """The running daemon. ``start``/``stop`` are called once each; ``stop`` is safe after a failed start."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        source_factory: SourceFactory = make_source,
+        stop_event: threading.Event | None = None,
+        outputs_factory: Callable[[Config, Journal, Clock, App], Outputs] = Outputs,
+        retrain_command: ChildCommand | None = None,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.stop_event = stop_event or threading.Event()
+        self.boot_id = uuid.uuid4().hex[:8]
+        self._source_factory = source_factory
+        self._outputs_factory = outputs_factory
+        self._policy = EpisodePolicy(
+            debounce_n=config.events.debounce_n,
+            debounce_m=config.events.debounce_m,
+            end_after_s=config.events.end_after_s,
+            update_min_interval_s=config.events.update_min_interval_s,
+        )
+        # Shutdown is staged so nothing captured is lost: stop_event (a signal) -> cameras stop ->
+        # the scorer drains what is pending (_drain) -> outputs flush -> journal.
+        self._drain = threading.Event()
+        self._shutdown_thread: threading.Thread | None = None
+        self._input_size = 0
+        self.journal: Journal | None = None
+        self.outputs: Outputs | None = None
+        self.batcher: Batcher | None = None
+        self.worker: ScoringWorker | None = None
+        self._worker_thread: threading.Thread | None = None
+        self.cameras: dict[str, CameraRuntime] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="control")
+        self._retrain_command = retrain_command
+        self._on_progress = on_progress  # told after every journaled batch (the systemd watchdog)
+        self.registry: ModelRegistry | None = None
+        self.retrainer: Retrainer | None = None
+        self.retraining: RetrainService | None = None
+        self._active_path = config.model.path
+        self._serving: tuple[Scorer, str] | None = None  # set by a swap: what model/state describes
+        self.retrain_news: dict[str, object] | None = None
+        self.live = LiveFrames()  # the latest frame of every camera, for the operator page's live view
+        self._daemon_lock: int | None = None
+        self.metrics_registry = CollectorRegistry()
+        self.metrics = PipelineMetrics(self.metrics_registry, config.site.line, [c.name for c in config.cameras])
+        self.state = AppState(self)
+        self.metrics_registry.register(StateCollector(self.state, config.site.line))
+        self.last_progress = self.clock.monotonic()  # of the last journaled batch: /healthz sees a stuck scorer
+        self.started_mono = self.clock.monotonic()
+
+    # ---- start ---------------------------------------------------------------------------------
+    def start(self, scorer_thread: bool = True) -> None:
+        """Start everything. With ``scorer_thread=False`` the caller runs :meth:`run_scorer` itself:
+        ``linewatch run`` scores on the main thread, where PyTorch's CPU kernels ran about 30% faster
+        than on a secondary thread in our measurements (OpenMP's spinning team is kept hot there)."""
+        config = self.config
+        config.site.data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(config.journal_path, self.clock)
+        self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
+        self.outputs.on_alert_sent = self.metrics.observe_alert
+        self.outputs.start()
+        self.registry = ModelRegistry(config.versions_dir, config.model.path)
+        try:
+            self._daemon_lock = self.registry.hold_daemon_lock()
+        except OSError as problem:  # a read-only models folder: inspection still works, retraining will say why
+            log.warning("cannot write to %s (%s): retraining and rollback will fail", config.versions_dir, problem)
+        self._active_path = self.registry.active()  # the configured model until a retrain or rollback
+        if self._active_path != self.registry.initial and self.registry.initial not in self.registry.history():
+            log.warning(
+                "[model] path %s is not what this line serves: %s names %s (a retrain or rollback chose it); "
+                "to serve the configured model, `linewatch model rollback %s`",
+                config.model.path,
+                self.registry.active_file,
+                self._active_path,
+                config.model.path.name,
+            )
+        scorer = self._load_scorer(self._active_path)
+        # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
+        self._input_size = scorer.model.input_size
+        self.batcher = Batcher(config.scoring.batch_max_size, config.scoring.batch_max_wait_ms / 1000, self.clock)
+        self.worker = ScoringWorker(
+            scorer,
+            model_version(self._active_path),
+            self.batcher.next_batch,
+            self._record,
+            self._drain,
+            self.clock,
+            self.boot_id,
+        )
+        self.worker.warm_up(config.scoring.batch_max_size)
+        self.last_progress = self.clock.monotonic()
+        self.metrics.set_model(
+            self.worker.model_version, scorer.model.backbone_spec.model_name, self._active_thresholds()
+        )
+        self._start_retraining()
+        self._publish_model_state()
+        if scorer_thread:
+            self._worker_thread = threading.Thread(target=self.worker.run, name="scorer")
+            self._worker_thread.start()
+        for camera in config.cameras:
+            self.batcher.add_camera(camera.name, SlotPolicy(camera.policy), camera.queue_size)
+            runtime = self._camera_runtime(camera)
+            self.cameras[camera.name] = runtime
+            if camera.enabled:
+                runtime.thread = runtime.reader.start()
+            else:
+                self._on_status(camera.name, CameraStatus.DISABLED)
+                log.info("camera %s: disabled in the config", camera.name)
+        if self.outputs.http is not None:  # once the cameras exist: health and metrics read them
+            self.outputs.http.add_routes(control_routes(self, self.metrics_registry))
+            if self.config.web.enabled:
+                site = build_site(
+                    self.config, self, self.journal, self.clock, self.outputs.engine, self.registry, self.live
+                )
+                self.outputs.http.set_site(site.app)
+        self._shutdown_thread = threading.Thread(target=self._stop_capture_on_signal, name="shutdown")
+        self._shutdown_thread.start()
+        log.info("ready: %d camera(s), model %s", len(self.cameras), self.worker.model_version)
+
+    def _stop_capture_on_signal(self) -> None:
+        """Once stop is asked for: stop every camera, then let the scorer drain what they delivered."""
+        self.stop_event.wait()
+        with self._lock:
+            self._stopping = True  # from here on no command may start a camera again
+            runtimes = list(self.cameras.values())
+        for runtime in runtimes:
+            runtime.stop.set()
+        for runtime in runtimes:
+            if runtime.thread is not None:
+                runtime.thread.join(timeout=10)
+        self._drain.set()
+
+    @property
+    def serving_version(self) -> str:
+        """The model version in service, or about to be at the next batch after a swap."""
+        assert self.worker is not None
+        return self._serving[1] if self._serving is not None else self.worker.model_version
+
+    def model_state(self) -> dict[str, object]:
+        """What ``model/state`` says: the model in service and the latest retraining news (retained for
+        HMIs and MES)."""
+        assert self.worker is not None
+        scorer = self._serving[0] if self._serving is not None else self.worker.scorer
+        version = self._serving[1] if self._serving is not None else self.worker.model_version
+        spec = scorer.model.backbone_spec
+        return {
+            "version": version,
+            "path": str(self._active_path),
+            "backbone": spec.model_name,
+            "pretrained": spec.pretrained,
+            "backbone_sha256": spec.weights_sha256,
+            "random_weights": spec.is_random,
+            "thresholds": {product: scorer.threshold(product) for product in scorer.products},
+            "trained_at": scorer.info.created_at,
+            "status": "active",
+            "retrain": self.retrain_news,
+        }
+
+    def health(self) -> Health:
+        """The health verdict that ``/healthz`` and the operator page show (see :class:`AppState`)."""
+        return self.state.health()
+
+    def _publish_model_state(self) -> None:
+        if self.outputs is not None:
+            self.outputs.model_state(self.model_state())
+
+    # ---- models: loading, retraining, rollback -------------------------------------------------------
+    def _load_scorer(self, path: Path) -> Scorer:
+        model = self.config.model
+        scorer = Scorer.from_artifact(path, model.models_dir, model.device, model.precision, model.weights)
+        scorer.set_threshold_overrides(dict(model.thresholds))
+        if scorer.model.backbone_spec.is_random:
+            log.warning("model %s runs on RANDOM backbone weights: a demo model, not for real parts", path)
+        return scorer
+
+    def _swap_model(self, scorer: Scorer, path: Path, version: str) -> None:
+        """Queue the new model for the next batch boundary; ``model/state`` describes it from now on."""
+        assert self.worker is not None
+        self.worker.swap(scorer, version)
+        self._active_path = path
+        self._serving = (scorer, version)
+        log.info("model %s goes into service at the next batch", version)
+        self.metrics.set_model(version, scorer.model.backbone_spec.model_name, self._active_thresholds())
+        self._publish_model_state()
+
+    def _on_retrain_news(self, news: dict[str, object]) -> None:
+        self.retrain_news = news
+        if news.get("status") in RETRAIN_RESULTS:
+            self.metrics.observe_retrain(str(news["status"]), self.clock.now().timestamp())
+        self._publish_model_state()
+
+    def _active_thresholds(self) -> dict[str, float]:
+        scorer = self._serving[0] if self._serving is not None else self.worker.scorer  # type: ignore[union-attr]
+        return {product: scorer.threshold(product) for product in scorer.products}
+
+    def _start_retraining(self) -> None:
+        assert self.outputs is not None
+        self.retrainer = Retrainer(
+            self.config,
+            self.registry,
+            self.outputs.engine,
+            self.clock,
+            self._load_scorer,
+            self._swap_model,
+            self._on_retrain_news,
+            self._active_thresholds,
+            self.stop_event,
+            **({"command": self._retrain_command} if self._retrain_command is not None else {}),
+        )
+        self.retraining = RetrainService(self.config.retrain, self.retrainer, self._last_scheduled_run)
+        self.retraining.start(self._active_path, self._seed_retrain_metrics)
+
+    def _seed_retrain_metrics(self) -> None:
+        """The last successful retrain survives restarts in the store; the gauge starts from it, so a
+        "no retrain for 14 days" alert can fire after a restart too."""
+        assert self.outputs is not None
+        try:
+            runs = [last_run(self.outputs.engine, status) for status in ("accepted", "recalibrated")]
+        except DatabaseError:
+            return
+        finished = [run["finished_at"] for run in runs if run is not None and run["finished_at"] is not None]
+        if finished:
+            self.metrics.retrain_last_success.labels(self.config.site.line).set(max(finished).timestamp())
+
+    def _last_scheduled_run(self) -> datetime | None:
+        assert self.outputs is not None
+        try:
+            run = last_run(self.outputs.engine, trigger="schedule")
+        except DatabaseError:
+            return None
+        return None if run is None else run["started_at"]
+
+    def _camera_runtime(self, camera: CameraSection) -> CameraRuntime:
+        stop = threading.Event()
+        reader = CameraReader(
+            camera.name,
+            camera.product,
+            lambda: self._source_factory(camera, reader.report_skipped),
+            self._on_frame,
+            self._on_status,
+            stop,
+            self.clock,
+            fps=camera.fps,
+            roi=camera.roi,
+            rotate=camera.rotate,
+            stalled_after_s=camera.stalled_after_s,
+            reconnect_min_s=camera.reconnect_min_s,
+            reconnect_max_s=camera.reconnect_max_s,
+        )
+        return CameraRuntime(camera, reader, stop)
+
+    # ---- data path -----------------------------------------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        """Runs on the camera's thread: resize for the model here (OpenCV releases the GIL), off the
+        scorer's critical path, then hand the frame to the batcher."""
+        assert self.batcher is not None
+        self.batcher.put(replace(frame, model_image=resize_rgb(frame.image, self._input_size)))
+
+    def _on_status(self, camera: str, status: CameraStatus) -> None:
+        """Kept for the status topic and health check; the reader already logged the change."""
+        runtime = self.cameras.get(camera)
+        if runtime is not None:
+            runtime.status = status
+            runtime.reported = True
+        if self.outputs is not None:
+            self.outputs.camera_status(camera, status)
+
+    def _record(self, batch: Batch, verdicts: list[Verdict], pixel_maps: list[np.ndarray]) -> None:
+        """Evidence queued (its paths go into the verdicts), episodes from the verdicts, then one journal
+        transaction for the whole batch.
+
+        Cameras without a verdict in this batch get a ``tick``, so an episode of a camera that went
+        silent (stopped, disabled, stalled) still ends after the quiet period.
+        """
+        assert self.journal is not None and self.outputs is not None
+        verdicts = self.outputs.with_evidence(batch.frames, verdicts, pixel_maps)
+        if self.config.web.enabled:
+            for frame, verdict, pixel_map in zip(batch.frames, verdicts, pixel_maps, strict=True):
+                self.live.update(verdict, frame.image, pixel_map)
+        events: list[Event] = []
+        for verdict in verdicts:
+            runtime = self.cameras.get(verdict.camera)
+            if runtime is None:
+                continue
+            runtime.episodes, new_events = step(runtime.episodes, verdict, self._policy, event_id_for)
+            events.extend(new_events)
+        seen = {verdict.camera for verdict in verdicts}
+        now = self.clock.now()
+        for name, runtime in self.cameras.items():
+            if name not in seen and runtime.episodes.is_open:
+                runtime.episodes, ended = tick(runtime.episodes, now, self._policy)
+                events.extend(ended)
+        self.journal.append_batch(verdicts, events)
+        now_mono = self.clock.monotonic()
+        self.last_progress = now_mono
+        seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
+        self.metrics.observe_batch(verdicts, events, seconds, now_mono)
+        if self._on_progress is not None:
+            self._on_progress()
+
+    def run_scorer(self) -> None:
+        """Score on the calling thread until stopped and drained (see :meth:`start`)."""
+        assert self.worker is not None, "start(scorer_thread=False) first"
+        self.worker.run()
+
+    # ---- control -------------------------------------------------------------------------------
+    def reload(self, config: Config) -> list[str]:
+        """Apply the fields that are safe to change while running (threshold overrides, camera enable
+        flags) and report what changed. Anything else needs a restart and is reported as ignored."""
+        changes = []
+        if config.model.thresholds != self.config.model.thresholds and self.worker is not None:
+            # Both the scorer in use and one a swap is about to bring in (they are the same most of the time).
+            for scorer in {self.worker.scorer, *([self._serving[0]] if self._serving else [])}:
+                scorer.set_threshold_overrides(dict(config.model.thresholds))
+            self.metrics.set_thresholds(self._active_thresholds())
+            self._publish_model_state()
+            changes.append(f"thresholds {dict(config.model.thresholds) or 'calibrated'}")
+        old_cameras = {c.name: c for c in self.config.cameras}
+        new_cameras = {c.name: c for c in config.cameras}
+        if set(old_cameras) != set(new_cameras):
+            changes.append("ignored: cameras added or removed (restart to apply)")
+        for name in sorted(set(old_cameras) & set(new_cameras)):
+            if old_cameras[name].enabled != new_cameras[name].enabled:
+                self.set_camera_enabled(name, new_cameras[name].enabled)
+                changes.append(f"camera {name} {'enabled' if new_cameras[name].enabled else 'disabled'}")
+        self.config = self.config.model_copy(
+            update={
+                "model": self.config.model.model_copy(update={"thresholds": config.model.thresholds}),
+                "cameras": [
+                    camera.model_copy(update={"enabled": new_cameras[camera.name].enabled})
+                    if camera.name in new_cameras
+                    else camera
+                    for camera in self.config.cameras
+                ],
+            }
+        )
+        return changes
+
+    def set_camera_enabled(self, name: str, enabled: bool) -> None:
+        with self._lock:
+            runtime = self.cameras[name]
+            running = runtime.thread is not None and runtime.thread.is_alive()
+            if enabled and self._stopping:
+                log.info("camera %s: not enabled, the daemon is stopping", name)
+            elif enabled and not running:
+                fresh = self._camera_runtime(runtime.config)
+                fresh.episodes = runtime.episodes
+                self.cameras[name] = fresh
+                fresh.thread = fresh.reader.start()
+            elif not enabled and running:
+                runtime.stop.set()
+                runtime.thread.join(timeout=10)
+                self._on_status(name, CameraStatus.DISABLED)
+                log.info("camera %s: disabled", name)
+
+    # ---- stop ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Reverse order of start: cameras, scorer (drains the batcher), outputs, journal."""
+        self.stop_event.set()  # also abandons a running training (its runner watches it)
+        if self.retraining is not None:
+            self.retraining.stop()
+        if self._shutdown_thread is not None:
+            self._shutdown_thread.join(timeout=30)
+        else:  # start failed before the cameras ran
+            for runtime in self.cameras.values():
+                runtime.stop.set()
+        self._drain.set()
+        if self._worker_thread is not None:
+            self._worker_thread.join(timeout=60)
+        if self.batcher is not None and self.worker is not None:
+            # Normally empty: the scorer drained after the cameras stopped. A camera that did not stop
+            # within its join timeout may still have delivered; score that too, in batch-size pieces.
+            leftover = self.batcher.close()
+            size = self.config.scoring.batch_max_size
+            for start in range(0, len(leftover), size):
+                batch = Batch(tuple(leftover[start : start + size]), "drain")
+                self._record(batch, *self.worker.score_batch(batch))
+        if self.outputs is not None:
+            self.outputs.stop_intake()
+            self.outputs.stop()  # the broker link goes down here: no more commands after it
+        self._control.shutdown(wait=True, cancel_futures=True)
+        if self.journal is not None:
+            self.journal.close()
+        if self._daemon_lock is not None:
+            os.close(self._daemon_lock)
+        log.info("stopped")
+
+    # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT client's thread -------------
+    def feedback(self, camera: str, target: LabelTarget, target_id: str, label: VerdictLabel, user: str | None) -> None:
+        assert self.journal is not None
+        try:
+            submit(self.journal, self.clock, FeedbackRequest(target, target_id, label, user), "mqtt", camera)
+        except FeedbackError as problem:
+            raise RejectedPayload(problem.reason) from problem
+
+    def set_enabled(self, camera: str, enabled: bool) -> None:
+        if camera not in self.cameras:
+            raise RejectedPayload("unknown_camera")
+        # Stopping a reader may take seconds (a blocked read): never on the MQTT network thread. One worker
+        # applies the commands in arrival order, so "false" then "true" ends enabled, as the echo says.
+        self._control.submit(self.set_camera_enabled, camera, enabled)
+
+    def rollback(self, version: str | None) -> RetrainOutcome:
+        """Put a previous version back into service (``POST /model/rollback``, the operator page)."""
+        if self.retrainer is None:
+            raise RegistryError("the daemon is still starting")
+        return self.retrainer.rollback(version)
+
+    def retrain(self, reason: str | None, source: str = "mqtt") -> dict[str, object]:
+        """Start a retraining in the background (MQTT ``retrain/set``, ``POST /retrain``); the answer is echoed."""
+        if self.retraining is None:
+            return {"status": "refused", "reason": "the daemon is not running yet", "requested": reason}
+        log.info("retrain requested over %s (%s)", source, reason or "no reason given")
+        trigger = f"{source}: {reason}"[:MAX_TRIGGER_CHARS] if reason else source  # the reason goes on record
+        return {**self.retraining.request(trigger), "requested": reason}
