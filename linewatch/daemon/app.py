@@ -32,7 +32,7 @@ from linewatch.daemon.feedback import submit
 from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
 from linewatch.daemon.outputs import Outputs
 from linewatch.daemon.state import AppState
-from linewatch.daemon.web_mount import build_site
+from linewatch.daemon.web_mount import AppWeb, build_site
 from linewatch.feedback import FeedbackError, FeedbackRequest
 from linewatch.model.preprocess import resize_rgb
 from linewatch.pipeline.batcher import Batcher, SlotPolicy
@@ -171,9 +171,10 @@ class App:
         if self.outputs.http is not None:  # once the cameras exist: health and metrics read them
             self.outputs.http.add_routes(control_routes(self, self.metrics_registry))
             if self.config.web.enabled:
-                site = build_site(
+                backend = AppWeb(
                     self.config, self, self.journal, self.clock, self.outputs.engine, self.registry, self.live
                 )
+                site = build_site(self.config, backend)
                 self.outputs.http.set_site(site.app)
         self._shutdown_thread = threading.Thread(target=self._stop_capture_on_signal, name="shutdown")
         self._shutdown_thread.start()

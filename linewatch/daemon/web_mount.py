@@ -107,15 +107,7 @@ class AppWeb:
         return False, f"not started: {answer.get('reason') or answer['status']}"
 
 
-def build_site(
-    config: Config,
-    control: DaemonControl,
-    journal: Journal,
-    clock: Clock,
-    engine: Engine,
-    registry: ModelRegistry,
-    live: LiveFrames,
-) -> Site:
+def build_site(config: Config, backend: AppWeb) -> Site:
     """The page for this daemon, its sessions signed with a secret kept in the data folder."""
     keeper = SessionKeeper(
         load_secret(config.site.data_dir / SECRET_FILE), config.http.token, config.web.session_hours * 3600
@@ -126,7 +118,7 @@ def build_site(
         close_call_band=config.evidence.close_call_band,
         timezone=ZoneInfo(config.web.timezone) if config.web.timezone else _local_zone(),
     )
-    return Site(AppWeb(config, control, journal, clock, engine, registry, live), keeper, settings)
+    return Site(backend, keeper, settings)
 
 
 def _local_zone() -> tzinfo:
