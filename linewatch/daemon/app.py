@@ -406,10 +406,8 @@ class App:
             if enabled and self._stopping:
                 log.info("camera %s: not enabled, the daemon is stopping", name)
             elif enabled and not running:
-                fresh = self._camera_runtime(runtime.config)
-                fresh.episodes = runtime.episodes
-                self.cameras[name] = fresh
-                fresh.thread = fresh.reader.start()
+                runtime.stop = threading.Event()
+                runtime.thread = runtime.reader.start(runtime.stop)
             elif not enabled and running:
                 runtime.stop.set()
                 runtime.thread.join(timeout=10)

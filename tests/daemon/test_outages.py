@@ -186,3 +186,45 @@ def test_feedback_over_mqtt_http_and_cli_reaches_the_store_with_evidence(
     defect_row = inspections[event["inspection_id"]]
     assert defect_row.snapshot and (evidence / defect_row.snapshot).is_file()
     assert defect_row.heatmap and (evidence / defect_row.heatmap).is_file()
+
+
+def test_a_camera_disabled_and_enabled_again_loses_no_frame(
+    daemon_model: Path,  # noqa: F811
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    mqtt_prefix: str,
+) -> None:
+    """Issue 15, item 1: the re-enabled reader numbers on, so every scored frame keeps an id of its own and
+    reaches the journal, the store and (as defect events) a subscriber; counters never go backwards."""
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    config = load_config(_write_config(tmp_path, daemon_model, broker, store_url, mqtt_prefix))
+    with MqttWatcher(broker, f"{mqtt_prefix}/+/defect", persistent=True) as watcher:
+        app = App(config)
+        app.start()
+        try:
+            wait_until(_grows_by(config, 16), timeout=60, interval=0.1)
+            app.set_camera_enabled("cam1", False)
+            frames_at_disable = app.cameras["cam1"].reader.stats.frames
+            wait_until(_grows_by(config, 8), timeout=60, interval=0.1)
+            app.set_camera_enabled("cam1", True)
+            wait_until(
+                lambda: app.cameras["cam1"].reader.stats.frames >= frames_at_disable + 16, timeout=60, interval=0.1
+            )
+            assert app.cameras["cam1"].status.value == "online"
+            _quiesce(app)
+            journaled_events = _journaled(config, "event")
+            received = watcher.wait_until(lambda seen: len(seen) >= len(journaled_events), timeout=30)
+        finally:
+            app.stop()
+    assert app.worker is not None
+    verdicts = _journaled(config, "verdict")
+    assert len(verdicts) == app.worker.stats.frames  # every scored frame was journaled, none taken for a replay
+    cam1 = [record.payload["seq"] for record in verdicts if record.camera == "cam1"]
+    assert cam1 == list(range(1, app.cameras["cam1"].reader.stats.frames + 1))  # numbering went on after enable
+    engine = make_engine(store_url)
+    with engine.connect() as connection:
+        stored = sorted(row.id for row in connection.execute(select(Inspection)))
+    engine.dispose()
+    assert stored == sorted(record.key for record in verdicts)
+    published = list(dict.fromkeys((m["event_id"], m["seq"]) for m in (json.loads(s.payload) for s in received)))
+    assert published == [(e.payload["event_id"], e.payload["seq"]) for e in journaled_events]

@@ -148,7 +148,13 @@ class CameraReader:
         self._bad_frame_log = _Throttle(_PROBLEM_LOG_INTERVAL_S)
         self._skipped_log = _Throttle(_PROBLEM_LOG_INTERVAL_S)
 
-    def start(self) -> threading.Thread:
+    def start(self, stop: threading.Event | None = None) -> threading.Thread:
+        """Run in a thread. A reader whose thread has ended (a camera disabled) starts again with a fresh
+        ``stop``: frame numbering, counters and the source carry on, so inspection ids stay unique for the
+        life of the journal, counters never go backwards and a folder does not deliver its files twice."""
+        if stop is not None:
+            self._stop = stop
+            self.status = None  # the first status after a restart is a change: it is reported
         thread = threading.Thread(target=self.run, name=f"camera-{self.name}", daemon=False)
         thread.start()
         return thread
