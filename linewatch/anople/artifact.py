@@ -173,6 +173,36 @@ def backbone_spec_of(manifest: dict[str, Any], directory: Path) -> BackboneSpec:
     )
 
 
+def _products(entries: Any, manifest_path: Path) -> tuple[dict[str, ProductRecord], dict[str, str]]:
+    """The products of a manifest, each checked: a unique non-empty name, its calibration (finite
+    thresholds in the score range, see Calibration.from_dict), prompt words, and lists of image records."""
+    if not isinstance(entries, list) or not entries:
+        raise ArtifactError(f"{manifest_path}: products must be a non-empty list")
+    products: dict[str, ProductRecord] = {}
+    words: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name.strip() or name in products:
+            raise ArtifactError(f"{manifest_path}: products[{index}].name must be a unique non-empty string")
+        where = f"{manifest_path}: product {name!r}"
+        try:
+            calibration = Calibration.from_dict(entry.get("calibration"))
+        except ValueError as error:
+            raise ArtifactError(f"{where}: {error}") from error
+        prompt_words = entry.get("prompt_words", name)
+        if not isinstance(prompt_words, str) or not prompt_words.strip():
+            raise ArtifactError(f"{where}: prompt_words must be a non-empty string")
+        records = {}
+        for key in ("shots", "calibration_images"):
+            value = entry.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+                raise ArtifactError(f"{where}: {key} must be a list of objects")
+            records[key] = list(value)
+        products[name] = ProductRecord(name, calibration, records["shots"], records["calibration_images"])
+        words[name] = prompt_words
+    return products, words
+
+
 def _load_tensors(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{path}: missing from the model directory")
@@ -196,28 +226,31 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
         )
     try:
         settings = AnoPLeSettings.from_dict(manifest["settings"])
-        products = {
-            entry["name"]: ProductRecord(
-                entry["name"],
-                Calibration.from_dict(entry["calibration"]),
-                list(entry.get("shots", [])),
-                list(entry.get("calibration_images", [])),
-            )
-            for entry in manifest["products"]
-        }
     except (KeyError, TypeError, ValueError) as error:
-        raise ArtifactError(f"{directory / MANIFEST}: malformed settings or products ({error})") from error
-    words = {entry["name"]: str(entry.get("prompt_words", entry["name"])) for entry in manifest["products"]}
+        raise ArtifactError(f"{directory / MANIFEST}: malformed settings ({error})") from error
+    products, words = _products(manifest["products"], directory / MANIFEST)
     model = AnoPLe(backbone, settings, list(products), words)
+    learned = _load_tensors(directory / LEARNED)
+    broken = sorted(name for name, tensor in learned.items() if not tensor.isfinite().all())
+    if broken:  # one NaN prompt makes every score NaN
+        raise ArtifactError(f"{directory / LEARNED}: non-finite values in {broken[:5]}")
     try:
-        model.load_learned_parameters(_load_tensors(directory / LEARNED))
+        model.load_learned_parameters(learned)
     except RuntimeError as error:
         raise ArtifactError(f"{directory / LEARNED}: does not fit the recorded settings ({error})") from error
     memory = _load_tensors(directory / MEMORY)
+    width = model.clip.visual.transformer.width
     for index, product in enumerate(model.products):
         bank = {layer: memory.get(f"memory.{index}.{layer}") for layer in model.memory_layers}
-        if any(tensor is None for tensor in bank.values()):
-            raise ArtifactError(f"{directory / MEMORY}: no memory bank for product {product!r}")
+        for layer, tensor in bank.items():
+            if tensor is None:
+                raise ArtifactError(f"{directory / MEMORY}: no memory bank for product {product!r}")
+            # (k * N, d_v) unit vectors: another width would fail at the first frame, NaN would score NaN
+            if tensor.ndim != 2 or tensor.shape[0] < 1 or tensor.shape[1] != width or not tensor.isfinite().all():
+                raise ArtifactError(
+                    f"{directory / MEMORY}: memory.{index}.{layer} of product {product!r} must be finite with "
+                    f"shape (patches, {width}), got {tuple(tensor.shape)}"
+                )
         model.memory[product] = bank
     model.eval()
     model.refresh_text_cache()

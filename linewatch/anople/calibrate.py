@@ -9,12 +9,15 @@ threshold still catches. The minimum normal score is never used (it would flag e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
 _NOTHING_REJECTED_MARGIN = 1e-6
+# Image scores and pixel values are harmonic means of values in [0, 1]; a threshold sits at most a small
+# margin above the highest normal score, so anything past this bound is not a calibration.
+SCORE_MAX = 1.0 + 1e-3
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,50 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(**data)
+    def from_dict(cls, data: Any) -> Calibration:
+        """Rebuild from an artifact, which a user may have edited: every value is checked, and a ValueError
+        names the key. A threshold outside the score range (NaN, infinite, negative, above 1) would either
+        flag every part or none, and NaN cannot even be written to the journal or MQTT."""
+        if not isinstance(data, dict):
+            raise ValueError(f"calibration must be an object, got {type(data).__name__}")
+        names = [field.name for field in fields(cls)]
+        missing, unknown = sorted(set(names) - set(data)), sorted(set(data) - set(names))
+        if missing or unknown:
+            raise ValueError(f"calibration keys: missing {missing}, unknown {unknown}")
+        recall = data["simulated_recall"]
+        return cls(
+            threshold=_number(data, "threshold", 0.0, SCORE_MAX),
+            pixel_threshold=_number(data, "pixel_threshold", 0.0, SCORE_MAX),
+            target_frr=_number(data, "target_frr", 0.0, 1.0),
+            achieved_frr=_number(data, "achieved_frr", 0.0, 1.0),
+            n_normals=_count(data, "n_normals"),
+            source=_text(data, "source"),
+            simulated_recall=None if recall is None else _number(data, "simulated_recall", 0.0, 1.0),
+            n_simulated=_count(data, "n_simulated"),
+        )
+
+
+def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"calibration.{key} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"calibration.{key} must be in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _count(data: dict[str, Any], key: str) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"calibration.{key} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _text(data: dict[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise ValueError(f"calibration.{key} must be a string, got {value!r}")
+    return value
 
 
 def threshold_for_frr(scores: np.ndarray, target_frr: float) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from linewatch.anople.artifact import (
     LEARNED,
@@ -133,6 +134,68 @@ def test_damaged_artifacts_are_refused_with_the_cause(
 ) -> None:
     damage(saved)
     with pytest.raises(ArtifactError, match=message):
+        load_artifact(saved, _loader(tiny_backbone))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("threshold", float("nan"), "calibration.threshold must be a finite number, got nan"),
+        ("threshold", "0.5", "calibration.threshold must be a finite number, got '0.5'"),
+        ("threshold", None, "calibration.threshold must be a finite number, got None"),
+        ("threshold", -5, r"calibration.threshold must be in \[0, 1.001\], got -5"),
+        ("threshold", 1e308, r"calibration.threshold must be in \[0, 1.001\], got 1e\+308"),
+        ("pixel_threshold", float("inf"), "calibration.pixel_threshold must be a finite number, got inf"),
+        ("target_frr", 2.0, r"calibration.target_frr must be in \[0, 1\]"),
+        ("n_normals", True, "calibration.n_normals must be a whole number"),
+        ("simulated_recall", "high", "calibration.simulated_recall must be a finite number"),
+    ],
+)
+def test_a_lying_calibration_is_refused_naming_file_product_and_key(
+    saved: Path, tiny_backbone: Backbone, key: str, value: object, message: str
+) -> None:
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["products"][0]["calibration"][key] = value
+    (saved / MANIFEST).write_text(json.dumps(manifest))  # Python writes NaN and Infinity as bare words
+    with pytest.raises(ArtifactError, match=f"anople.json: product '{PRODUCT}': {message}"):
+        load_artifact(saved, _loader(tiny_backbone))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(products=[]), "products must be a non-empty list"),
+        (lambda m: m["products"][0].update(name=""), r"products\[0\].name must be a unique non-empty string"),
+        (lambda m: m["products"].append(dict(m["products"][0])), r"products\[1\].name must be a unique"),
+        (lambda m: m["products"][0].update(prompt_words=7), "prompt_words must be a non-empty string"),
+        (lambda m: m["products"][0].update(shots="000.png"), "shots must be a list of objects"),
+        (lambda m: m["products"][0]["calibration"].pop("threshold"), r"missing \['threshold'\]"),
+    ],
+)
+def test_malformed_products_are_named(saved: Path, tiny_backbone: Backbone, edit, message: str) -> None:
+    manifest = json.loads((saved / MANIFEST).read_text())
+    edit(manifest)
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(saved, _loader(tiny_backbone))
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "message"),
+    [
+        (MEMORY, lambda t: t[:, :-1].contiguous(), r"must be finite with shape \(patches, \d+\), got"),
+        (MEMORY, lambda t: torch.full_like(t, float("nan")), "must be finite"),
+        (LEARNED, lambda t: torch.full_like(t, float("nan")), "non-finite values in"),
+    ],
+)
+def test_tensors_of_the_wrong_shape_or_not_finite_are_refused(
+    saved: Path, tiny_backbone: Backbone, file: str, change, message: str
+) -> None:
+    tensors = load_file(str(saved / file))
+    first = sorted(tensors)[0]
+    tensors[first] = change(tensors[first])
+    save_file(tensors, str(saved / file))
+    with pytest.raises(ArtifactError, match=f"{file}: .*{message}"):
         load_artifact(saved, _loader(tiny_backbone))
 
 
