@@ -12,9 +12,11 @@ confirmed normals), ``[[cameras]]`` and ``[demo]`` (the synthetic run behind ``l
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,12 +42,20 @@ class ConfigError(ValueError):
 
 
 def _require_number(value: object) -> object:
+    """Numbers only, and finite: TOML allows inf and nan, and no setting means anything at either (an
+    infinite retention overflows date arithmetic, an infinite session never ends)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("number_type", "Input should be a number, not {kind}", {"kind": type(value).__name__})
+    if not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number, not {value}", {"value": value})
     return value
 
 
 Number = Annotated[float, BeforeValidator(_require_number)]
+
+
+MAX_DISK_MB = 1e9  # a petabyte: a watermark beyond it is a typo
+MAX_SYNTHETIC_SIDE = 8192  # pixels; the synthetic camera draws every frame in memory
 
 
 class _Section(BaseModel):
@@ -89,7 +99,7 @@ class ScoringSection(_Section):
     batch_max_size: StrictInt = Field(8, ge=1, le=1024)
     # 0: take what waits as soon as the scorer is free; batches still fill with what arrives while it works.
     # Waiting longer adds latency one for one and bought no throughput (benchmarks/pipeline_throughput.py).
-    batch_max_wait_ms: Number = Field(0.0, ge=0.0)
+    batch_max_wait_ms: Number = Field(0.0, ge=0.0, le=10_000.0)
     bootstrap_demo_model: StrictBool = False  # train a tiny random-weight demo model when [model].path is missing
     cpu_threads: StrictInt = Field(0, ge=0)  # torch threads for CPU scoring; 0 = all cores but one
 
@@ -97,8 +107,8 @@ class ScoringSection(_Section):
 class EventsSection(_Section):
     debounce_n: StrictInt = Field(2, ge=1)
     debounce_m: StrictInt = Field(3, ge=1)
-    end_after_s: Number = Field(5.0, gt=0.0)
-    update_min_interval_s: Number = Field(1.0, ge=0.0)
+    end_after_s: Number = Field(5.0, gt=0.0, le=3600.0)
+    update_min_interval_s: Number = Field(1.0, ge=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _n_within_m(self) -> EventsSection:
@@ -111,9 +121,9 @@ class JournalSection(_Section):
     path: Path | None = None  # default: <data_dir>/journal.sqlite3
     forwarder_batch: StrictInt = Field(64, ge=1)
     log_records: StrictBool = False  # also log one line per journaled record (bench work; noisy on a line)
-    keep_days: Number = Field(7.0, gt=0.0)  # delivered records are kept this long (feedback can name them)
-    min_free_mb: Number = Field(1024.0, ge=0.0)  # below this, the oldest records go even undelivered
-    prune_interval_s: Number = Field(60.0, gt=0.0)
+    keep_days: Number = Field(7.0, gt=0.0, le=3650.0)  # delivered records are kept this long (feedback can name them)
+    min_free_mb: Number = Field(1024.0, ge=0.0, le=MAX_DISK_MB)  # below this, the oldest records go even undelivered
+    prune_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)
 
 
 STORE_URL_SCHEMES = ("sqlite:///", "sqlite+pysqlite:///", "postgresql://", "postgresql+psycopg://")
@@ -123,8 +133,8 @@ class StoreSection(_Section):
     url: StrictStr | None = None  # SQLAlchemy URL; default sqlite:///<data_dir>/linewatch.sqlite3; url_file/url_env
     upgrade_at_start: StrictBool = True  # run Alembic migrations at start (an SQLite file is backed up first)
     backup_dir: Path | None = None  # default <data_dir>/backups
-    retry_min_s: Number = Field(0.5, gt=0.0)
-    retry_max_s: Number = Field(30.0, gt=0.0)
+    retry_min_s: Number = Field(0.5, gt=0.0, le=3600.0)
+    retry_max_s: Number = Field(30.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _check(self) -> StoreSection:
@@ -148,10 +158,10 @@ class MqttSection(_Section):
     cert_file: Path | None = None  # client certificate (with key_file)
     key_file: Path | None = None
     keepalive_s: StrictInt = Field(30, ge=5, le=65535)
-    ack_timeout_s: Number = Field(10.0, gt=0.0)  # a forwarder chunk waits this long for PUBACKs, then retries
+    ack_timeout_s: Number = Field(10.0, gt=0.0, le=600.0)  # a forwarder chunk waits this long for PUBACKs, then retries
     max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
-    reconnect_min_s: Number = Field(1.0, gt=0.0)
-    reconnect_max_s: Number = Field(60.0, gt=0.0)
+    reconnect_min_s: Number = Field(1.0, gt=0.0, le=3600.0)
+    reconnect_max_s: Number = Field(60.0, gt=0.0, le=3600.0)
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
@@ -173,14 +183,14 @@ class EvidenceSection(_Section):
     dir: Path | None = None  # default <data_dir>/evidence; layout <camera>/<YYYY-MM-DD>/<inspection id>-...
     every_nth_normal: StrictInt = Field(100, ge=0)  # keep every Nth normal frame per camera; 0 = none
     jpeg_quality: StrictInt = Field(85, ge=1, le=100)
-    max_age_days: Number = Field(30.0, gt=0.0)  # older evidence is deleted (verdict rows stay)
-    min_free_mb: Number = Field(2048.0, ge=0.0)  # below this much free disk, the oldest evidence goes first
-    sweep_interval_s: Number = Field(60.0, gt=0.0)
+    max_age_days: Number = Field(30.0, gt=0.0, le=3650.0)  # older evidence is deleted (verdict rows stay)
+    min_free_mb: Number = Field(2048.0, ge=0.0, le=MAX_DISK_MB)  # below this much free disk the oldest goes first
+    sweep_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)
     queue_size: StrictInt = Field(64, ge=1)  # frames waiting to be written; beyond it evidence is dropped (counted)
     # A normal scored within this fraction of its threshold is a close call: its evidence is kept, and the review
     # page asks an operator about it (on both sides of the threshold). 0 = only every Nth normal.
     close_call_band: Number = Field(0.1, ge=0.0, lt=1.0)
-    close_call_interval_s: Number = Field(1.0, ge=0.0)  # at most one close call kept per camera this often
+    close_call_interval_s: Number = Field(1.0, ge=0.0, le=3600.0)  # at most one close call kept per camera this often
 
 
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 (and 7) is Sunday
@@ -230,11 +240,13 @@ def _check_cron(expression: str) -> str:
     if not expression.strip():
         return ""  # no schedule: retraining runs only when asked for
     try:
-        cron_trigger(expression, "UTC")
+        trigger = cron_trigger(expression, "UTC")
     except ValueError as error:
         raise PydanticCustomError(
             "cron", "not a crontab expression (minute hour day month weekday): {problem}", {"problem": str(error)}
         ) from None
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:  # e.g. "0 0 31 2 *": no 31 February
+        raise PydanticCustomError("cron", "'{expression}' never fires (no such date)", {"expression": expression})
     return expression
 
 
@@ -254,14 +266,14 @@ class RetrainSection(_Section):
     enabled: StrictBool = True  # false: no schedule, and on-demand requests are refused
     schedule: Annotated[StrictStr, AfterValidator(_check_cron)] = "30 3 * * *"  # crontab; "" = on demand only
     timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # IANA name; default: local
-    misfire_grace_s: StrictInt = Field(3600, ge=1)  # a run missed (busy machine, daemon down) starts this late
+    misfire_grace_s: StrictInt = Field(3600, ge=1, le=7 * 86400)  # a missed run (machine busy or down) starts this late
     versions_dir: Path | None = None  # default <models_dir>/<line>: new versions, active.json
     min_new_normals: StrictInt = Field(8, ge=2)  # confirmed normals per product needed to train
     holdout_fraction: Number = Field(0.3, gt=0.0, lt=1.0)  # of the new normals, kept out of training for the gate
     max_shots: StrictInt = Field(16, ge=1)  # per product: shots (and memory bank) of a new version at most
     steps: StrictInt = Field(150, ge=1)  # training steps, starting from the active version's prompts
     seed: StrictInt = 0
-    time_limit_s: Number = Field(1800.0, gt=0.0)  # the training process is killed beyond this
+    time_limit_s: Number = Field(1800.0, gt=0.0, le=7 * 86400.0)  # the training process is killed beyond this
     cpu_threads: StrictInt = Field(1, ge=1)  # torch threads of the training process (the scorer keeps the rest)
     frr_margin: Number = Field(0.02, ge=0.0, lt=1.0)  # new false-reject rate may exceed the active one's by this
     keep_versions: StrictInt = Field(5, ge=1)  # previous versions kept for rollback
@@ -279,8 +291,9 @@ class HttpSection(_Section):
     def _token_beyond_loopback(self) -> HttpSection:
         if self.token is None and not is_loopback(self.host):
             raise ValueError(f"host {self.host!r} is reachable beyond this machine: set token (or token_file)")
-        if self.token is not None and len(self.token) < 16:
-            raise ValueError("token must be at least 16 characters")
+        token = self.token
+        if token is not None and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
+            raise ValueError("token must be at least 16 characters, printable, without spaces")
         return self
 
 
@@ -289,8 +302,8 @@ class WebSection(_Section):
 
     enabled: StrictBool = True
     refresh_s: Number = Field(2.0, ge=0.5, le=60.0)  # how often the live view and line status refresh
-    review_hours: Number = Field(24.0, gt=0.0)  # the review queue shows what happened in this many hours
-    session_hours: Number = Field(12.0, gt=0.0)  # a login (with [http] token set) lasts this long
+    review_hours: Number = Field(24.0, gt=0.0, le=3650 * 24.0)  # the review queue shows this many hours
+    session_hours: Number = Field(12.0, gt=0.0, le=30 * 24.0)  # a login (with [http] token set) lasts this long
     timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # times shown; default: local
 
 
@@ -312,19 +325,19 @@ class CameraSection(_Section):
     url: StrictStr | None = None  # source = "url": rtsp:// or http(s)://
     path: Path | None = None  # source = "file" (video) or "folder" (images)
     loop: StrictBool = True  # source = "file": start again at the end, else stop the camera
-    fps: Number | None = Field(None, gt=0.0)  # at most this many frames per second; none = as fast as it comes
+    fps: Number | None = Field(None, gt=0.0, le=1000.0)  # at most this many frames/s; none = as fast as it comes
     policy: Literal["latest", "queue"] = "latest"  # score only the newest frame, or every frame (bounded queue)
-    queue_size: StrictInt = Field(8, ge=1)
+    queue_size: StrictInt = Field(8, ge=1, le=10_000)
     roi: tuple[StrictInt, StrictInt, StrictInt, StrictInt] | None = None  # x, y, width, height in pixels
     rotate: Literal[0, 90, 180, 270] = 0
-    stalled_after_s: Number = Field(5.0, gt=0.0)
-    open_timeout_s: Number = Field(10.0, gt=0.0)
-    read_timeout_s: Number = Field(5.0, gt=0.0)
-    reconnect_min_s: Number = Field(0.5, gt=0.0)
-    reconnect_max_s: Number = Field(30.0, gt=0.0)
+    stalled_after_s: Number = Field(5.0, gt=0.0, le=86400.0)
+    open_timeout_s: Number = Field(10.0, gt=0.0, le=3600.0)
+    read_timeout_s: Number = Field(5.0, gt=0.0, le=3600.0)
+    reconnect_min_s: Number = Field(0.5, gt=0.0, le=3600.0)
+    reconnect_max_s: Number = Field(30.0, gt=0.0, le=3600.0)
     defect_rate: Number = Field(0.1, ge=0.0, le=1.0)  # source = "synthetic"
-    width: StrictInt = Field(640, ge=32)  # source = "synthetic"
-    height: StrictInt = Field(480, ge=32)  # source = "synthetic"
+    width: StrictInt = Field(640, ge=32, le=MAX_SYNTHETIC_SIDE)  # source = "synthetic"
+    height: StrictInt = Field(480, ge=32, le=MAX_SYNTHETIC_SIDE)  # source = "synthetic"
     seed: StrictInt = 0  # source = "synthetic"
 
     @model_validator(mode="after")
@@ -424,9 +437,11 @@ def _resolve_secrets(node: object, where: str, environ: Mapping[str, str]) -> ob
                 raise ConfigError(f"{path}: expected a string")
             if source == "file":
                 try:
-                    resolved[base] = Path(value).read_text().strip()
+                    resolved[base] = Path(value).read_text(encoding="utf-8").strip()
                 except OSError as error:
                     raise ConfigError(f"{path}: cannot read {value} ({error.strerror})") from error
+                except UnicodeDecodeError:
+                    raise ConfigError(f"{path}: {value} is not UTF-8 text") from None
             elif value in environ:
                 resolved[base] = environ[value]
             else:

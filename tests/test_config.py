@@ -376,3 +376,43 @@ def test_web_defaults_and_values(tmp_path: Path) -> None:
     assert defaults.evidence.close_call_band == 0.1
     config = load_config(_config(tmp_path, '[web]\nenabled = false\ntimezone = "Asia/Tokyo"\nreview_hours = 8\n'))
     assert not config.web.enabled and config.web.timezone == "Asia/Tokyo" and config.web.review_hours == 8.0
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("[journal]\nkeep_days = inf\n", ["journal.keep_days", "finite number, not inf"]),
+        ("[journal]\nkeep_days = 1e10\n", ["journal.keep_days", "less than or equal to 3650"]),
+        ("[journal]\nmin_free_mb = nan\n", ["journal.min_free_mb", "finite number, not nan"]),
+        ("[web]\nsession_hours = inf\n", ["web.session_hours", "finite number"]),
+        ("[web]\nsession_hours = 1e6\n", ["web.session_hours", "less than or equal to 720"]),
+        ("[evidence]\nmax_age_days = inf\n", ["evidence.max_age_days", "finite number"]),
+        ("[evidence]\nmax_age_days = 1e9\n", ["evidence.max_age_days", "less than or equal to 3650"]),
+        ("[model]\nthresholds = { p = nan }\n", ["model.thresholds.p", "finite number"]),
+        ("[retrain]\ntime_limit_s = inf\n", ["retrain.time_limit_s", "finite number"]),
+        (CAMERA + 'source = "synthetic"\nwidth = 1000000\n', ["cameras.0.width", "less than or equal to 8192"]),
+        (CAMERA + 'source = "synthetic"\nfps = inf\n', ["cameras.0.fps", "finite number"]),
+        (CAMERA + 'source = "synthetic"\nstalled_after_s = 1e300\n', ["cameras.0.stalled_after_s"]),
+        ('[retrain]\nschedule = "0 3 31 2 *"\n', ["retrain.schedule", "never fires"]),
+        ('[retrain]\nschedule = "0 3 31 4 *"\n', ["retrain.schedule", "never fires"]),
+        ('[http]\ntoken = "                    "\n', ["http", "without spaces"]),
+        ('[http]\ntoken = "0123456789 abcdef0123"\n', ["http", "without spaces"]),
+    ],
+)
+def test_values_that_would_fail_at_run_time_are_refused_by_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, fragments: list[str]
+) -> None:
+    """Issue 15, item 7: infinities, overflowing durations, huge frames, a schedule that never fires and a
+    token of spaces passed check-config and then failed (or never acted) at run time."""
+    path = _config(tmp_path, text)
+    assert main(["check-config", "--config", str(path)]) == 78
+    message = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_a_secret_file_that_is_not_utf8_is_a_config_error_naming_key_and_file(tmp_path: Path) -> None:
+    secret = tmp_path / "store.url"
+    secret.write_bytes(b"postgresql://\xff\xfe")
+    with pytest.raises(ConfigError, match=f"store.url_file: {secret} is not UTF-8 text"):
+        load_config(_config(tmp_path, f'[store]\nurl_file = "{secret}"\n'))
