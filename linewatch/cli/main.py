@@ -68,6 +68,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from linewatch.daemon.lifecycle import serve
+    from linewatch.pipeline.journal.records import JournalError
     from linewatch.retrain.versions import RegistryBusy, RegistryError
     from linewatch.sinks.db import DatabaseError
 
@@ -76,8 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"linewatch: config error: {error}", file=sys.stderr)
         return EX_CONFIG
-    # e.g. the HTTP port is taken, another daemon serves the line, active.json is damaged: the log says why
-    except (DatabaseError, OSError, RegistryBusy, RegistryError) as error:
+    # e.g. the HTTP port is taken, another daemon serves the line, active.json or the journal is damaged
+    except (DatabaseError, JournalError, OSError, RegistryBusy, RegistryError) as error:
         print(f"linewatch: error: {error}", file=sys.stderr)
         return 1
 

@@ -15,6 +15,7 @@ from linewatch.config import load_config
 from linewatch.daemon.feedback import submit
 from linewatch.feedback import FeedbackError, feedback_from_document
 from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.journal.records import JournalError
 from linewatch.types import LabelTarget
 
 
@@ -24,7 +25,11 @@ def cmd_label(args: argparse.Namespace) -> int:
     if not path.exists():
         raise ValueError(f"no journal at {path}: has the daemon run with {args.config}?")
     clock = SystemClock()
-    with Journal(path, clock) as journal:
+    try:
+        journal = Journal(path, clock)
+    except JournalError as error:
+        raise ValueError(f"[journal] path: {error}") from None
+    with journal:
         targets = [t for t in LabelTarget if journal.camera_of(t, args.id) is not None]
         if not targets:
             raise ValueError(f"no inspection or event with id {args.id!r} in {path}")

@@ -39,6 +39,7 @@ from linewatch.pipeline.batcher import Batcher, SlotPolicy
 from linewatch.pipeline.camera.reader import CameraReader
 from linewatch.pipeline.events import EpisodePolicy, event_id_for, step, tick
 from linewatch.pipeline.journal.outbox import Journal
+from linewatch.pipeline.journal.records import JournalError
 from linewatch.pipeline.scorer import Scorer, ScoringWorker
 from linewatch.retrain.launch import ChildCommand
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
@@ -117,7 +118,10 @@ class App:
         than on a secondary thread in our measurements (OpenMP's spinning team is kept hot there)."""
         config = self.config
         config.site.data_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(config.journal_path, self.clock)
+        try:
+            self.journal = Journal(config.journal_path, self.clock)
+        except JournalError as problem:  # the file is named; say which setting points at it
+            raise JournalError(f"[journal] path: {problem}") from problem
         self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
         self.outputs.on_alert_sent = self.metrics.observe_alert
         self.outputs.start()

@@ -237,6 +237,39 @@ def test_run_with_a_broken_config_exits_78(tmp_path: Path) -> None:
     assert main(["run", "--config", str(bad)]) == 78
 
 
+def _newer_schema(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA user_version = 99")
+
+
+BROKEN_JOURNALS = {
+    "truncated": (lambda path: path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 20), "cannot open the journal"),
+    "garbage": (lambda path: path.write_bytes(b"not a database at all\n" * 200), "cannot open the journal"),
+    "directory": (lambda path: path.mkdir(), "cannot open the journal"),
+    "newer schema": (_newer_schema, "journal schema version 99 is newer"),
+}
+
+
+@pytest.mark.parametrize("damage", BROKEN_JOURNALS, ids=list(BROKEN_JOURNALS))
+def test_a_broken_journal_at_start_is_named_by_key_and_file_without_a_traceback(
+    daemon_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """Issue 15, item 8: ``linewatch run`` and ``linewatch label`` refuse it with the setting and the file."""
+    from linewatch.cli.main import main
+
+    config_path = write_config(tmp_path, daemon_model)
+    journal_path = load_config(config_path).journal_path
+    journal_path.parent.mkdir(parents=True)
+    make_broken, cause = BROKEN_JOURNALS[damage]
+    make_broken(journal_path)
+    assert main(["run", "--config", str(config_path)]) == 1
+    error = capsys.readouterr().err
+    assert f"linewatch: error: [journal] path: {journal_path}: {cause}" in error and "Traceback" not in error
+    assert main(["label", "cam0-x-1", "normal", "--config", str(config_path)]) == 2
+    error = capsys.readouterr().err
+    assert f"linewatch: error: [journal] path: {journal_path}: {cause}" in error and "Traceback" not in error
+
+
 def test_reload_applies_thresholds_and_enable_flags_between_batches(daemon_model: Path, tmp_path: Path) -> None:
     config_path = write_config(tmp_path, daemon_model)
     config = load_config(config_path)

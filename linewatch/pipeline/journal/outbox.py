@@ -106,7 +106,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-
 class Journal:
     """The SQLite journal file. Safe to share between threads (see the module docstring)."""
 
