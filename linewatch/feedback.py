@@ -18,6 +18,7 @@ from linewatch.types import LabelTarget, VerdictLabel
 FEEDBACK_MAX_BYTES = 4096  # a feedback body is well under 1 KiB; HTTP uses this, MQTT its max_payload_bytes
 MAX_ID_LENGTH = 128
 MAX_USER_LENGTH = 64
+MAX_REASON_LENGTH = 200
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")  # inspection and event ids
 
 
@@ -62,6 +63,18 @@ def decode_json(payload: bytes, max_bytes: int) -> Any:
         raise FeedbackError("bad_json", f"payload is not JSON ({exc.msg} at position {exc.pos})") from None
     except ValueError as exc:
         raise FeedbackError("bad_json", str(exc)) from None
+    except RecursionError:  # [[[[...]]]]: the parser recurses once per level
+        raise FeedbackError("bad_json", "payload is nested too deeply") from None
+
+
+def check_reason(value: Any, key: str = "reason") -> str | None:
+    """An optional free-text field of a command (a retrain reason, a version name): None, or 1 to
+    MAX_REASON_LENGTH printable characters, so no newline or terminal escape reaches the log or the store.
+    Raises FeedbackError("schema")."""
+    fits = isinstance(value, str) and 0 < len(value) <= MAX_REASON_LENGTH and value.isprintable()
+    if value is not None and not fits:
+        raise FeedbackError("schema", f"{key} must be a printable string of 1 to {MAX_REASON_LENGTH} characters")
+    return value
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

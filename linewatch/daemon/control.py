@@ -12,7 +12,7 @@ from typing import Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from linewatch.daemon.metrics import Health
-from linewatch.feedback import FeedbackError, decode_json
+from linewatch.feedback import FeedbackError, check_reason, decode_json
 from linewatch.retrain.runner import RetrainOutcome
 from linewatch.retrain.versions import RegistryError
 from linewatch.sinks.http import HttpRequest, HttpResponse, Route, error
@@ -42,7 +42,10 @@ def control_field(request: HttpRequest, key: str) -> str | None:
     value = document.get(key) if isinstance(document, dict) else None
     if not isinstance(document, dict) or set(document) - {key} or not (value is None or isinstance(value, str)):
         raise ValueError(f'body must be a JSON object, {{}} or {{"{key}": "..."}}')
-    return value
+    try:  # the same rule as over MQTT: no newline or escape sequence reaches the log or the store
+        return check_reason(value, key)
+    except FeedbackError as problem:
+        raise ValueError(str(problem)) from None
 
 
 def control_routes(control: DaemonControl, metrics_registry: CollectorRegistry) -> dict[tuple[str, str], Route]:

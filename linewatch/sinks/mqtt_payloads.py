@@ -19,12 +19,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from linewatch.feedback import FeedbackError, FeedbackRequest, decode_json, feedback_from_document
+from linewatch.feedback import FeedbackError, FeedbackRequest, check_reason, decode_json, feedback_from_document
 from linewatch.pipeline.journal.records import format_ts
 from linewatch.types import Event, Verdict
 
 CAMERA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-MAX_REASON_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -124,12 +123,10 @@ def _retrain_reason(document: Any) -> str | None:
     unknown = sorted(set(document) - {"reason"})
     if unknown:
         raise Rejected("schema", f"unknown keys {unknown}; allowed: reason")
-    reason = document.get("reason")
-    if reason is not None and not (
-        isinstance(reason, str) and 0 < len(reason) <= MAX_REASON_LENGTH and reason.isprintable()
-    ):
-        raise Rejected("schema", f"reason must be a printable string of 1 to {MAX_REASON_LENGTH} characters")
-    return reason
+    try:
+        return check_reason(document.get("reason"))
+    except FeedbackError as problem:
+        raise Rejected(problem.reason, str(problem)) from None
 
 
 # --- outgoing ---------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ def test_valid_feedback_is_parsed(body: bytes, expected: FeedbackRequest) -> Non
         (b'{"inspection_id": "a", "inspection_id": "b", "label": "normal"}', "bad_json", "appears twice"),
         (b'{"inspection_id": "a", "label": NaN}', "bad_json", "NaN is not a JSON number"),
         (b"\xff\xfe\x00binary", "not_utf8", "UTF-8"),
+        (b"[" * 2000 + b"]" * 2000, "bad_json", "nested too deeply"),
         (b"[1, 2]", "schema", "JSON object"),
         (b'"normal"', "schema", "JSON object"),
         (b'{"label": "normal"}', "schema", "exactly one of"),

@@ -49,6 +49,10 @@ MALFORMED: list[tuple[str, bytes, tuple[str, str]]] = [
     (RETRAIN, b'{"reason": "' + b"r" * 201 + b'"}', ("retrain", "schema")),
     (RETRAIN, b'{"because": "x"}', ("retrain", "schema")),
     (RETRAIN, b"\x00" * 10, ("retrain", "bad_json")),
+    (RETRAIN, b"[" * 2000 + b"]" * 2000, ("retrain", "bad_json")),  # nested deeper than the parser recurses
+    (FEEDBACK, b'{"inspection_id": ' + b"[" * 2000 + b"]" * 2000 + b"}", ("feedback", "bad_json")),
+    (RETRAIN, b'{"reason": "two\\nlines"}', ("retrain", "schema")),
+    (RETRAIN, b'{"reason": "\\u001b[31mred"}', ("retrain", "schema")),
     ("bad cam/enabled/set", b"true", ("unknown", "bad_topic")),
     ("kamerä/feedback/set", b'{"inspection_id": "insp-1", "label": "normal"}', ("unknown", "bad_topic")),
     ("cam.1/enabled/set", b"true", ("unknown", "bad_topic")),
