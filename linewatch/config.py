@@ -161,7 +161,7 @@ class MqttSection(_Section):
     ack_timeout_s: Number = Field(10.0, gt=0.0, le=600.0)  # a forwarder chunk waits this long for PUBACKs, then retries
     max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
     reconnect_min_s: Number = Field(1.0, gt=0.0, le=3600.0)
-    reconnect_max_s: Number = Field(60.0, gt=0.0, le=3600.0)
+    reconnect_max_s: Number = Field(5.0, gt=0.0, le=3600.0)  # bounds how long alerts wait after a broker returns
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:

@@ -7,8 +7,10 @@ persistent session gives what we need: the broker keeps our subscriptions and qu
 client id until the broker expires it (Mosquitto: ``persistent_client_expiration``).
 
 Connection: ``start`` never blocks and never fails for a missing broker (``connect_async`` +
-``loop_start``); paho reconnects with exponential backoff between ``reconnect_min_s`` and
-``reconnect_max_s``. The last will is ``offline`` (QoS 1, retained) on ``P/available``; a clean ``stop``
+``loop_start``); paho reconnects, and we set each wait before it: exponential from ``reconnect_min_s``,
+capped at ``reconnect_max_s`` (5 s by default, so alerts flow within about 5 s of a broker's return),
+jittered to between half and all of that, so the lines of a plant do not reconnect in step after a broker
+restart. The last will is ``offline`` (QoS 1, retained) on ``P/available``; a clean ``stop``
 publishes ``stopped`` and sends DISCONNECT, so the broker discards the will.
 
 "Connected" (the ``connected`` property, what forwarders wait for) starts only when the broker has
@@ -29,6 +31,7 @@ network thread). Passwords are never logged.
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import threading
 import time
@@ -40,6 +43,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from linewatch.backoff import backoff_delay
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import MqttSection
 from linewatch.feedback import FeedbackRequest
@@ -123,6 +127,8 @@ class MqttLink:
         self._reported = ""  # last connection state logged: log once per change
         self._reject_log: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (last logged, suppressed)
         self._started = self._stopping = False
+        self._failed_attempts = 0  # since the last established session: sets the next reconnect wait
+        self._random = random.Random()
         self._client = client_factory(client_id)
         self._configure()
 
@@ -140,7 +146,7 @@ class MqttLink:
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise ValueError(f"mqtt.ca_file / cert_file / key_file: cannot load the TLS files: {exc}") from exc
         client.will_set(self.topics.available, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(section.reconnect_min_s, section.reconnect_max_s)  # type: ignore[arg-type]
+        client.reconnect_delay_set(section.reconnect_min_s, section.reconnect_min_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(MAX_INFLIGHT)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -264,6 +270,7 @@ class MqttLink:
                 client.publish(topic, payload, qos=1, retain=True)
             with self._acks:
                 self._epoch += 1
+                self._failed_attempts = 0
                 self.stats.connects += 1
                 self._connected.set()
                 self._acks.notify_all()
@@ -273,6 +280,7 @@ class MqttLink:
         # paho calls this from inside its ``except OSError`` and passes no error: read it from there, so a
         # TLS failure (wrong CA, expired certificate) says so instead of looking like a network problem.
         cause = sys.exc_info()[1]
+        self._schedule_reconnect()
         self._report(
             "unreachable", logging.WARNING, "MQTT: cannot connect to %s (%s); retrying every %s to %s s",
             self._where, cause or "unreachable", self.section.reconnect_min_s, self.section.reconnect_max_s,
@@ -284,6 +292,7 @@ class MqttLink:
         # Also called after every failed attempt. Losing a session is news; so is a connection the broker
         # dropped before accepting it (with TLS 1.3 a refused client certificate surfaces only this way);
         # a refused CONNACK was already reported by _on_connect.
+        self._schedule_reconnect()
         if self._stopping:
             self._set_disconnected()
         elif self._set_disconnected():
@@ -297,6 +306,16 @@ class MqttLink:
                 "MQTT: %s closed the connection before accepting it (%s): check TLS client certificate and ACL",
                 self._where, reason,
             )  # fmt: skip
+
+    def _schedule_reconnect(self) -> None:
+        """Set paho's next wait (it reconnects after this callback returns): paho's own backoff doubles up
+        to the maximum without jitter. A failed attempt may reach both failure callbacks; counting it twice
+        only reaches the cap sooner."""
+        minimum, maximum = self.section.reconnect_min_s, self.section.reconnect_max_s
+        ceiling = backoff_delay(self._failed_attempts, minimum, maximum)
+        self._failed_attempts += 1
+        wait = max(minimum, ceiling * self._random.uniform(0.5, 1.0))
+        self._client.reconnect_delay_set(wait, wait)  # type: ignore[arg-type]
 
     def _set_disconnected(self) -> bool:
         """Clear "connected" and wake ack waiters; True if a session was established until now."""

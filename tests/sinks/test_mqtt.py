@@ -210,7 +210,7 @@ def test_configuration_reaches_the_client_and_secrets_stay_out_of_the_log(
         "keyfile": str(files["client.key"]),
     }
     assert client.calls["will_set"] == ("linewatch/s1/l1/available", "offline", 1, True)
-    assert client.calls["reconnect_delay_set"] == (2.0, 90.0)
+    assert client.calls["reconnect_delay_set"] == (2.0, 2.0)  # the first wait; each later one is set before it
     assert client.calls["connect_async"] == ("broker.plant", 8883, 20)
     assert client.calls["disconnect"] and client.calls["loop_stop"]
     assert client.sent == []  # never connected: no "stopped" either
@@ -224,6 +224,28 @@ def test_tls_without_a_ca_file_uses_the_system_store_and_missing_files_are_named
     assert "username_pw_set" not in factory.clients[0].calls
     with pytest.raises(ValueError, match="ca_file"):  # the real paho client loads the files at once
         MqttLink(MqttSection(tls=True, ca_file=tmp_path / "missing.pem"), "p", "c", RecordingHandlers())
+
+
+def test_reconnect_waits_grow_to_the_cap_with_jitter_and_restart_after_a_session() -> None:
+    """Issue 15, item 10: paho doubled its wait up to reconnect_max_s (then 60 s) in lock step on every line;
+    now each wait is set before it, exponential from the minimum, capped, and jittered to 1/2..1 of that."""
+    factory = FakeFactory(online=False)
+    link = MqttLink(MqttSection(reconnect_min_s=0.5), "p/l", "lw", RecordingHandlers(), client_factory=factory)
+    link.start()
+    client = factory.clients[0]
+    waits = []
+    for _ in range(40):
+        client.on_connect_fail(client, None)
+        low, high = client.calls["reconnect_delay_set"]
+        assert low == high
+        waits.append(low)
+    assert waits[0] == 0.5 and 0.5 <= waits[1] <= 1.0 and 1.0 <= waits[2] <= 2.0
+    assert all(2.5 <= wait <= 5.0 for wait in waits[5:])  # the default cap: alerts flow within 5 s of a return
+    assert len(set(waits[5:])) > 20  # jittered, so the lines of a plant do not reconnect in step
+    client.reconnect()  # a session: the next loss starts again from the minimum
+    client.drop()
+    assert client.calls["reconnect_delay_set"] == (0.5, 0.5)
+    link.stop()
 
 
 def test_connection_changes_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
