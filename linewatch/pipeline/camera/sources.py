@@ -135,6 +135,21 @@ def _force_rtsp_tcp() -> None:
         os.environ[FFMPEG_OPTIONS_ENV] = f"{current}|rtsp_transport;tcp" if current else "rtsp_transport;tcp"
 
 
+# OpenCV and FFmpeg write to stderr themselves, without the line's prefix (FFmpeg with the stream URL,
+# credentials and all), two lines on every failed open of a dead camera: the reader's own log line already
+# says the camera is offline. Quieted once per process unless the operator set these variables (to see
+# FFmpeg's own reasons again: OPENCV_FFMPEG_LOGLEVEL=24 for warnings).
+FFMPEG_LOGLEVEL_ENV = "OPENCV_FFMPEG_LOGLEVEL"
+OPENCV_LOGLEVEL_ENV = "OPENCV_LOG_LEVEL"
+
+
+def _quiet_native_logs() -> None:
+    with _ENV_LOCK:
+        os.environ.setdefault(FFMPEG_LOGLEVEL_ENV, "-8")  # AV_LOG_QUIET; read when FFmpeg opens a stream
+        if OPENCV_LOGLEVEL_ENV not in os.environ:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def _is_url(target: int | str) -> bool:
     return isinstance(target, str) and "://" in target
 
@@ -171,6 +186,7 @@ class OpenCVSource:
         self._factory = capture_factory
         self._capture: CaptureLike | None = None
         self.description = f"device {target}" if isinstance(target, int) else mask_secrets(target)
+        _quiet_native_logs()
         if _is_rtsp(target):
             _force_rtsp_tcp()  # here too, so it is normally written before any reader thread opens a stream
 

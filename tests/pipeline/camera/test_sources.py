@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +24,7 @@ from linewatch.pipeline.camera.sources import (
     mask_secrets,
 )
 from linewatch.pipeline.camera.synthetic import SyntheticProduct
+from tests.services.ports import free_port
 
 VIDEO_COLOURS_RGB = [(250, 10, 10), (10, 250, 10), (10, 10, 250), (250, 250, 10), (10, 250, 250)]
 
@@ -387,3 +390,19 @@ def test_opencv_http_and_device_parameters(monkeypatch: pytest.MonkeyPatch):
 )
 def test_mask_secrets(text: str, masked: str):
     assert mask_secrets(text) == masked
+
+
+def test_a_dead_stream_leaves_no_unprefixed_native_lines_on_stderr(tmp_path: Path):
+    """Issue 15, item 13: OpenCV and FFmpeg printed two lines of their own (FFmpeg's with the URL) on every
+    failed open; the reader's log line is the one that says the camera is offline."""
+    port = free_port()  # nothing listens there: the open is refused at once
+    script = (
+        "from linewatch.pipeline.camera.sources import OpenCVSource, SourceError\n"
+        f"source = OpenCVSource('rtsp://user:pw@127.0.0.1:{port}/stream', open_timeout_s=2)\n"
+        "try:\n    source.open()\nexcept SourceError as error:\n    print('refused:', error)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENCV_FFMPEG_LOGLEVEL", "OPENCV_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=environ)
+    assert done.returncode == 0 and done.stdout.startswith("refused:"), done
+    assert done.stderr == ""
+    assert "pw" not in done.stdout  # the reader's own message masks the credentials
