@@ -83,9 +83,11 @@ class CameraReader:
     SourceError); that one source is then opened and closed around every reconnect, so a folder keeps its
     record of delivered files and a synthetic stream continues rather than repeating itself.
 
-    Exceptions raised by ``on_frame`` or ``on_status`` are not swallowed: the source is closed and they
-    propagate out of ``run`` (and so end the thread), and the composition root decides what a failed
-    downstream means. Sources report their own trouble as SourceError, which never ends the loop.
+    Sources report their own trouble as SourceError, which never ends the loop. Anything else that escapes
+    (a source or the downstream failing in a way nobody foresaw) closes the source and propagates out of
+    ``run``; the thread that ``start`` runs catches it, logs it with its traceback, reports the camera
+    ``offline``, counts a reconnect and starts ``run`` again after a backoff, so a camera never goes silent
+    while it still looks healthy.
 
     ``fps`` limits the frames handed on to at most one per 1/fps seconds. A live source (``live = True``,
     e.g. OpenCVSource) is still read continuously and the surplus dropped (``frames_limited``), since a
@@ -155,9 +157,33 @@ class CameraReader:
         if stop is not None:
             self._stop = stop
             self.status = None  # the first status after a restart is a change: it is reported
-        thread = threading.Thread(target=self.run, name=f"camera-{self.name}", daemon=False)
+        thread = threading.Thread(target=self._supervise, name=f"camera-{self.name}", daemon=False)
         thread.start()
         return thread
+
+    def _supervise(self) -> None:
+        """The thread's body: ``run`` until it returns (stopped, or a file ended), restarting it after an
+        unforeseen exception. The backoff grows while restarts deliver no frame."""
+        failures = 0
+        while True:
+            frames_before = self.stats.frames
+            try:
+                self.run()
+                return
+            except Exception as exc:
+                failures = 1 if self.stats.frames > frames_before else failures + 1
+                delay = backoff_delay(failures - 1, self._reconnect_min_s, self._reconnect_max_s)
+                self.stats.reconnects += 1
+                logger.error(
+                    "camera %s: reader failed (%s: %s); restarting in %.1f s",
+                    self.name, type(exc).__name__, exc, delay, exc_info=True,
+                )  # fmt: skip
+                try:
+                    self._set_status(CameraStatus.OFFLINE)
+                except Exception:  # the status consumer failing too must not end the camera for good
+                    logger.exception("camera %s: reporting offline failed", self.name)
+            if self._clock.wait(delay, self._stop):
+                return
 
     def report_skipped(self, path: Path, reason: str) -> None:
         """``on_skipped`` callback for a FolderSource: counts the file, logs once per burst."""

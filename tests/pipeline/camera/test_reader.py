@@ -366,3 +366,35 @@ def test_start_runs_in_a_named_non_daemon_thread():
     assert not thread.is_alive()
     assert statuses[0] == ONLINE
     assert not source.is_open
+
+
+def test_a_reader_that_fails_unforeseen_is_reported_offline_and_restarted_with_numbering_on(
+    caplog: pytest.LogCaptureFixture,
+):
+    """Issue 15, item 6: an exception that escaped the loop ended the thread and left the camera looking
+    fine forever. The thread now logs it, reports offline, backs off and runs again on the same source."""
+    harness = Harness()
+    reads = [_image(1), RuntimeError("decoder bug"), _image(2), MemoryError(), _image(3)]
+    source = ScriptedSource(harness.stop, reads)
+    delivered = []
+
+    def on_frame(frame: Frame) -> None:
+        if frame.seq == 2 and not delivered:  # the downstream fails once, on the second frame
+            delivered.append("failed once")
+            raise ValueError("resize failed")
+        harness.frames.append(frame)
+
+    reader = CameraReader(
+        "cam1", "p", lambda: source, on_frame, lambda _, s: harness.statuses.append(s), harness.stop, harness.clock
+    )
+    with caplog.at_level("ERROR", logger="linewatch.pipeline.camera.reader"):
+        thread = reader.start()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert [frame.seq for frame in harness.frames] == [1, 3]  # frame 2 was lost to the failing downstream
+    assert [int(frame.image[0, 0, 0]) for frame in harness.frames] == [1, 3]
+    assert harness.statuses == [ONLINE, OFFLINE, ONLINE, OFFLINE, ONLINE, OFFLINE, ONLINE]
+    assert reader.stats.reconnects == 3 and not source.is_open
+    failures = [r for r in caplog.records if "reader failed" in r.getMessage()]
+    assert [r.exc_info[0] for r in failures] == [RuntimeError, ValueError, MemoryError]
+    assert harness.clock.waits[:3] == [0.5, 0.5, 1.0]  # the backoff grows while restarts deliver nothing new
