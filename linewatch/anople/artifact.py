@@ -227,7 +227,7 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
     try:
         settings = AnoPLeSettings.from_dict(manifest["settings"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ArtifactError(f"{directory / MANIFEST}: malformed settings ({error})") from error
+        raise ArtifactError(f"{directory / MANIFEST}: malformed settings or products ({error})") from error
     products, words = _products(manifest["products"], directory / MANIFEST)
     model = AnoPLe(backbone, settings, list(products), words)
     learned = _load_tensors(directory / LEARNED)
