@@ -32,6 +32,15 @@ class EventType(StrEnum):
     END = "end"
 
 
+class EndReason(StrEnum):
+    """Why an episode ended: its camera went quiet for the quiet period, the daemon stopped cleanly with
+    it open, or the daemon found it left open (a crash or SIGKILL) at its next start."""
+
+    QUIET = "quiet"
+    STOPPED = "stopped"
+    RESTARTED = "restarted"
+
+
 @dataclass(frozen=True)
 class Frame:
     """One captured image, already cropped and rotated as the camera's config asks."""
@@ -94,6 +103,7 @@ class Event:
     part_id: str | None = None
     snapshot: str | None = None  # evidence of the inspection that produced this message
     heatmap: str | None = None
+    end_reason: EndReason | None = None  # set on "end" messages only
 
 
 class LabelTarget(StrEnum):

@@ -28,6 +28,7 @@ from linewatch.clock import Clock, SystemClock
 from linewatch.config import CameraSection, Config
 from linewatch.daemon.cameras import CameraRuntime, SourceFactory, make_source
 from linewatch.daemon.control import control_routes
+from linewatch.daemon.episodes import end_episodes_left_open, end_open_episodes
 from linewatch.daemon.feedback import submit
 from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
 from linewatch.daemon.outputs import Outputs
@@ -140,6 +141,7 @@ class App:
                 self._active_path,
                 config.model.path.name,
             )
+        end_episodes_left_open(self.journal)  # after the lock: never another running daemon's episodes
         scorer = self._load_scorer(self._active_path)
         # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
         self._input_size = scorer.model.input_size
@@ -440,6 +442,8 @@ class App:
             for start in range(0, len(leftover), size):
                 batch = Batch(tuple(leftover[start : start + size]), "drain")
                 self._record(batch, *self.worker.score_batch(batch))
+        if self.journal is not None:
+            end_open_episodes(self.cameras.values(), self.journal)
         if self.outputs is not None:
             self.outputs.stop_intake()
             self.outputs.stop()  # the broker link goes down here: no more commands after it

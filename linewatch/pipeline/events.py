@@ -23,7 +23,9 @@ Rules, in the order :func:`step` applies them to one verdict:
    not announced by itself; a later verdict above the announced peak is.
 
 :func:`tick` applies rule 1 with ``now`` when no verdicts arrive at all (camera stopped, stalled or
-disabled); its ``end`` copies the last verdict seen in the episode with the next ``seq``.
+disabled); its ``end`` copies the last verdict seen in the episode with the next ``seq``. Both say
+``end_reason`` quiet. :func:`close` ends an open episode at once (the daemon stops cleanly: ``stopped``),
+and :func:`end_left_open` ends one that a crash left open, from its last journaled message (``restarted``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from linewatch.types import Event, EventType, Verdict, VerdictLabel
+from linewatch.types import EndReason, Event, EventType, Verdict, VerdictLabel
 
 # Fixed namespace for event ids: uuid5(EVENT_ID_NAMESPACE, "<camera>/<inspection_id>").
 EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:linewatch:event")
@@ -86,7 +88,7 @@ def event_id_for(verdict: Verdict) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{verdict.camera}/{verdict.inspection_id}"))
 
 
-def _event(event_id: str, type_: EventType, seq: int, v: Verdict) -> Event:
+def _event(event_id: str, type_: EventType, seq: int, v: Verdict, end_reason: EndReason | None = None) -> Event:
     return Event(
         event_id=event_id,
         type=type_,
@@ -102,6 +104,7 @@ def _event(event_id: str, type_: EventType, seq: int, v: Verdict) -> Event:
         part_id=v.part_id,
         snapshot=v.snapshot,
         heatmap=v.heatmap,
+        end_reason=end_reason,
     )
 
 
@@ -131,7 +134,7 @@ def step(
     # 1. quiet end, judged before this verdict counts
     if _quiet(state, ts, policy):
         assert state.event_id is not None
-        events.append(_event(state.event_id, EventType.END, state.seq + 1, verdict))
+        events.append(_event(state.event_id, EventType.END, state.seq + 1, verdict, EndReason.QUIET))
         state = _closed(state)
 
     # 2. debounce window
@@ -177,5 +180,24 @@ def tick(state: CameraEpisodes, now: datetime, policy: EpisodePolicy) -> tuple[C
     if not _quiet(state, now, policy):
         return state, []
     assert state.event_id is not None and state.last_verdict is not None
-    end = _event(state.event_id, EventType.END, state.seq + 1, state.last_verdict)
+    end = _event(state.event_id, EventType.END, state.seq + 1, state.last_verdict, EndReason.QUIET)
     return _closed(state), [end]
+
+
+def close(state: CameraEpisodes, reason: EndReason) -> tuple[CameraEpisodes, list[Event]]:
+    """End the open episode now, whatever the quiet period says (the daemon is stopping): the ``end``
+    copies the episode's last verdict with the next ``seq``. No messages when none is open."""
+    if not state.is_open:
+        return state, []
+    assert state.event_id is not None and state.last_verdict is not None
+    end = _event(state.event_id, EventType.END, state.seq + 1, state.last_verdict, reason)
+    return _closed(state), [end]
+
+
+def end_left_open(last: Event) -> Event:
+    """The ``end`` of an episode whose latest journaled message is ``last`` (not an end): a crash or a
+    SIGKILL kept the daemon from ending it. It copies that message, next ``seq``, reason ``restarted``; its
+    frame time is the last one known, since when the episode really ended nobody saw."""
+    if last.type is EventType.END:
+        raise ValueError(f"episode {last.event_id} has ended already")
+    return replace(last, type=EventType.END, seq=last.seq + 1, end_reason=EndReason.RESTARTED)

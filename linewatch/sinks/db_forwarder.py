@@ -133,6 +133,7 @@ class DbForwarder:
             changes: dict[str, Any] = {name: new[name] for name in latest}
             if event.type is EventType.END:
                 changes["ended_at"] = new.ended_at
+                changes["end_reason"] = new.end_reason
             else:  # an update announces a new peak (events.step emits one only above the peak so far)
                 for name in ("peak_score", "threshold", "model_version", "snapshot", "heatmap"):
                     changes[name] = new[name]
@@ -278,6 +279,7 @@ def _event_row(event: Event) -> dict[str, Any]:
         "started_at": event.frame_ts,
         "last_at": event.frame_ts,
         "ended_at": event.frame_ts if event.type is EventType.END else None,
+        "end_reason": None if event.end_reason is None else event.end_reason.value,
         "last_type": event.type.value,
         "last_seq": event.seq,
         "peak_score": event.score,

@@ -53,6 +53,7 @@ NAMING_CONVENTION = {
 VERDICTS = ("normal", "defect")
 LABEL_TARGETS = ("inspection", "event")
 EVENT_TYPES = ("new", "update", "end")
+END_REASONS = ("quiet", "stopped", "restarted")
 MODEL_STATUSES = ("active", "retired", "failed", "candidate")
 # The rows of the partial index the review queue reads. The same text on both dialects, in the migration
 # too: SQLite uses a partial index only for a query whose WHERE has these very terms.
@@ -164,6 +165,10 @@ class DefectEvent(LatestLabel, Base):
     last_inspection_id: Mapped[str]
     snapshot: Mapped[str | None]  # evidence of the peak message
     heatmap: Mapped[str | None]
+    # quiet | stopped | restarted (types.EndReason); added by migration 0003, so it sorts after the label columns
+    end_reason: Mapped[str | None] = mapped_column(
+        CheckConstraint(_one_of("end_reason", END_REASONS, nullable=True), name="end_reason"), sort_order=1
+    )
 
 
 class LabelRecord(Base):

@@ -157,6 +157,7 @@ def event_message(event: Event, site: str, line: str) -> dict[str, Any]:
         "part_id": event.part_id,
         "snapshot": event.snapshot,
         "heatmap": event.heatmap,
+        "end_reason": None if event.end_reason is None else event.end_reason.value,  # quiet|stopped|restarted
     }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.clock import FakeClock
@@ -24,8 +25,11 @@ from linewatch.daemon.app import App
 from linewatch.pipeline.camera.synthetic import SyntheticProduct
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalRecord
+from linewatch.sinks.db import make_engine
+from linewatch.sinks.db_schema import DefectEvent
 from linewatch.types import Batch, CameraStatus, Frame, Verdict, VerdictLabel
 from tests.conftest import quick_artifact
+from tests.pipeline.test_journal import make_event
 from tests.services.mosquitto import MosquittoBroker
 
 PRODUCT = "bracket"
@@ -356,3 +360,34 @@ def test_enable_commands_apply_in_order_and_never_restart_a_stopping_daemon(
     finally:
         app.stop()
     assert not any(thread.name.startswith(("camera", "control")) for thread in threading.enumerate())
+
+
+def test_no_episode_stays_open_across_a_clean_stop_or_a_crash(daemon_model: Path, tmp_path: Path) -> None:
+    """Issue 15, item 4: an episode open at a clean stop gets its end (stopped) before the outputs flush;
+    one a crash left open in the journal gets its end (restarted) at the next start. The store's
+    ended_at is never left empty and says why."""
+    config_path = write_config(tmp_path, daemon_model)  # debounce 1 of 1, 30 % defects: episodes open soon
+    config_path.write_text(config_path.read_text().replace("end_after_s = 0.2", "end_after_s = 600"))
+    config = load_config(config_path)
+    config.journal_path.parent.mkdir(parents=True)
+    with Journal(config.journal_path, FakeClock()) as journal:  # what a SIGKILLed run left behind
+        journal.append_batch((), [make_event("ev-crashed", 1), make_event("ev-crashed", 2)])
+    app = App(config)
+    app.start()
+    try:
+        _wait_for(lambda: len({r.camera for r in journal_records(config.journal_path, "event")[3:]}) == 2, 60)
+    finally:
+        app.stop()
+    events = journal_records(config.journal_path, "event")
+    ends = {record.payload["event_id"]: record.payload for record in events if record.payload["type"] == "end"}
+    assert ends["ev-crashed"]["seq"] == 3 and ends["ev-crashed"]["end_reason"] == "restarted"
+    assert events[2].payload["event_id"] == "ev-crashed"  # ended at start, before any new message
+    opened = {record.payload["event_id"] for record in events}
+    assert set(ends) == opened  # nothing left open
+    assert {ends[event_id]["end_reason"] for event_id in opened - {"ev-crashed"}} == {"stopped"}
+    engine = make_engine(config.store_url)
+    with engine.connect() as connection:
+        stored = {row.event_id: row for row in connection.execute(select(DefectEvent))}
+    engine.dispose()
+    assert set(stored) == opened
+    assert all(row.ended_at is not None and row.end_reason == ends[key]["end_reason"] for key, row in stored.items())

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from linewatch.pipeline.events import EpisodePolicy, event_id_for, initial_state, step, tick
-from linewatch.types import EventType, Verdict, VerdictLabel
+from linewatch.pipeline.events import EpisodePolicy, close, end_left_open, event_id_for, initial_state, step, tick
+from linewatch.types import EndReason, EventType, Verdict, VerdictLabel
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 THRESHOLD = 0.5
@@ -252,3 +252,24 @@ def test_invalid_policies(kwargs, field) -> None:
 def test_valid_edge_policies() -> None:
     assert EpisodePolicy(debounce_n=1, debounce_m=1, end_after_s=0.001, update_min_interval_s=0.0).debounce_m == 1
     assert EpisodePolicy(debounce_n=3, debounce_m=3).debounce_n == 3
+
+
+def test_every_end_says_why_the_episode_ended() -> None:
+    """Issue 15, item 4: quiet ends (by a verdict or a tick) say quiet; close() ends an open episode now
+    (a clean stop) and end_left_open() ends one a crash left open, from its last journaled message."""
+    state = _open_episode()
+    _, by_tick = tick(state, T0 + timedelta(seconds=6), DEFAULT)
+    _, by_verdict = step(state, verdict(3, N, 0.1, 6), DEFAULT, event_id_for)
+    assert [e.end_reason for e in (*by_tick, *by_verdict)] == [EndReason.QUIET, EndReason.QUIET]
+
+    closed, ends = close(state, EndReason.STOPPED)
+    assert [(e.type, e.seq, e.event_id, e.end_reason) for e in ends] == [(END, 2, state.event_id, EndReason.STOPPED)]
+    assert ends[0].inspection_id == verdict(2, N, 0.2, 2).inspection_id  # copies the episode's last verdict
+    assert not closed.is_open and close(closed, EndReason.STOPPED) == (closed, [])
+
+    _, opened = step(initial_state(), verdict(0, D, 0.8, 0), EpisodePolicy(debounce_n=1, debounce_m=1), event_id_for)
+    end = end_left_open(opened[0])
+    assert (end.type, end.seq, end.end_reason, end.frame_ts) == (END, 2, EndReason.RESTARTED, opened[0].frame_ts)
+    assert opened[0].end_reason is None
+    with pytest.raises(ValueError, match="has ended already"):
+        end_left_open(end)

@@ -19,7 +19,7 @@ from linewatch.pipeline.journal.records import (
     verdict_from_payload,
     verdict_payload,
 )
-from linewatch.types import Label, LabelTarget, VerdictLabel
+from linewatch.types import EndReason, EventType, Label, LabelTarget, VerdictLabel
 from tests.pipeline.test_journal import make_event, make_verdict
 
 # The schema exactly as linewatch 0.1 (journal version 1) created it.
@@ -124,3 +124,20 @@ def test_a_live_forwarder_can_start_at_the_head_and_keeps_its_cursor_afterwards(
         journal.append_batch([make_verdict(3)], [])
         journal.register_forwarder("alerts", start_at_head=True)  # a restart: the cursor stays where it was
         assert journal.backlogs() == {"alerts": 1, "store": 4}
+
+
+def test_open_episodes_are_the_latest_messages_of_episodes_without_an_end(tmp_path: Path) -> None:
+    """What a crash left open (issue 15, item 4), across cameras, in journal order; end reasons round-trip,
+    and a record journaled before they existed reads as None."""
+    with Journal(tmp_path / "journal.sqlite3", FakeClock()) as journal:
+        journal.append_batch((), [make_event("ev-a", 1), make_event("ev-b", 1, camera="cam2")])
+        journal.append_batch((), [make_event("ev-a", 2), make_event("ev-c", 1)])
+        journal.append_batch((), [make_event("ev-c", 2, type=EventType.END, end_reason=EndReason.QUIET)])
+        assert [(e.event_id, e.seq, e.camera) for e in journal.open_episodes()] == [
+            ("ev-b", 1, "cam2"),
+            ("ev-a", 2, "cam1"),
+        ]
+    ended = make_event("ev-c", 2, type=EventType.END, end_reason=EndReason.STOPPED)
+    assert event_from_payload(event_payload(ended)) == ended
+    old = {key: value for key, value in event_payload(ended).items() if key != "end_reason"}
+    assert event_from_payload(old).end_reason is None

@@ -117,6 +117,7 @@ def test_events_and_the_latest_verdict_per_camera_go_out_in_journal_order(
         "product": "metal plate", "frame_ts": "2026-01-01T08:00:00.011000Z", "score": 0.9, "threshold": 0.5,
         "verdict": "defect", "model_version": "v1", "inspection_id": "cam1-boot-11", "part_id": "P-7",
         "snapshot": "cam1/2026-01-01/cam1-boot-11.jpg", "heatmap": "cam1/2026-01-01/cam1-boot-11-heat.jpg",
+        "end_reason": None,
     }  # fmt: skip
     tiles = {s.topic: (json.loads(s.payload), s.retain) for s in seen if s.topic.endswith("/verdict")}
     assert set(tiles) == {topics.verdict("cam1"), topics.verdict("cam_2")}  # only the latest of each camera
@@ -274,7 +275,8 @@ def test_messages_are_compact_json_with_a_fixed_key_order(fake: tuple[MqttLink, 
         b'{"event_id":"ev-cam1-1","type":"new","seq":1,"site":"s","line":"l","camera":"cam1",'
         b'"product":"metal plate","frame_ts":"2026-01-01T08:00:00.007000Z","score":0.9,"threshold":0.5,'
         b'"verdict":"defect","model_version":"v1","inspection_id":"cam1-boot-7","part_id":"P-7",'
-        b'"snapshot":"cam1/2026-01-01/cam1-boot-7.jpg","heatmap":"cam1/2026-01-01/cam1-boot-7-heat.jpg"}'
+        b'"snapshot":"cam1/2026-01-01/cam1-boot-7.jpg","heatmap":"cam1/2026-01-01/cam1-boot-7-heat.jpg",'
+        b'"end_reason":null}'
     ]
     assert client.on_topic("p/l/cam1/verdict") == [
         b'{"inspection_id":"cam1-boot-8","site":"s","line":"l","camera":"cam1","product":"metal plate",'

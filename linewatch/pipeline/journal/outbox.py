@@ -48,6 +48,7 @@ from linewatch.pipeline.journal.records import (
     JournalError,
     JournalRecord,
     encode_payload,
+    event_from_payload,
     event_key,
     event_payload,
     format_ts,
@@ -55,7 +56,7 @@ from linewatch.pipeline.journal.records import (
     label_payload,
     verdict_payload,
 )
-from linewatch.types import Event, Label, LabelTarget, Verdict
+from linewatch.types import Event, EventType, Label, LabelTarget, Verdict
 
 SCHEMA_VERSION = 2
 KINDS = frozenset({"verdict", "event", "label"})
@@ -248,6 +249,19 @@ class Journal:
                 (camera, format_ts(committed_since)),
             )
         return [label_from_payload(json.loads(row[0])) for row in rows]
+
+    def open_episodes(self) -> list[Event]:
+        """The latest message of every episode that has no ``end`` in the journal, in journal order: what a
+        crash left open. Event keys are ``<event_id>:<seq>``, so the episodes group on the key's prefix."""
+        with self._lock:
+            rows = self._query(
+                "SELECT payload FROM records WHERE position IN ("
+                " SELECT MAX(position) FROM records WHERE kind = 'event'"
+                " GROUP BY substr(key, 1, instr(key, ':') - 1)"
+                ") ORDER BY position"
+            )
+        latest = [event_from_payload(json.loads(row[0])) for row in rows]
+        return [event for event in latest if event.type is not EventType.END]
 
     # --- forwarders' cursors -------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from linewatch.types import Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
+from linewatch.types import EndReason, Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
 
 _T = TypeVar("_T")
 
@@ -106,6 +106,7 @@ def event_payload(event: Event) -> dict[str, Any]:
         "part_id": event.part_id,
         "snapshot": event.snapshot,
         "heatmap": event.heatmap,
+        "end_reason": None if event.end_reason is None else str(event.end_reason),
     }
 
 
@@ -128,6 +129,7 @@ def event_from_payload(payload: dict[str, Any]) -> Event:
             part_id=_optional_text(p.get("part_id")),
             snapshot=_optional_text(p.get("snapshot")),
             heatmap=_optional_text(p.get("heatmap")),
+            end_reason=None if p.get("end_reason") is None else EndReason(p["end_reason"]),  # older records: none
         ),
     )
 
