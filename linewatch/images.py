@@ -21,6 +21,10 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".t
 
 # Anything smaller cannot hold a meaningful part view; it is almost always a thumbnail or icon by mistake.
 MIN_SIDE = 8
+# The model sees a few hundred pixels a side; a frame beyond 50 megapixels (an 8000x8000 PNG took the
+# daemon from 1 to 4.3 GB, a 12000x12000 JPEG took training to 7.7 GB) is refused from its header,
+# before anything is decoded. Industrial area cameras stay below it.
+MAX_PIXELS = 50_000_000
 
 # IMREAD_UNCHANGED is the one flag value for which OpenCV skips EXIF orientation, so it is not used:
 # ANYDEPTH keeps 16-bit/float data, ANYCOLOR keeps grayscale as one channel, and orientation is applied.
@@ -79,6 +83,12 @@ def _decode(data: bytes, source: str) -> np.ndarray:
     """Decode image bytes and apply the checks shared by files and in-memory uploads."""
     if not data:
         raise ImageError(f"{source}: empty file or data, not an image")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(
+            f"{source}: image is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} megapixels), more than the "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels linewatch reads; scale it down or crop it first"
+        )
     try:
         array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)
     except cv2.error as exc:  # e.g. dimensions over OpenCV's safety limit
@@ -90,6 +100,80 @@ def _decode(data: bytes, source: str) -> np.ndarray:
     if height < MIN_SIDE or width < MIN_SIDE:
         raise ImageError(f"{source}: image is {width}x{height}, smaller than the minimum {MIN_SIDE}x{MIN_SIDE} px")
     return rgb
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, JPEG, BMP, WebP or TIFF, without decoding; None for
+    anything else or a header too damaged to say (the decoder then has its own word)."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            return _be(data, 16, 4), _be(data, 20, 4)
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM":
+            return abs(_le(data, 18, 4, signed=True)), abs(_le(data, 22, 4, signed=True))
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return _tiff_size(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _be(data: bytes, offset: int, length: int) -> int:
+    if offset + length > len(data):
+        raise IndexError("header cut short")
+    return int.from_bytes(data[offset : offset + length], "big")
+
+
+def _le(data: bytes, offset: int, length: int, signed: bool = False) -> int:
+    if offset + length > len(data):
+        raise IndexError("header cut short")
+    return int.from_bytes(data[offset : offset + length], "little", signed=signed)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The frame header (SOF0..SOF15 but DHT, JPG and DAC) after walking the marker segments."""
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:  # no length follows
+            offset += 1 if marker == 0xFF else 2
+            continue
+        length = _be(data, offset + 2, 2)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return _be(data, offset + 7, 2), _be(data, offset + 5, 2)
+        offset += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return _le(data, 24, 3) + 1, _le(data, 27, 3) + 1
+    if chunk == b"VP8L":
+        bits = _le(data, 21, 4)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        return _le(data, 26, 2) & 0x3FFF, _le(data, 28, 2) & 0x3FFF
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """ImageWidth (256) and ImageLength (257) of the first image file directory."""
+    order = "little" if data[:2] == b"II" else "big"
+    read = _le if order == "little" else _be
+    directory = read(data, 4, 4)
+    found: dict[int, int] = {}
+    for index in range(read(data, directory, 2)):
+        entry = directory + 2 + 12 * index
+        tag, kind = read(data, entry, 2), read(data, entry + 2, 2)
+        if tag in (256, 257):
+            found[tag] = read(data, entry + 8, 2) if kind == 3 else read(data, entry + 8, 4)  # SHORT or LONG
+    return (found[256], found[257]) if len(found) == 2 else None
 
 
 def read_rgb(path: Path) -> np.ndarray:

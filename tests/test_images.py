@@ -11,9 +11,11 @@ import pytest
 
 from linewatch.images import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
     ImageError,
     collect_images,
     decode_rgb,
+    header_size,
     heatmap_overlay,
     read_rgb,
     to_rgb_uint8,
@@ -405,3 +407,27 @@ def test_overlay_rejects_bad_inputs(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         heatmap_overlay(image, pixel_map, threshold, alpha)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".webp", ".tif"])
+@pytest.mark.parametrize("shape", [(37, 53, 3), (64, 9, 3), (37, 53)])
+def test_header_size_reads_width_and_height_without_decoding(suffix: str, shape: tuple[int, ...]) -> None:
+    encoded = cv2.imencode(suffix, np.zeros(shape, np.uint8))[1].tobytes()
+    assert header_size(encoded) == (shape[1], shape[0])
+    assert header_size(encoded[:12]) is None  # cut short: the decoder has the last word
+    assert header_size(b"GIF89a" + encoded[6:]) is None
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path: Path) -> None:
+    """Issue 15, item 11: a huge frame took the daemon from 1 to 4.3 GB; now it is refused before decoding.
+    The PNG's header is rewritten to claim 10000x5001 pixels: nothing that large is ever built here."""
+    data = bytearray(cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", 10000, 5001)
+    path = tmp_path / "huge.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match=r"huge.png: image is 10000x5001 \(50 megapixels\), more than the 50"):
+        read_rgb(path)
+    data[16:24] = struct.pack(">II", 10000, 5000)  # exactly at the limit: up to the decoder (a bad CRC here)
+    with pytest.raises(ImageError, match="cannot decode image"):
+        decode_rgb(bytes(data), "at-limit")
+    assert MAX_PIXELS == 50_000_000

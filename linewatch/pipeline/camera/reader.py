@@ -3,7 +3,7 @@ exponential backoff when the source breaks and report the camera's status on eve
 
 Statuses: ``offline`` while the source cannot be opened or has just broken, ``online`` once it is open,
 ``stalled`` when an open source has delivered no frame for ``stalled_after_s`` (back to ``online`` with
-the next frame), ``disabled`` when a non-looping video file has ended (the reader then returns). Nothing
+the next frame; never for a source whose ``idle_is_normal``, a hot folder waiting for its next file), ``disabled`` when a non-looping video file has ended (the reader then returns). Nothing
 is reported on stop: the daemon's own availability topic says it stopped.
 
 The loop is written against a Clock and a stop Event, so tests run it synchronously with a FakeClock.
@@ -260,6 +260,7 @@ class CameraReader:
         any frame arrived."""
         clock, stop, period = self._clock, self._stop, self._period
         live = bool(getattr(source, "live", False))
+        stalls = not getattr(source, "idle_is_normal", False)  # a hot folder waits for files by design
         last_frame = clock.monotonic()  # the stalled window counts from the open
         last_emit: float | None = None
         delivered = False
@@ -275,7 +276,7 @@ class CameraReader:
             now = clock.monotonic()
 
             if image is None:
-                if now - last_frame >= self._stalled_after_s and self.status == CameraStatus.ONLINE:
+                if stalls and now - last_frame >= self._stalled_after_s and self.status == CameraStatus.ONLINE:
                     self._set_status(CameraStatus.STALLED)
                     logger.warning("camera %s: stalled: no frame for %.1f s", self.name, now - last_frame)
                 if clock.wait(self._idle_poll_s, stop):

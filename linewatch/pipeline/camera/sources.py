@@ -323,13 +323,17 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(_TEMP_SUFFIXES)
 
 
+EMPTY_GRACE_S = 10.0  # a file may be created empty and filled a moment later; still empty after this, it never will
+
+
 class FolderSource:
     """A hot folder: every image file that appears in it becomes one frame, once, in (mtime, name) order.
 
     Files present when the folder is opened are read too (the daemon keeps no record across restarts, so
     a folder that should not be re-inspected after a restart must be emptied by whoever fills it). A file
     is read only once it is complete: non-empty, with size and modification time unchanged since the
-    previous scan, so every file waits at least one scan after it first appears. Files that cannot be read
+    previous scan, so every file waits at least one scan after it first appears; one still empty
+    ``EMPTY_GRACE_S`` after it appeared is skipped as empty (a writer that died). Files that cannot be read
     as images (other suffixes, corrupt, too small) are reported once through ``on_skipped(path, reason)``
     and never crash the reader. Only names are remembered, and only while they are in the folder, so memory
     stays bounded; a file replaced in place under the same name is not read again. Scans are at most one
@@ -337,6 +341,7 @@ class FolderSource:
     """
 
     live = False
+    idle_is_normal = True  # waiting for the next file is what a hot folder does: never "stalled"
 
     def __init__(
         self,
@@ -352,7 +357,8 @@ class FolderSource:
         self._scan_interval_s = scan_interval_s
         self._open = False
         self._seen: set[str] = set()  # delivered, skipped or queued; forgotten once gone from the folder
-        self._pending: dict[str, tuple[int, int]] = {}  # not yet stable: name -> (size, mtime_ns) last scan
+        # not yet stable: name -> ((size, mtime_ns) at the last scan, when it was first seen)
+        self._pending: dict[str, tuple[tuple[int, int], float]] = {}
         self._ready: deque[Path] = deque()
         self._last_scan: float | None = None
 
@@ -397,7 +403,7 @@ class FolderSource:
             raise SourceError(f"{self.path}: cannot list the folder ({exc.strerror or exc})") from None
 
         present: set[str] = set()
-        pending: dict[str, tuple[int, int]] = {}
+        pending: dict[str, tuple[tuple[int, int], float]] = {}
         stable: list[tuple[int, str]] = []
         for entry in entries:
             name = entry.name
@@ -411,10 +417,16 @@ class FolderSource:
             except OSError:
                 continue  # vanished between listing and stat
             signature = (info.st_size, info.st_mtime_ns)
-            if info.st_size > 0 and self._pending.get(name) == signature:
+            previous, first_seen = self._pending.get(name, (None, now))
+            if previous != signature:
+                pending[name] = (signature, first_seen)
+            elif info.st_size > 0:
                 stable.append((info.st_mtime_ns, name))
+            elif now - first_seen >= EMPTY_GRACE_S:
+                self._seen.add(name)
+                self._skip(self.path / name, f"empty file (0 bytes for {EMPTY_GRACE_S:g} s)")
             else:
-                pending[name] = signature
+                pending[name] = (signature, first_seen)
         self._seen &= present
         self._pending = pending
         for _, name in sorted(stable):

@@ -344,7 +344,7 @@ def test_folder_source_skips_are_counted_by_the_reader(tmp_path: Path):
     reader.run()
     assert [int(frame.image[0, 0, 0]) for frame in harness.frames] == [10, 20]
     assert reader.stats.skipped_files == 1
-    assert reader.status == STALLED  # a quiet folder is a stalled camera
+    assert reader.status == ONLINE  # a quiet hot folder waits for its next file, it is not stalled (issue 15)
 
 
 def test_start_runs_in_a_named_non_daemon_thread():
@@ -398,3 +398,16 @@ def test_a_reader_that_fails_unforeseen_is_reported_offline_and_restarted_with_n
     failures = [r for r in caplog.records if "reader failed" in r.getMessage()]
     assert [r.exc_info[0] for r in failures] == [RuntimeError, ValueError, MemoryError]
     assert harness.clock.waits[:3] == [0.5, 0.5, 1.0]  # the backoff grows while restarts deliver nothing new
+
+
+def test_a_hot_folder_waiting_for_files_is_never_stalled():
+    """Issue 15, item 11: a folder camera went "stalled" 5 s after every file, though waiting is its normal
+    state (the source says so with idle_is_normal)."""
+
+    class HotFolder(ScriptedSource):
+        idle_is_normal = True
+
+    harness = Harness()
+    source = HotFolder(harness.stop, [_image(), *[None] * 8, _image(), None])
+    harness.reader(source, stalled_after_s=2.0, idle_poll_s=0.5).run()
+    assert harness.statuses == [ONLINE] and len(harness.frames) == 2

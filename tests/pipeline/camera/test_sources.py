@@ -6,12 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import linewatch.pipeline.camera.sources as sources_module
 from linewatch.images import write_image
 from linewatch.pipeline.camera.sources import (
     FFMPEG_OPTIONS_ENV,
@@ -406,3 +408,29 @@ def test_a_dead_stream_leaves_no_unprefixed_native_lines_on_stderr(tmp_path: Pat
     assert done.returncode == 0 and done.stdout.startswith("refused:"), done
     assert done.stderr == ""
     assert "pw" not in done.stdout  # the reader's own message masks the credentials
+
+
+def test_folder_skips_a_file_that_stays_empty_once_and_reads_one_filled_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Issue 15, item 11: a 0-byte file was neither read nor reported, ever."""
+    monkeypatch.setattr(sources_module, "EMPTY_GRACE_S", 0.3)
+    skipped: list[tuple[Path, str]] = []
+    source = FolderSource(tmp_path, on_skipped=lambda path, reason: skipped.append((path, reason)), scan_interval_s=0)
+    source.open()
+    (tmp_path / "dead.png").touch()
+    (tmp_path / "late.png").touch()
+    assert source.read() is None and source.read() is None
+    write_image(tmp_path / "late.png", np.full((16, 16, 3), 7, np.uint8))  # its writer got there in time
+    frames = []
+    deadline = time.monotonic() + 10
+    while (not skipped or not frames) and time.monotonic() < deadline:
+        image = source.read()
+        if image is not None:
+            frames.append(image)
+        time.sleep(0.05)
+    assert skipped == [(tmp_path / "dead.png", "empty file (0 bytes for 0.3 s)")]
+    assert len(frames) == 1 and int(frames[0][0, 0, 0]) == 7
+    for _ in range(10):  # reported once, never read
+        assert source.read() is None
+    assert len(skipped) == 1
