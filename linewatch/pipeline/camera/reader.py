@@ -3,8 +3,9 @@ exponential backoff when the source breaks and report the camera's status on eve
 
 Statuses: ``offline`` while the source cannot be opened or has just broken, ``online`` once it is open,
 ``stalled`` when an open source has delivered no frame for ``stalled_after_s`` (back to ``online`` with
-the next frame; never for a source whose ``idle_is_normal``, a hot folder waiting for its next file), ``disabled`` when a non-looping video file has ended (the reader then returns). Nothing
-is reported on stop: the daemon's own availability topic says it stopped.
+the next frame; never for a source whose ``idle_is_normal``, a hot folder waiting for its next file),
+``disabled`` when a non-looping video file has ended (the reader then returns). Nothing is reported on
+stop: the daemon's own availability topic says it stopped.
 
 The loop is written against a Clock and a stop Event, so tests run it synchronously with a FakeClock.
 """
