@@ -420,16 +420,21 @@ class Retrainer:
         self.record_active(directory, metrics, refresh)
         return version
 
-    def record_active(self, directory: Path, metrics: dict[str, Any] | None = None, refresh: bool = True) -> None:
+    def record_active(
+        self, directory: Path, metrics: dict[str, Any] | None = None, refresh: bool = True, report: bool = True
+    ) -> bool:
         """Write the store's row of the active version (``refresh``: rewrite it if it exists, else keep the row's
-        gate numbers and reason) and mark it active; a store that is down is only logged."""
+        gate numbers and reason) and mark it active. False when the store is down (logged if ``report``)."""
         version = model_version(directory)
         now = self.clock.now()
         try:
             self._record(directory, version, str(directory), "active", None, metrics, None, keep_existing=not refresh)
             activate_version(self.engine, version, now)
         except DatabaseError as problem:
-            log.error("model %s is active but the store could not record it (%s)", version, problem)
+            if report:
+                log.error("model %s is active but the store could not record it (%s)", version, problem)
+            return False
+        return True
 
     def _record(
         self,

@@ -9,6 +9,9 @@ started if no later than ``misfire_grace_s``), requests queue on one worker thre
 APScheduler's memory job store forgets fire times across restarts, so a run missed while the daemon was
 down is caught up here: at start, if the first fire time after the last scheduled run (from the store)
 has passed within ``misfire_grace_s``, one run is requested.
+
+At start the active version is recorded in the store; while the store is down, a background thread keeps
+trying (with backoff) until it answers, recording whatever version is active by then.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from linewatch.backoff import backoff_delay
 from linewatch.config import RetrainSection, cron_trigger
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
 
 log = logging.getLogger(__name__)
 JOB_ID = "linewatch-retrain"
 MAX_MISSED_FIRES = 100_000  # a minutely schedule down for two months; beyond, the catch-up is given up
+RECORD_RETRY_S = (1.0, 60.0)  # backoff while the store cannot record the active version
 
 
 class RetrainService:
@@ -50,11 +55,13 @@ class RetrainService:
         self._running = False  # a scheduled or requested run is going
         self._pending: Future[RetrainOutcome] | None = None
         self._startup: list[Future[Any]] = []
+        self._stopped = threading.Event()
+        self._recorder: threading.Thread | None = None
 
     def start(self, active: Path, bookkeeping: Callable[[], None] | None = None) -> None:
         """Record the active version in the store and run ``bookkeeping`` (on the worker: a store that is down
         must not delay the start), then schedule, and catch up a run the daemon missed while it was down."""
-        self._startup = [self._worker.submit(self.retrainer.record_active, active, None, False)]
+        self._startup = [self._worker.submit(self._record_active, active)]
         if bookkeeping is not None:
             self._startup.append(self._worker.submit(bookkeeping))
         settings = self.settings
@@ -76,6 +83,21 @@ class RetrainService:
         self._scheduler = scheduler
         log.info("retraining scheduled %r, next run %s", settings.schedule, self.next_run_time())
         self._startup.append(self._worker.submit(self._catch_up, trigger))
+
+    def _record_active(self, active: Path) -> None:
+        if not self.retrainer.record_active(active, None, False):
+            self._recorder = threading.Thread(target=self._record_when_back, name="retrain-record", daemon=True)
+            self._recorder.start()
+
+    def _record_when_back(self) -> None:
+        """Until the store answers: the version active by then (a rollback may have come meanwhile)."""
+        attempt = 0
+        while not self.retrainer.clock.wait(backoff_delay(attempt, *RECORD_RETRY_S), self._stopped):
+            attempt += 1
+            active = self.retrainer.registry.active()
+            if self.retrainer.record_active(active, None, False, report=False):
+                log.info("retraining: the store answers again; model %s recorded as active", active.name)
+                return
 
     def _catch_up(self, trigger: CronTrigger) -> None:
         previous = self._last_scheduled()
@@ -152,6 +174,9 @@ class RetrainService:
 
     def stop(self) -> None:
         """No new runs; a running one is abandoned by the stop event its runner watches."""
+        self._stopped.set()
+        if self._recorder is not None:
+            self._recorder.join(timeout=30)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None

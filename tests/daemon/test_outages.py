@@ -19,7 +19,9 @@ from linewatch.cli.main import main
 from linewatch.config import Config, load_config
 from linewatch.daemon.app import App
 from linewatch.pipeline.journal.records import JournalRecord
-from linewatch.sinks.db import make_engine
+from linewatch.retrain.store import list_versions
+from linewatch.retrain.versions import model_version
+from linewatch.sinks.db import DatabaseError, make_engine
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
 from tests.daemon.test_app import daemon_model, journal_records, mqtt_section, write_config  # noqa: F401  (a module-scoped fixture)
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
@@ -228,3 +230,33 @@ def test_a_camera_disabled_and_enabled_again_loses_no_frame(
     assert stored == sorted(record.key for record in verdicts)
     published = list(dict.fromkeys((m["event_id"], m["seq"]) for m in (json.loads(s.payload) for s in received)))
     assert published == [(e.payload["event_id"], e.payload["seq"]) for e in journaled_events]
+
+
+def test_the_active_model_is_recorded_once_a_store_down_at_start_returns(
+    daemon_model: Path,  # noqa: F811
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    postgres_url: str,
+) -> None:
+    """Issue 15, item 9: with PostgreSQL down at start, the active version never reached model_versions."""
+    outputs = f'[store]\nurl = "{postgres_url}"\nretry_min_s = 0.1\nretry_max_s = 0.5\n\n[mqtt]\nenabled = false\n'
+    config = load_config(write_config(tmp_path, daemon_model, cameras=1, outputs=outputs + "\n[http]\nport = 0\n"))
+    postgres_server.stop()
+    app = App(config)
+    app.start()
+    try:
+        wait_until(_grows_by(config, 8), timeout=60, interval=0.1)  # inspecting without a store
+        postgres_server.start()
+        engine = make_engine(postgres_url)
+
+        def recorded() -> list[dict]:
+            try:
+                return [row for row in list_versions(engine) if row["status"] == "active"]
+            except DatabaseError:
+                return []  # the schema is not there yet: the store forwarder creates it
+
+        wait_until(lambda: bool(recorded()), timeout=60, interval=0.2)
+        assert [row["version"] for row in recorded()] == [model_version(daemon_model)]
+        engine.dispose()
+    finally:
+        app.stop()

@@ -28,8 +28,10 @@ class SlowRetrainer:
         self.release.wait(timeout=30)
         return RetrainOutcome("skipped", "nothing to do")
 
-    def record_active(self, _path: Path, _metrics: object, _refresh: bool) -> None:
-        """The service puts the active version on record at start; nothing to record here."""
+    def record_active(self, _path: Path, _metrics: object, _refresh: bool) -> bool:
+        """The service puts the active version on record at start; nothing to record here (a store that
+        answers)."""
+        return True
 
 
 def test_requests_run_one_at_a_time_and_report_their_outcome() -> None:
@@ -85,8 +87,9 @@ class Recorder(SlowRetrainer):
         self.clock = FakeClock(now)
         self.recorded: list[Path] = []
 
-    def record_active(self, path: Path, _metrics: object, _refresh: bool) -> None:
+    def record_active(self, path: Path, _metrics: object, _refresh: bool) -> bool:
         self.recorded.append(path)
+        return True
 
 
 @pytest.mark.parametrize(
