@@ -30,5 +30,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # SQLite drops a column by copying the table (batch mode), and the copy must not keep the column's CHECK.
     with op.batch_alter_table("events") as batch:
+        batch.drop_constraint(op.f("ck_events_end_reason"), type_="check")
         batch.drop_column("end_reason")
