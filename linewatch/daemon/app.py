@@ -32,13 +32,14 @@ from linewatch.daemon.episodes import end_episodes_left_open, end_open_episodes
 from linewatch.daemon.feedback import submit
 from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
 from linewatch.daemon.outputs import Outputs
+from linewatch.daemon.recording import JournalRecorder
 from linewatch.daemon.state import AppState
 from linewatch.daemon.web_mount import AppWeb, build_site
 from linewatch.feedback import FeedbackError, FeedbackRequest
 from linewatch.model.preprocess import resize_rgb
 from linewatch.pipeline.batcher import Batcher, SlotPolicy
 from linewatch.pipeline.camera.reader import CameraReader
-from linewatch.pipeline.events import EpisodePolicy, event_id_for, step, tick
+from linewatch.pipeline.events import EpisodePolicy, step, tick
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalError
 from linewatch.pipeline.scorer import Scorer, ScoringWorker
@@ -87,6 +88,7 @@ class App:
         self._shutdown_thread: threading.Thread | None = None
         self._input_size = 0
         self.journal: Journal | None = None
+        self.recorder: JournalRecorder | None = None
         self.outputs: Outputs | None = None
         self.batcher: Batcher | None = None
         self.worker: ScoringWorker | None = None
@@ -123,6 +125,7 @@ class App:
             self.journal = Journal(config.journal_path, self.clock)
         except JournalError as problem:  # the file is named; say which setting points at it
             raise JournalError(f"[journal] path: {problem}") from problem
+        self.recorder = JournalRecorder(self.journal, self.clock)
         self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
         self.outputs.on_alert_sent = self.metrics.observe_alert
         self.outputs.start()
@@ -341,25 +344,27 @@ class App:
         Cameras without a verdict in this batch get a ``tick``, so an episode of a camera that went
         silent (stopped, disabled, stalled) still ends after the quiet period.
         """
-        assert self.journal is not None and self.outputs is not None
+        assert self.recorder is not None and self.outputs is not None
         verdicts = self.outputs.with_evidence(batch.frames, verdicts, pixel_maps)
         if self.config.web.enabled:
             for frame, verdict, pixel_map in zip(batch.frames, verdicts, pixel_maps, strict=True):
                 self.live.update(verdict, frame.image, pixel_map)
         events: list[Event] = []
+        episodes = {name: runtime.episodes for name, runtime in self.cameras.items()}
         for verdict in verdicts:
-            runtime = self.cameras.get(verdict.camera)
-            if runtime is None:
-                continue
-            runtime.episodes, new_events = step(runtime.episodes, verdict, self._policy, event_id_for)
-            events.extend(new_events)
+            if verdict.camera in episodes:
+                episodes[verdict.camera], new_events = step(episodes[verdict.camera], verdict, self._policy)
+                events.extend(new_events)
         seen = {verdict.camera for verdict in verdicts}
         now = self.clock.now()
-        for name, runtime in self.cameras.items():
-            if name not in seen and runtime.episodes.is_open:
-                runtime.episodes, ended = tick(runtime.episodes, now, self._policy)
+        for name, state in episodes.items():
+            if name not in seen and state.is_open:
+                episodes[name], ended = tick(state, now, self._policy)
                 events.extend(ended)
-        self.journal.append_batch(verdicts, events)
+        if not self.recorder.append(verdicts, events):
+            return  # dropped and counted; the episodes go on as if the batch had not been (see recording.py)
+        for name, state in episodes.items():
+            self.cameras[name].episodes = state
         now_mono = self.clock.monotonic()
         self.last_progress = now_mono
         seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
@@ -434,24 +439,28 @@ class App:
         self._drain.set()
         if self._worker_thread is not None:
             self._worker_thread.join(timeout=60)
-        if self.batcher is not None and self.worker is not None:
-            # Normally empty: the scorer drained after the cameras stopped. A camera that did not stop
-            # within its join timeout may still have delivered; score that too, in batch-size pieces.
-            leftover = self.batcher.close()
-            size = self.config.scoring.batch_max_size
-            for start in range(0, len(leftover), size):
-                batch = Batch(tuple(leftover[start : start + size]), "drain")
-                self._record(batch, *self.worker.score_batch(batch))
-        if self.journal is not None:
-            end_open_episodes(self.cameras.values(), self.journal)
-        if self.outputs is not None:
-            self.outputs.stop_intake()
-            self.outputs.stop()  # the broker link goes down here: no more commands after it
-        self._control.shutdown(wait=True, cancel_futures=True)
-        if self.journal is not None:
-            self.journal.close()
-        if self._daemon_lock is not None:
-            os.close(self._daemon_lock)
+        try:  # whatever fails from here on, the outputs' threads and the journal are still stopped and closed
+            if self.batcher is not None and self.worker is not None:
+                # Normally empty: the scorer drained after the cameras stopped. A camera that did not stop
+                # within its join timeout may still have delivered; score that too, in batch-size pieces.
+                leftover = self.batcher.close()
+                size = self.config.scoring.batch_max_size
+                for start in range(0, len(leftover), size):
+                    batch = Batch(tuple(leftover[start : start + size]), "drain")
+                    self._record(batch, *self.worker.score_batch(batch))
+            if self.journal is not None:
+                end_open_episodes(self.cameras.values(), self.journal)
+        finally:
+            try:
+                if self.outputs is not None:
+                    self.outputs.stop_intake()
+                    self.outputs.stop()  # the broker link goes down here: no more commands after it
+            finally:
+                self._control.shutdown(wait=True, cancel_futures=True)
+                if self.journal is not None:
+                    self.journal.close()
+                if self._daemon_lock is not None:
+                    os.close(self._daemon_lock)
         log.info("stopped")
 
     # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT client's thread -------------

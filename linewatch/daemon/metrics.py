@@ -283,12 +283,14 @@ def health(
     backlogs: dict[str, int] | None,
     model_version: str,
     scoring_stalled: bool,
+    journal_error: str | None = None,
     extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Health:
     """The health verdict: unhealthy when an enabled camera delivers nothing, the broker (if configured) is
-    ``disconnected``, the store cannot be written, the journal cannot be read (``backlogs`` None), or the
-    scorer stopped making progress. Disabled cameras are fine, and so is a camera that has not reported
-    yet (None: still opening after a start) and a broker still ``connecting`` for the first time."""
+    ``disconnected``, the store cannot be written, the journal cannot be read (``backlogs`` None) or written
+    (``journal_error``: a full disk), or the scorer stopped making progress. Disabled cameras are fine, and
+    so is a camera that has not reported yet (None: still opening after a start) and a broker still
+    ``connecting`` for the first time."""
     problems = [f"camera {name} is {status}" for name, status in sorted(cameras.items()) if status in _DOWN]
     if broker == "disconnected":
         problems.append("MQTT broker disconnected")
@@ -296,6 +298,8 @@ def health(
         problems.append("SQL store not writable")
     if backlogs is None:
         problems.append("journal not readable")
+    if journal_error is not None:
+        problems.append("journal not writable")
     if scoring_stalled:
         problems.append("scoring made no progress")
     document = {
@@ -305,6 +309,7 @@ def health(
         "broker": broker,
         "store": "ok" if store_ok else "failing",
         "journal_backlog": None if backlogs is None else dict(sorted(backlogs.items())),
+        "journal": "ok" if journal_error is None else f"not writable: {journal_error}",
         "model_version": model_version,
         **(extra() if extra is not None else {}),
     }

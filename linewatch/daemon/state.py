@@ -13,6 +13,7 @@ from linewatch.config import Config
 from linewatch.daemon.cameras import CameraRuntime
 from linewatch.daemon.metrics import Health, health
 from linewatch.daemon.outputs import Outputs
+from linewatch.daemon.recording import JournalRecorder
 from linewatch.pipeline.batcher import Batcher
 from linewatch.pipeline.journal.records import JournalError
 from linewatch.types import CameraStatus
@@ -29,6 +30,7 @@ class RunningParts(Protocol):
     cameras: dict[str, CameraRuntime]
     batcher: Batcher | None
     outputs: Outputs | None
+    recorder: JournalRecorder | None
     started_mono: float
     last_progress: float  # monotonic time of the last journaled batch
     retrain_news: dict[str, object] | None
@@ -47,7 +49,10 @@ class AppState:
         return {name: (runtime.status, runtime.reader.stats) for name, runtime in list(self._app.cameras.items())}
 
     def dropped_frames(self) -> dict[tuple[str, str], int]:
-        return self._app.batcher.drops() if self._app.batcher is not None else {}
+        """(camera, reason) -> frames: the batcher's drops and those the journal could not take."""
+        app = self._app
+        drops = app.batcher.drops() if app.batcher is not None else {}
+        return {**drops, **(app.recorder.dropped() if app.recorder is not None else {})}
 
     def forwarders(self) -> dict[str, tuple[int, int, bool]]:
         outputs = self._app.outputs
@@ -100,6 +105,7 @@ class AppState:
             self._backlogs(),
             app.serving_version,
             flowing and app.clock.monotonic() - app.last_progress > SCORING_STALL_S,
+            app.recorder.error if app.recorder is not None else None,
             lambda: {
                 "line": f"{app.config.site.site}/{app.config.site.line}",
                 "uptime_s": round(app.clock.monotonic() - app.started_mono, 1),

@@ -22,6 +22,7 @@ from linewatch.anople.backbone import TINY_MODEL, load_random_backbone
 from linewatch.clock import FakeClock
 from linewatch.config import load_config
 from linewatch.daemon.app import App
+from linewatch.daemon.recording import JournalRecorder
 from linewatch.pipeline.camera.synthetic import SyntheticProduct
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalRecord
@@ -324,6 +325,7 @@ def test_episode_of_a_silent_camera_ends_on_other_cameras_batches(daemon_model: 
     app = App(load_config(write_config(tmp_path, daemon_model)), clock)  # debounce 1 of 1, end after 0.2 s
     app.cameras = {name: app._camera_runtime(camera) for name, camera in ((c.name, c) for c in app.config.cameras)}
     app.journal = Journal(tmp_path / "journal.sqlite3", clock)
+    app.recorder = JournalRecorder(app.journal, clock)
     app.outputs = _NoEvidence()  # type: ignore[assignment]
 
     def verdict(camera: str, seq: int, label: VerdictLabel) -> tuple[Batch, list[Verdict], list[np.ndarray]]:
