@@ -122,7 +122,8 @@ class JournalSection(_Section):
     forwarder_batch: StrictInt = Field(64, ge=1)
     log_records: StrictBool = False  # also log one line per journaled record (bench work; noisy on a line)
     keep_days: Number = Field(7.0, gt=0.0, le=3650.0)  # delivered records are kept this long (feedback can name them)
-    min_free_mb: Number = Field(1024.0, ge=0.0, le=MAX_DISK_MB)  # below this, the oldest records go even undelivered
+    # below this, records go even undelivered (normal verdicts first); default: min(1024 MB, 2 % of the volume)
+    min_free_mb: Number | None = Field(None, ge=0.0, le=MAX_DISK_MB)
     prune_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)
 
 
@@ -375,6 +376,16 @@ class Config(_Section):
             raise ValueError(
                 f"web.review_hours ({self.web.review_hours:g}) must not exceed journal.keep_days "
                 f"({self.journal.keep_days:g} days): older items can no longer be labelled"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _evidence_goes_before_journal_records(self) -> Config:
+        journal, evidence = self.journal.min_free_mb, self.evidence.min_free_mb
+        if journal is not None and journal > evidence:
+            raise ValueError(
+                f"journal.min_free_mb ({journal:g}) must not exceed evidence.min_free_mb ({evidence:g}): evidence "
+                "images must go before undelivered journal records"
             )
         return self
 

@@ -416,3 +416,10 @@ def test_a_secret_file_that_is_not_utf8_is_a_config_error_naming_key_and_file(tm
     secret.write_bytes(b"postgresql://\xff\xfe")
     with pytest.raises(ConfigError, match=f"store.url_file: {secret} is not UTF-8 text"):
         load_config(_config(tmp_path, f'[store]\nurl_file = "{secret}"\n'))
+
+
+def test_the_journal_watermark_may_not_exceed_the_evidence_watermark(tmp_path: Path) -> None:
+    """Issue 15, item 3: evidence images must go before undelivered journal records."""
+    message = _error(tmp_path, "[journal]\nmin_free_mb = 4096\n\n[evidence]\nmin_free_mb = 2048\n")
+    assert "journal.min_free_mb (4096) must not exceed evidence.min_free_mb (2048)" in message
+    assert load_config(_config(tmp_path, "")).journal.min_free_mb is None  # the default fits the volume

@@ -32,6 +32,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {name:<16} {status:<9} {frames / elapsed:6.1f} frames/s")
     backlog = ", ".join(f"{name} {count}" for name, count in state.get("journal_backlog", {}).items()) or "none"
     print(f"broker {state.get('broker')}; store {state.get('store')}; journal backlog: {backlog}")
+    dropped = state.get("journal_dropped") or {}
+    if dropped:
+        counts = ", ".join(f"{kind} {count}" for kind, count in dropped.items())
+        print(f"journal records dropped undelivered for disk space: {counts}")
     news = state.get("retrain") or {}
     if news:
         when = f"{news.get('trigger')}, {news.get('at')}"

@@ -5,10 +5,14 @@ deleted once older than ``[journal] keep_days`` (kept that long so feedback can 
 reuses the freed pages, so a regularly pruned journal stops growing without a VACUUM (which would need
 as much free disk again as the file holds).
 
-When a sink stays down for days the undelivered records pile up. Below the free-disk watermark the
-oldest records go even undelivered, as many as were appended since the last check, so the file stops
-growing and inspection goes on; what was dropped is counted and logged. A full disk would stop the
-journal itself, and with it every verdict.
+When a sink stays down for days the undelivered records pile up. Below the free-disk watermark as many
+records go as were appended since the last check, so the file stops growing and inspection goes on, and
+they go in the order that keeps what matters longest (Journal.prune_for_space): records already delivered
+everywhere first, then undelivered normal verdicts, defect verdicts, episode messages, and operator labels
+last. Evidence images go before any of them: the evidence watermark is at least the journal's (the config
+checks it), so retention deletes images long before the keeper touches a record. Every undelivered record
+dropped is counted by class (``linewatch_journal_dropped_total``, ``/healthz``, ``linewatch status``) and
+logged. A full disk would stop the journal itself, and with it every verdict.
 """
 
 from __future__ import annotations
@@ -27,10 +31,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class KeeperStats:
-    pruned: int = 0  # delivered everywhere and older than keep_days
+    pruned: int = 0  # delivered everywhere and older than keep_days, or early under disk pressure
     dropped_undelivered: int = 0  # deleted under disk pressure before every forwarder had them
+    dropped: dict[str, int] = field(default_factory=dict)  # the same, by DROP_CLASSES name
+    dropping: bool = False  # the last pass was below the watermark and had to drop undelivered records
     failures: int = 0
     last_error: str | None = field(default=None)
+
+
+DEFAULT_WATERMARK_BYTES = 1024 * 2**20
+DEFAULT_WATERMARK_SHARE = 0.02
+
+
+def journal_watermark_bytes(configured_mb: float | None, volume_bytes: int) -> int:
+    """The free-disk floor below which records go undelivered: the configured one, else the smaller of
+    1 GiB and 2 % of the volume. A fixed 1 GiB on a small volume (an 8 GB card with 30 MB free) would keep
+    the keeper dropping all the time, so only about a minute of backlog survived an outage there."""
+    if configured_mb is not None:
+        return int(configured_mb * 2**20)
+    return min(DEFAULT_WATERMARK_BYTES, int(volume_bytes * DEFAULT_WATERMARK_SHARE))
 
 
 def undelivered_to_drop(free_bytes: int, min_free_bytes: int, appended_since_last: int) -> int:
@@ -71,13 +90,22 @@ class JournalKeeper:
             head = self._journal.head()
             drop = undelivered_to_drop(self._free_bytes(), self._min_free_bytes, head - self._last_head)
             self._last_head = head
+            lost: dict[str, int] = {}
             if drop:
-                dropped = self._journal.prune_oldest(drop)
-                self.stats.dropped_undelivered += dropped
+                freed = self._journal.prune_for_space(drop, self._forwarders)
+                self.stats.pruned += freed.pop("delivered", 0)
+                lost = freed
+                for name, count in lost.items():
+                    self.stats.dropped[name] = self.stats.dropped.get(name, 0) + count
+                self.stats.dropped_undelivered += sum(lost.values())
+            self.stats.dropping = bool(lost)
+            if lost:
                 backlogs = {name: self._journal.backlog(name) for name in self._forwarders}
                 log.warning(
-                    "disk below the journal watermark: dropped the %d oldest journal records (%d in all); backlogs %s",
-                    dropped,
+                    "disk below the journal watermark: dropped %d undelivered journal records %s (%d in all); "
+                    "backlogs %s",
+                    sum(lost.values()),
+                    lost,
                     self.stats.dropped_undelivered,
                     backlogs,
                 )

@@ -55,6 +55,7 @@ METRIC_NAMES = (
     "linewatch_mqtt_rejected_total",
     "linewatch_db_errors_total",
     "linewatch_evidence_dropped_total",
+    "linewatch_journal_dropped_total",
     "linewatch_disk_free_bytes",
     "linewatch_retrain_runs_total",
     "linewatch_retrain_last_success_timestamp_seconds",
@@ -181,6 +182,8 @@ class Components(Protocol):
 
     def evidence_dropped(self) -> dict[str, int]: ...  # reason -> count (write failures as "failed")
 
+    def journal_dropped(self) -> dict[str, int]: ...  # undelivered records dropped for space, by class
+
     def disk_free(self) -> dict[str, int]: ...  # volume ("journal", "evidence") -> free bytes
 
 
@@ -256,6 +259,15 @@ class StateCollector(Collector):
             evidence.add_metric([line, reason], count)
         yield evidence
 
+        journal = CounterMetricFamily(
+            "linewatch_journal_dropped",
+            "Undelivered journal records dropped below the disk watermark, by class",
+            labels=["line", "kind"],
+        )
+        for kind, count in sorted(parts.journal_dropped().items()):
+            journal.add_metric([line, kind], count)
+        yield journal
+
         disk = GaugeMetricFamily(
             "linewatch_disk_free_bytes", "Free bytes where linewatch writes", labels=["line", "volume"]
         )
@@ -284,11 +296,13 @@ def health(
     model_version: str,
     scoring_stalled: bool,
     journal_error: str | None = None,
+    journal_dropped: tuple[bool, dict[str, int]] = (False, {}),
     extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Health:
     """The health verdict: unhealthy when an enabled camera delivers nothing, the broker (if configured) is
     ``disconnected``, the store cannot be written, the journal cannot be read (``backlogs`` None) or written
-    (``journal_error``: a full disk), or the scorer stopped making progress. Disabled cameras are fine, and
+    (``journal_error``: a full disk), the keeper had to drop undelivered records (``journal_dropped``: dropping
+    now, totals by class), or the scorer stopped making progress. Disabled cameras are fine, and
     so is a camera that has not reported yet (None: still opening after a start) and a broker still
     ``connecting`` for the first time."""
     problems = [f"camera {name} is {status}" for name, status in sorted(cameras.items()) if status in _DOWN]
@@ -300,6 +314,9 @@ def health(
         problems.append("journal not readable")
     if journal_error is not None:
         problems.append("journal not writable")
+    dropping, dropped = journal_dropped
+    if dropping:
+        problems.append("disk below the journal watermark: undelivered records dropped")
     if scoring_stalled:
         problems.append("scoring made no progress")
     document = {
@@ -310,6 +327,7 @@ def health(
         "store": "ok" if store_ok else "failing",
         "journal_backlog": None if backlogs is None else dict(sorted(backlogs.items())),
         "journal": "ok" if journal_error is None else f"not writable: {journal_error}",
+        "journal_dropped": dict(sorted(dropped.items())),
         "model_version": model_version,
         **(extra() if extra is not None else {}),
     }

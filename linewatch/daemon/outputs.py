@@ -21,7 +21,7 @@ import numpy as np
 from linewatch.clock import Clock
 from linewatch.config import Config
 from linewatch.daemon.feedback import submit
-from linewatch.daemon.housekeeping import JournalKeeper
+from linewatch.daemon.housekeeping import JournalKeeper, journal_watermark_bytes
 from linewatch.feedback import FEEDBACK_MAX_BYTES, FeedbackError, parse_feedback
 from linewatch.pipeline.journal.forwarding import Forwarder, ForwarderRunner, LoggingForwarder
 from linewatch.pipeline.journal.outbox import Journal
@@ -39,7 +39,7 @@ from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWriter, evidence_paths
 from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer, error
 from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink
-from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes
+from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes, disk_usage
 from linewatch.types import CameraStatus, EventType, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class Outputs:
             self.clock,
             [runner.name for runner in self.runners],
             config.journal.keep_days,
-            int(config.journal.min_free_mb * MB),
+            journal_watermark_bytes(config.journal.min_free_mb, disk_usage(journal_dir).total),
             self._journal_free_bytes or (lambda: disk_free_bytes(journal_dir)),
         )
         self._keeper_thread = threading.Thread(

@@ -81,6 +81,10 @@ class AppState:
         stats = writer.stats
         return {**stats.dropped, "write_failed": stats.failed}
 
+    def journal_dropped(self) -> dict[str, int]:
+        keeper = self._app.outputs.keeper if self._app.outputs is not None else None
+        return {} if keeper is None else dict(keeper.stats.dropped)
+
     def disk_free(self) -> dict[str, int]:
         return self._app.outputs.disk_free() if self._app.outputs is not None else {}
 
@@ -106,6 +110,7 @@ class AppState:
             app.serving_version,
             flowing and app.clock.monotonic() - app.last_progress > SCORING_STALL_S,
             app.recorder.error if app.recorder is not None else None,
+            (app.outputs.keeper is not None and app.outputs.keeper.stats.dropping, self.journal_dropped()),
             lambda: {
                 "line": f"{app.config.site.site}/{app.config.site.line}",
                 "uptime_s": round(app.clock.monotonic() - app.started_mono, 1),

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from linewatch.clock import Clock
 from linewatch.sinks.evidence import DATE_FORMAT, parse_evidence_name
@@ -107,10 +108,15 @@ class SweepResult:
 def disk_free_bytes(path: Path) -> int:
     """Free bytes for unprivileged users on the filesystem holding ``path``, or its nearest existing parent
     (the evidence folder may not exist before the first write, yet the watermark must already apply)."""
+    return disk_usage(path).free
+
+
+def disk_usage(path: Path) -> Any:
+    """``shutil.disk_usage`` of the filesystem holding ``path`` or its nearest existing parent."""
     path = Path(path).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return shutil.disk_usage(path)
 
 
 @dataclass

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from linewatch.clock import FakeClock
-from linewatch.daemon.housekeeping import JournalKeeper, undelivered_to_drop
+from linewatch.daemon.housekeeping import JournalKeeper, journal_watermark_bytes, undelivered_to_drop
 from linewatch.pipeline.journal.outbox import Journal
-from tests.pipeline.test_journal import make_verdict
+from linewatch.types import EventType, Label, LabelTarget, VerdictLabel
+from tests.pipeline.test_journal import make_event, make_verdict
 
 
 @pytest.mark.parametrize(
@@ -61,7 +62,8 @@ def test_keeper_drops_the_oldest_undelivered_records_only_while_the_disk_is_low(
             keeper.run_once()
         assert keeper.stats.dropped_undelivered == 4  # as many as arrived since the last check
         assert [r.key for r in journal.read_after("db", 3)] == [f"cam1-boot-{i}" for i in (5, 6, 7)]
-        assert "dropped the 4 oldest journal records" in caplog.text and "'db': 13" in caplog.text
+        assert "dropped 4 undelivered journal records {'normal_verdict': 4}" in caplog.text
+        assert "'db': 13" in caplog.text
         keeper.run_once()  # still low, nothing new arrived: one more goes, so the file cannot grow
         assert keeper.stats.dropped_undelivered == 5 and journal.count() == 12
 
@@ -86,19 +88,63 @@ def test_backlogs_stay_exact_through_pruning(tmp_path: Path) -> None:
             journal.register_forwarder(name)
         seq = 0
         for _ in range(60):
-            action = rng.choice(["append", "append", "deliver", "prune_oldest", "prune_delivered"])
-            if action == "append":
-                batch = [make_verdict(seq + i + 1) for i in range(rng.randint(1, 5))]
+            action = rng.choice(["append", "append", "deliver", "prune_for_space", "prune_delivered"])
+            if action == "append":  # a mix of normal and defect verdicts: pruning for space leaves holes
+                labels = [rng.choice([VerdictLabel.NORMAL, VerdictLabel.DEFECT]) for _ in range(rng.randint(1, 5))]
+                batch = [make_verdict(seq + i + 1, label=label) for i, label in enumerate(labels)]
                 seq += len(batch)
                 journal.append_batch(batch, [])
             elif action == "deliver":
                 name = rng.choice(["db", "mqtt"])
                 journal.mark_done(name, rng.randint(journal.cursor(name), journal.head()))
-            elif action == "prune_oldest":
-                journal.prune_oldest(rng.randint(1, 4))
+            elif action == "prune_for_space":
+                journal.prune_for_space(rng.randint(1, 4), ["db", "mqtt"])
             else:
                 journal.prune_delivered(clock.now() + timedelta(seconds=1), ["db", "mqtt"])
             clock.advance(1)
             counted = {name: sum(1 for r in journal.read_after(name, 100_000)) for name in ("db", "mqtt")}
             assert journal.backlogs() == counted
             assert all(journal.backlog(name) == counted[name] for name in counted)
+
+
+def test_pruning_for_space_keeps_what_matters_longest_and_backlogs_stay_exact(tmp_path: Path) -> None:
+    """Issue 15, item 3: delivered records go first, then undelivered normal verdicts, defect verdicts,
+    episode messages, and operator labels last; the holes they leave are not counted in any backlog."""
+    clock = FakeClock()
+    label = Label("lab-1", LabelTarget.INSPECTION, "cam1-boot-1", "cam1", VerdictLabel.NORMAL, "web", clock.now())
+    with Journal(tmp_path / "j.sqlite3", clock) as journal:
+        journal.register_forwarder("db")
+        journal.register_forwarder("mqtt")
+        journal.append_batch([make_verdict(i) for i in (1, 2)], [])  # 1-2: delivered everywhere
+        journal.mark_done("db", 2)
+        journal.mark_done("mqtt", 2)
+        normal = [make_verdict(i) for i in (3, 4)]
+        defect = [make_verdict(i, label=VerdictLabel.DEFECT) for i in (5, 6)]
+        journal.append_batch([normal[0], defect[0]], [make_event("ev-1", 1)], [label])  # 3-6
+        journal.append_batch([defect[1], normal[1]], [make_event("ev-1", 2, type=EventType.END)])  # 7-9
+        assert journal.backlogs() == {"db": 7, "mqtt": 7}
+        steps = [journal.prune_for_space(n, ["db", "mqtt"]) for n in (3, 2, 2, 1, 1)]
+        assert steps == [
+            {"delivered": 2, "normal_verdict": 1},
+            {"normal_verdict": 1, "defect_verdict": 1},
+            {"defect_verdict": 1, "event": 1},
+            {"event": 1},
+            {"label": 1},
+        ]
+        assert journal.count() == 0 and journal.backlogs() == {"db": 0, "mqtt": 0}
+        journal.append_batch([make_verdict(10)], [])
+        assert journal.backlogs() == {"db": 1, "mqtt": 1}
+        assert [r.key for r in journal.read_after("db", 10)] == ["cam1-boot-10"]
+
+
+@pytest.mark.parametrize(
+    ("configured_mb", "volume", "expected"),
+    [
+        (None, 8 * 10**9, 160 * 10**6),  # a small card: 2 % of it, not a fixed GiB it may never have free
+        (None, 2 * 10**12, 1024 * 2**20),  # a big disk: at most 1 GiB
+        (64.0, 8 * 10**9, 64 * 2**20),  # configured wins
+        (0.0, 8 * 10**9, 0),
+    ],
+)
+def test_the_default_watermark_fits_the_volume(configured_mb: float | None, volume: int, expected: int) -> None:
+    assert journal_watermark_bytes(configured_mb, volume) == expected

@@ -116,6 +116,9 @@ class FakeComponents:
     def evidence_dropped(self) -> dict[str, int]:
         return {"queue_full": 9}
 
+    def journal_dropped(self) -> dict[str, int]:
+        return {"normal_verdict": 940, "event": 2}
+
     def disk_free(self) -> dict[str, int]:
         return {"journal": 10_000, "evidence": 20_000}
 
@@ -138,6 +141,8 @@ def test_the_state_collector_reads_the_components_counters() -> None:
     assert got[("linewatch_mqtt_connected", (line,))] == 0
     assert got[("linewatch_mqtt_rejected_total", (line, ("reason", "bad_json")))] == 3  # summed over topics
     assert got[("linewatch_evidence_dropped_total", (line, ("reason", "queue_full")))] == 9
+    assert got[("linewatch_journal_dropped_total", (("kind", "normal_verdict"), line))] == 940
+    assert got[("linewatch_journal_dropped_total", (("kind", "event"), line))] == 2
     assert got[("linewatch_disk_free_bytes", (line, ("volume", "evidence")))] == 20_000
 
 
@@ -266,3 +271,19 @@ port = {free_port()}
         if not broker.running:
             broker.start()
         app.stop()
+
+
+def test_health_names_an_unwritable_journal_and_records_dropped_for_space() -> None:
+    """Issue 15, items 2 and 3: both were invisible in /healthz."""
+    online = {"cam1": CameraStatus.ONLINE}
+    dropped = {"normal_verdict": 940, "event": 2}
+    verdict = health(online, "connected", True, {"db": 3}, "v1@abc", False, "disk full", (True, dropped))
+    assert not verdict.healthy
+    assert verdict.document["problems"] == [
+        "journal not writable",
+        "disk below the journal watermark: undelivered records dropped",
+    ]
+    assert verdict.document["journal"] == "not writable: disk full"
+    assert verdict.document["journal_dropped"] == {"event": 2, "normal_verdict": 940}
+    calm = health(online, "connected", True, {"db": 3}, "v1@abc", False, None, (False, dropped))
+    assert calm.healthy and calm.document["journal"] == "ok" and calm.document["journal_dropped"] == dropped

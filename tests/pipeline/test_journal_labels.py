@@ -103,7 +103,7 @@ def test_a_version_1_journal_is_migrated_keeping_records_and_cursors(tmp_path: P
         # New positions continue after the old ones, and labels are now accepted.
         assert journal.append_batch([make_verdict(4)], [], [make_label("cam1-boot-4")]) == [4, 5]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     check.close()
 
@@ -141,3 +141,24 @@ def test_open_episodes_are_the_latest_messages_of_episodes_without_an_end(tmp_pa
     assert event_from_payload(event_payload(ended)) == ended
     old = {key: value for key, value in event_payload(ended).items() if key != "end_reason"}
     assert event_from_payload(old).end_reason is None
+
+
+def test_a_version_2_journal_gains_the_holes_table_keeping_records_and_cursors(tmp_path: Path) -> None:
+    """Schema 3 notes positions pruned from the middle for disk space (issue 15, item 3)."""
+    path = tmp_path / "journal.sqlite3"
+    with Journal(path, FakeClock()) as journal:
+        journal.register_forwarder("db")
+        journal.append_batch([make_verdict(1), make_verdict(2, label=VerdictLabel.DEFECT)], [])
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE holes")  # what a linewatch of schema 2 wrote
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+    with Journal(path, FakeClock()) as journal:
+        assert journal.backlogs() == {"db": 2}
+        assert journal.prune_for_space(1, ["db"]) == {"normal_verdict": 1}
+        assert journal.backlogs() == {"db": 1}
+        assert [r.key for r in journal.read_after("db", 10)] == ["cam1-boot-2"]
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    check.close()

@@ -14,9 +14,9 @@ Storage decisions:
   fails in the next instant (NORMAL would only survive a process crash, not a power loss). The cost is one
   fsync of the WAL per batch, not per row, so batching keeps it small.
 - ``busy_timeout`` so another process (a CLI reading backlogs) never makes a write fail outright.
-- Schema version in ``PRAGMA user_version`` (currently 2: version 2 added operator labels as a record
-  kind; a version-1 file is migrated in place, in one transaction). A file written by a newer linewatch is
-  refused rather than guessed at.
+- Schema version in ``PRAGMA user_version`` (currently 3: version 2 added operator labels as a record
+  kind, version 3 the ``holes`` table; older files are migrated in place, in one transaction). A file
+  written by a newer linewatch is refused rather than guessed at.
 - Positions are the records' integer primary key, assigned in commit order across both kinds. Writes are
   serialised (``BEGIN IMMEDIATE``) and a failed batch is rolled back whole, so positions are gap-free.
 - Within a batch, the verdicts come first in the order given, then the events in the order given.
@@ -58,9 +58,16 @@ from linewatch.pipeline.journal.records import (
 )
 from linewatch.types import Event, EventType, Label, LabelTarget, Verdict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KINDS = frozenset({"verdict", "event", "label"})
 BUSY_TIMEOUT_MS = 5000
+# What goes first when the disk runs out (see Journal.prune_for_space): the cheapest loss first.
+DROP_CLASSES = {
+    "normal_verdict": "kind = 'verdict' AND json_extract(payload, '$.label') = 'normal'",
+    "defect_verdict": "kind = 'verdict'",
+    "event": "kind = 'event'",
+    "label": "kind = 'label'",
+}
 
 _SCHEMA = """
 CREATE TABLE records (
@@ -78,7 +85,12 @@ CREATE TABLE forwarders (
     registered_at TEXT NOT NULL,
     updated_at    TEXT NOT NULL
 );
+CREATE TABLE holes (position INTEGER PRIMARY KEY);
 """
+
+# Version 2 -> 3: positions deleted out of order under disk pressure (Journal.prune_for_space) are noted
+# in ``holes``, so a backlog stays a constant-time subtraction (see _backlog_after).
+_MIGRATE_2_TO_3 = "CREATE TABLE holes (position INTEGER PRIMARY KEY)"
 
 # Version 1 -> 2: the kind CHECK constraint gains 'label'. SQLite cannot alter a constraint, so the table
 # is rebuilt; positions are copied as they are, so forwarders' cursors stay valid.
@@ -147,8 +159,11 @@ class Journal:
                     version = conn.execute("PRAGMA user_version").fetchone()[0]
                     if version == 0:
                         self._create_schema(conn)
-                    elif version == 1:
+                    if version == 1:
                         self._migrate_1_to_2(conn)
+                    if version in (1, 2):
+                        conn.execute(_MIGRATE_2_TO_3)
+                        conn.execute("PRAGMA user_version = 3")
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
@@ -300,17 +315,43 @@ class Journal:
         cutoff = format_ts(committed_before)
         with self._lock:
             floor = min((self._cursor(name) for name in forwarders), default=self.head())
-            return self._delete("DELETE FROM records WHERE position <= ? AND committed_at < ?", (floor, cutoff))
+            pruned = self._delete("DELETE FROM records WHERE position <= ? AND committed_at < ?", (floor, cutoff))
+            if pruned:  # holes the oldest end has passed mean nothing any more
+                self._delete("DELETE FROM holes WHERE position < (SELECT MIN(position) FROM records)", ())
+            return pruned
 
-    def prune_oldest(self, count: int) -> int:
-        """Delete the ``count`` oldest records whether delivered or not: the last resort when the disk runs
-        out while a sink is down for days. A forwarder behind them skips them (they are counted by the
-        caller as lost to it); verdicts already in the store are unaffected."""
+    def prune_for_space(self, count: int, forwarders: Collection[str]) -> dict[str, int]:
+        """Delete up to ``count`` records to free space when the disk runs out while a sink is down for days,
+        keeping what matters longest: first records every named forwarder has delivered (their content is
+        already where it goes), then the undelivered ones oldest first by class, normal verdicts before
+        defect verdicts before episode messages before operator labels. Returns how many of each
+        undelivered class went (DROP_CLASSES), plus ``delivered``. A forwarder behind a dropped record
+        skips it; what is already in the store is unaffected."""
+        dropped: dict[str, int] = {}
         with self._lock:
-            return self._delete(
-                "DELETE FROM records WHERE position IN (SELECT position FROM records ORDER BY position LIMIT ?)",
-                (count,),
-            )
+            floor = min((self._cursor(name) for name in forwarders), default=self.head())
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for name, where in (("delivered", f"position <= {int(floor)}"), *DROP_CLASSES.items()):
+                        left = count - sum(dropped.values())
+                        if left <= 0:
+                            break
+                        sql = f"SELECT position FROM records WHERE {where} ORDER BY position LIMIT ?"
+                        positions = [(row[0],) for row in conn.execute(sql, (left,))]
+                        if name != "delivered":  # from the middle: the backlog must not count them
+                            conn.executemany("INSERT OR IGNORE INTO holes (position) VALUES (?)", positions)
+                        conn.executemany("DELETE FROM records WHERE position = ?", positions)
+                        dropped[name] = len(positions)
+                    conn.execute("DELETE FROM holes WHERE position < (SELECT MIN(position) FROM records)")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: pruning for space failed: {exc}") from exc
+        return {name: n for name, n in dropped.items() if n}
 
     def count(self) -> int:
         with self._lock:
@@ -376,14 +417,17 @@ class Journal:
             return {str(name): self._backlog_after(int(position)) for name, position in rows}
 
     def _backlog_after(self, cursor: int) -> int:
-        """Records after ``cursor``, in constant time: positions only ever leave from the oldest end
-        (delivered records by age, the oldest under disk pressure), so the ones that remain are contiguous
-        up to the head. A COUNT(*) would scan a backlog of millions under the lock the scorer's commits
-        take, on every scrape of /metrics while the broker is away."""
+        """Records after ``cursor``, without counting them: positions leave from the oldest end (delivered
+        records by age), except under disk pressure, whose deletions from the middle are noted in
+        ``holes``; so the records after ``cursor`` are the positions up to the head less those holes. A
+        COUNT(*) of records would scan a backlog of millions under the lock the scorer's commits take, on
+        every scrape of /metrics while the broker is away; holes exist only after a disk ran full."""
         oldest = self._query("SELECT MIN(position) FROM records")[0][0]
         if oldest is None:
             return 0
-        return max(0, self.head() - max(cursor, int(oldest) - 1))
+        start = max(cursor, int(oldest) - 1)
+        holes = self._query("SELECT COUNT(*) FROM holes WHERE position > ?", (start,))[0][0]
+        return max(0, self.head() - start - int(holes))
 
     def close(self) -> None:
         with self._lock:
