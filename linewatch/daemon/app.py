@@ -361,14 +361,17 @@ class App:
             if name not in seen and state.is_open:
                 episodes[name], ended = tick(state, now, self._policy)
                 events.extend(ended)
-        if not self.recorder.append(verdicts, events):
-            return  # dropped and counted; the episodes go on as if the batch had not been (see recording.py)
-        for name, state in episodes.items():
-            self.cameras[name].episodes = state
+        journaled = self.recorder.append(verdicts, events)
+        if journaled:  # else dropped and counted: the episodes go on as if the batch had not been (recording.py)
+            for name, state in episodes.items():
+                self.cameras[name].episodes = state
         now_mono = self.clock.monotonic()
+        # The scorer made progress either way: a full disk is reported as such, not as a stuck scorer that
+        # /healthz calls stalled and the systemd watchdog would restart into the same full disk.
         self.last_progress = now_mono
-        seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
-        self.metrics.observe_batch(verdicts, events, seconds, now_mono)
+        if journaled:
+            seconds = self.worker.stats.last_batch_seconds if self.worker is not None else 0.0
+            self.metrics.observe_batch(verdicts, events, seconds, now_mono)
         if self._on_progress is not None:
             self._on_progress()
 

@@ -20,12 +20,18 @@ log = logging.getLogger("linewatch.daemon.app")  # part of starting and stopping
 
 
 def end_episodes_left_open(journal: Journal) -> None:
-    """At start, before any camera runs: end what the previous run left open."""
+    """At start, before any camera runs: end what the previous run left open. A journal that cannot take
+    the ends now (a full disk) does not stop the start: they stay open until a later start ends them."""
     ends = [end_left_open(last) for last in journal.open_episodes()]
-    if ends:
+    if not ends:
+        return
+    cameras = ", ".join(sorted({end.camera for end in ends}))
+    try:
         journal.append_batch((), ends)
-        cameras = ", ".join(sorted({end.camera for end in ends}))
-        log.warning("ended %d defect episode(s) the previous run left open (cameras %s)", len(ends), cameras)
+    except JournalError as problem:
+        log.error("could not end %d episode(s) the previous run left open (%s): %s", len(ends), cameras, problem)
+        return
+    log.warning("ended %d defect episode(s) the previous run left open (cameras %s)", len(ends), cameras)
 
 
 def end_open_episodes(runtimes: Iterable[CameraRuntime], journal: Journal) -> None:

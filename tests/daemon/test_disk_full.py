@@ -101,8 +101,9 @@ def test_a_full_disk_drops_and_counts_frames_reports_it_recovers_and_stops(
         assert not verdict.healthy and "journal not writable" in verdict.document["problems"]
         assert verdict.document["journal"].startswith("not writable: ")
         assert app.worker is not None
-        scored = app.worker.stats.frames
+        scored, progress = app.worker.stats.frames, app.last_progress
         _wait_for(lambda: app.worker is not None and app.worker.stats.frames >= scored + 8, timeout_s=60)
+        assert app.last_progress > progress  # scoring goes on: neither "stalled" nor a watchdog restart
 
         space.free(app)  # space returns: inspection resumes by itself
         journaled = len(journal_records(config.journal_path, "verdict"))
