@@ -163,6 +163,13 @@ class MqttSection(_Section):
     max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
     reconnect_min_s: Number = Field(1.0, gt=0.0, le=3600.0)
     reconnect_max_s: Number = Field(5.0, gt=0.0, le=3600.0)  # bounds how long alerts wait after a broker returns
+    # "5": retained commands are refused however they arrive (retain-as-published), a bounded command window;
+    # "3.1.1" for a broker without MQTT 5: a command published retained while linewatch is connected is
+    # then indistinguishable from a live one and is carried out (it is still refused at every resubscribe).
+    protocol: Literal["5", "3.1.1"] = "5"
+    # MQTT 5: how long the broker keeps our session (subscriptions, queued commands) while linewatch is away;
+    # 3.1.1 sessions last until the broker expires them (Mosquitto: persistent_client_expiration).
+    session_expiry_s: StrictInt = Field(14 * 86400, ge=0, le=0xFFFFFFFF)
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -29,13 +29,13 @@ from linewatch.config import CameraSection, Config
 from linewatch.daemon.cameras import CameraRuntime, SourceFactory, make_source
 from linewatch.daemon.control import control_routes
 from linewatch.daemon.episodes import end_episodes_left_open, end_open_episodes
-from linewatch.daemon.feedback import submit
+from linewatch.daemon.feedback import submit_many
 from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
 from linewatch.daemon.outputs import Outputs
 from linewatch.daemon.recording import JournalRecorder
 from linewatch.daemon.state import AppState
 from linewatch.daemon.web_mount import AppWeb, build_site
-from linewatch.feedback import FeedbackError, FeedbackRequest
+from linewatch.feedback import FeedbackError
 from linewatch.model.preprocess import resize_rgb
 from linewatch.pipeline.batcher import Batcher, SlotPolicy
 from linewatch.pipeline.camera.reader import CameraReader
@@ -49,8 +49,8 @@ from linewatch.retrain.service import RetrainService
 from linewatch.retrain.store import last_run
 from linewatch.retrain.versions import ModelRegistry, RegistryError, model_version
 from linewatch.sinks.db import DatabaseError
-from linewatch.sinks.mqtt import RejectedPayload
-from linewatch.types import Batch, CameraStatus, Event, Frame, LabelTarget, Verdict, VerdictLabel
+from linewatch.sinks.mqtt import LabelCommand, RejectedPayload
+from linewatch.types import Batch, CameraStatus, Event, Frame, Verdict
 from linewatch.web.live import LiveFrames
 
 log = logging.getLogger(__name__)
@@ -466,13 +466,11 @@ class App:
                     os.close(self._daemon_lock)
         log.info("stopped")
 
-    # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT client's thread -------------
-    def feedback(self, camera: str, target: LabelTarget, target_id: str, label: VerdictLabel, user: str | None) -> None:
+    # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT command worker's thread -------------
+    def feedback(self, commands: Sequence[LabelCommand]) -> list[RejectedPayload | None]:
         assert self.journal is not None
-        try:
-            submit(self.journal, self.clock, FeedbackRequest(target, target_id, label, user), "mqtt", camera)
-        except FeedbackError as problem:
-            raise RejectedPayload(problem.reason) from problem
+        outcomes = submit_many(self.journal, self.clock, [(c.request, c.camera) for c in commands], "mqtt")
+        return [RejectedPayload(o.reason, str(o)) if isinstance(o, FeedbackError) else None for o in outcomes]
 
     def set_enabled(self, camera: str, enabled: bool) -> None:
         if camera not in self.cameras:

@@ -15,18 +15,13 @@ from collections.abc import Sequence
 import paho.mqtt.client as mqtt
 
 from linewatch.pipeline.journal.records import JournalError, JournalRecord, event_from_payload, verdict_from_payload
-from linewatch.sinks.mqtt_link import (
-    InboundHandlers,
-    MqttLink,
-    MqttStats,
-    MqttUnavailable,
-    RejectedPayload,
-    paho_client,
-)
+from linewatch.sinks.mqtt_commands import InboundHandlers, LabelCommand, MqttStats, RejectedPayload
+from linewatch.sinks.mqtt_link import MqttLink, MqttUnavailable, paho_client
 from linewatch.sinks.mqtt_payloads import dumps, event_message, verdict_message
 
 __all__ = [
     "InboundHandlers",
+    "LabelCommand",
     "MqttForwarder",
     "MqttLink",
     "MqttStats",

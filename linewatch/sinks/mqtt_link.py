@@ -1,10 +1,13 @@
 """The broker connection: one paho-mqtt 2 client (callback API VERSION2) for the daemon's whole life.
 
-Session: MQTT 3.1.1 with ``clean_session=False`` and the stable client id from the config. Every plant broker
-speaks 3.1.1 (MQTT 5 is not a given on older Mosquitto, PLC-embedded or cloud brokers), and 3.1.1's
-persistent session gives what we need: the broker keeps our subscriptions and queues QoS 1 commands
-(feedback, enable, retrain) that arrive while linewatch is offline. The cost: a session outlives a renamed
-client id until the broker expires it (Mosquitto: ``persistent_client_expiration``).
+Session: persistent, under the stable client id from the config, so the broker keeps our subscriptions and
+queues QoS 1 commands (feedback, enable, retrain) that arrive while linewatch is offline. MQTT 5 by default
+(``[mqtt] protocol``): ``clean_start`` false with a ``session_expiry_s``, a Receive Maximum that bounds the
+commands in flight to us, and subscriptions with retain-as-published, so a command published *retained*
+while we are subscribed still carries its retain flag and is refused (3.1.1 clears the flag on live
+delivery: such a command cannot be told from a live one and is carried out). ``protocol = "3.1.1"`` is for
+brokers without MQTT 5 (``clean_session`` false; the broker decides when a session expires, Mosquitto:
+``persistent_client_expiration``). Either way a session outlives a renamed client id until it expires.
 
 Connection: ``start`` never blocks and never fails for a missing broker (``connect_async`` +
 ``loop_start``); paho reconnects, and we set each wait before it: exponential from ``reconnect_min_s``,
@@ -22,10 +25,8 @@ ahead, so from then on publication order is preserved. At that point ``online`` 
 retained state (camera status, model state, enabled echoes, retrain state) are published again, which
 also restores them on a broker that lost its retained store.
 
-Incoming commands run their handler on paho's network thread, so handlers must be quick (hand long work to
-another thread). Bad messages are counted in ``stats.rejected[(kind, reason)]`` and logged at most once per
-``REJECT_LOG_INTERVAL_S`` per (kind, reason); they never raise out of the callback (which would kill the
-network thread). Passwords are never logged.
+Incoming commands are only queued on paho's network thread: :mod:`linewatch.sinks.mqtt_commands` checks
+them, carries them out and acknowledges them (paho's ``manual_ack``) once handled. Passwords are never logged.
 """
 
 from __future__ import annotations
@@ -36,67 +37,42 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from linewatch.backoff import backoff_delay
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import MqttSection
-from linewatch.feedback import FeedbackRequest
-from linewatch.sinks.mqtt_payloads import CAMERA, Rejected, Topics, dumps, parse_payload, topic_kind
-from linewatch.types import CameraStatus, LabelTarget, VerdictLabel
+from linewatch.sinks.mqtt_commands import CommandIntake, InboundHandlers, MqttStats, Received
+from linewatch.sinks.mqtt_payloads import CAMERA, Topics, dumps
+from linewatch.types import CameraStatus
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 128  # QoS 1 messages on the wire at once; more wait in paho's queue, in order
-REJECT_LOG_INTERVAL_S = 10.0
+RECEIVE_MAXIMUM = 256  # MQTT 5: unacknowledged commands the broker may send us at once (one command batch)
 STOP_WAIT_S = 2.0  # how long stop() waits for the broker to acknowledge "stopped"
 ACK_POLL_S = 0.02  # paho signals on_publish just before it marks the message published: re-check this often
-
-
-class RejectedPayload(Exception):
-    """Raised by a handler for a well-formed command it refuses (unknown id or camera). ``reason`` is a
-    short counter label (no ids in it); ``detail`` (or the chained cause) goes to the log line."""
-
-    def __init__(self, reason: str, detail: str | None = None) -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class MqttUnavailable(ConnectionError):
     """Not connected to the broker (forwarders back off and retry)."""
 
 
-class InboundHandlers(Protocol):
-    """What the application does with validated commands. Called on the MQTT network thread."""
-
-    def feedback(
-        self, camera: str, target: LabelTarget, target_id: str, label: VerdictLabel, user: str | None
-    ) -> None: ...
-
-    def set_enabled(self, camera: str, enabled: bool) -> None: ...
-
-    def retrain(self, reason: str | None) -> dict[str, Any]: ...  # echoed on P/retrain/state
-
-
-@dataclass
-class MqttStats:
-    connects: int = 0  # sessions established (SUBACK received)
-    disconnects: int = 0  # established sessions lost or closed
-    published: int = 0  # QoS 1 messages the broker acknowledged
-    received: int = 0  # command messages received, valid or not
-    accepted: int = 0  # commands a handler accepted
-    rejected: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic kind, reason) -> count
-
-
-def paho_client(client_id: str) -> mqtt.Client:
-    """The production client: callback API VERSION2, MQTT 3.1.1, persistent session."""
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311)
+def paho_client(client_id: str, protocol: str) -> mqtt.Client:
+    """The production client: callback API VERSION2, a persistent session, commands acknowledged by us
+    once handled (see :mod:`linewatch.sinks.mqtt_commands`)."""
+    version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
+    return mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, manual_ack=True,
+        **({} if version == mqtt.MQTTv5 else {"clean_session": False}),
+    )  # fmt: skip
 
 
 class MqttLink:
@@ -108,14 +84,13 @@ class MqttLink:
         prefix: str,
         client_id: str,
         handlers: InboundHandlers,
-        client_factory: Callable[[str], mqtt.Client] = paho_client,
+        client_factory: Callable[[str, str], mqtt.Client] = paho_client,
         clock: Clock | None = None,
     ) -> None:
         self.section = section
         self.topics = Topics(prefix)
         self.client_id = client_id
         self.stats = MqttStats()
-        self._handlers = handlers
         self._clock = clock or SystemClock()
         self._where = f"{section.host}:{section.port}"
         self._connected = threading.Event()
@@ -123,13 +98,18 @@ class MqttLink:
         self._epoch = 0  # +1 per established session
         self._state_lock = threading.Lock()  # orders retained-state publishes against the on-connect replay
         self._retained: dict[str, bytes] = {}  # topic -> latest retained payload we own
+        self._connection = 0  # +1 per CONNACK accepted: a command is acknowledged only on its own connection
         self._subscribe_mid: int | None = None
         self._reported = ""  # last connection state logged: log once per change
-        self._reject_log: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (last logged, suppressed)
         self._started = self._stopping = False
         self._failed_attempts = 0  # since the last established session: sets the next reconnect wait
         self._random = random.Random()
-        self._client = client_factory(client_id)
+        self._v5 = section.protocol == "5"
+        self._client = client_factory(client_id, section.protocol)
+        self._commands = CommandIntake(
+            self.topics, section.max_payload_bytes, handlers, self.stats, self._publish_retained, self._acknowledge,
+            self._clock,
+        )  # fmt: skip
         self._configure()
 
     def _configure(self) -> None:
@@ -162,11 +142,21 @@ class MqttLink:
         if self._started:
             raise RuntimeError("MqttLink.start() called twice")
         self._started = True
-        self._client.connect_async(self.section.host, self.section.port, keepalive=self.section.keepalive_s)
+        self._commands.start()
+        section = self.section
+        if self._v5:  # keep the session across reconnects and restarts (paho's default starts the first clean)
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = section.session_expiry_s
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
+            self._client.connect_async(
+                section.host, section.port, keepalive=section.keepalive_s, clean_start=False, properties=properties
+            )
+        else:
+            self._client.connect_async(section.host, section.port, keepalive=section.keepalive_s)
         self._client.loop_start()
         log.info(
-            "MQTT: connecting to %s as %s (tls %s, %s)", self._where, self.client_id,
-            "on" if self.section.tls else "off", "with credentials" if self.section.username else "anonymous",
+            "MQTT: connecting to %s as %s (MQTT %s, tls %s, %s)", self._where, self.client_id, section.protocol,
+            "on" if section.tls else "off", "with credentials" if section.username else "anonymous",
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -175,6 +165,7 @@ class MqttLink:
         if not self._started or self._stopping:
             return
         self._stopping = True
+        self._commands.stop()  # still connected: what it finishes is acknowledged
         if self.connected:
             with self._state_lock:
                 info = self._client.publish(self.topics.available, "stopped", qos=1, retain=True)
@@ -248,11 +239,20 @@ class MqttLink:
         self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, _props: Any
     ) -> None:
         if reason.is_failure:  # paho disconnects and retries with backoff
-            self._report(f"refused {reason}", logging.ERROR, "MQTT: broker %s refused us: %s", self._where, reason)
+            unsupported = self._v5 and reason.value in (1, 132)  # "unsupported protocol version"
+            hint = ' (a broker without MQTT 5: set [mqtt] protocol = "3.1.1")' if unsupported else ""
+            self._report(f"refused {reason}", logging.ERROR, "MQTT: broker %s refused us: %s%s", self._where, reason,
+                         hint)  # fmt: skip
             return
+        self._connection += 1
         log.debug("MQTT: CONNACK from %s (session present: %s)", self._where, flags.session_present)
-        # Subscribe even with a session present: cheap, and right if the broker lost the session.
-        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
+        # Subscribe even with a session present: cheap, and right if the broker lost the session. MQTT 5 keeps
+        # the retain flag of a command published retained while we are subscribed, so it is refused too.
+        if self._v5:
+            options = SubscribeOptions(qos=1, retainAsPublished=True)
+            _, self._subscribe_mid = client.subscribe([(topic, options) for topic in self.topics.subscriptions])
+        else:
+            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
 
     def _on_subscribe(
         self, client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode], _props: Any
@@ -334,71 +334,20 @@ class MqttLink:
             self._acks.notify_all()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        # Only queue it: the command worker checks, carries out and then acknowledges (see mqtt_commands).
         try:
-            self._handle(message)
-        except Exception:  # an exception escaping a callback would stop paho's network thread
-            log.exception("MQTT: unexpected error handling a message")
-            self._count(("unknown", "internal_error"))
-
-    # --- commands -------------------------------------------------------------------------------------------
-
-    def _handle(self, message: mqtt.MQTTMessage) -> None:
-        self.stats.received += 1
-        try:
-            topic = message.topic
+            topic: str | None = message.topic
         except UnicodeDecodeError:
-            self._reject("unknown", "bad_topic", "?", "topic is not UTF-8")
-            return
-        try:
-            kind, camera = topic_kind(self.topics, topic)
-        except Rejected as problem:
-            self._reject("unknown", problem.reason, topic, problem.detail)
-            return
-        try:
-            value = parse_payload(kind, bytes(message.payload), bool(message.retain), self.section.max_payload_bytes)
-            self._dispatch(kind, camera, value)
-        except Rejected as problem:
-            self._reject(kind, problem.reason, topic, problem.detail)
-        except RejectedPayload as problem:
-            cause = problem.__cause__
-            self._reject(kind, problem.reason, topic, problem.detail or (str(cause) if cause else problem.reason))
-        except Exception as exc:
-            self._reject(kind, "handler_error", topic, f"{type(exc).__name__}: {exc}", exc_info=True)
-        else:
-            self.stats.accepted += 1
+            topic = None
+        received = Received(topic, bytes(message.payload), bool(message.retain), message.mid, message.qos,
+                            self._connection)  # fmt: skip
+        self._commands.put(received)
 
-    def _dispatch(self, kind: str, camera: str | None, value: FeedbackRequest | bool | str | None) -> None:
-        if kind == "feedback":
-            assert camera is not None and isinstance(value, FeedbackRequest)
-            self._handlers.feedback(camera, value.target, value.target_id, value.label, value.user)
-            log.info("MQTT: %s labelled %s on %s %s by %s", camera, value.label, value.target, value.target_id,
-                     value.user or "an unnamed operator")  # fmt: skip
-        elif kind == "enabled":
-            assert camera is not None and isinstance(value, bool)
-            self._handlers.set_enabled(camera, value)
-            log.info("MQTT: camera %s %s", camera, "enabled" if value else "disabled")
-            self._publish_retained(self.topics.enabled(camera), b"true" if value else b"false")
-        else:
-            assert value is None or isinstance(value, str)
-            state = self._handlers.retrain(value)
-            log.info("MQTT: retrain requested (%s)", value or "no reason given")
-            self._publish_retained(self.topics.retrain_state, dumps(state))
-
-    def _reject(self, kind: str, reason: str, topic: str, detail: str, exc_info: bool = False) -> None:
-        key = (kind, reason)
-        self._count(key)
-        now = self._clock.monotonic()
-        last, suppressed = self._reject_log.get(key, (None, 0))
-        if last is not None and now - last < REJECT_LOG_INTERVAL_S:
-            self._reject_log[key] = (last, suppressed + 1)
+    def _acknowledge(self, received: Received) -> None:
+        """PUBACK a handled command, on the connection it came on only (module docstring of mqtt_commands)."""
+        if received.qos == 0 or received.connection != self._connection or not self.connected:
             return
-        self._reject_log[key] = (now, 0)
-        more = f" ({suppressed} more like it since the last report)" if suppressed else ""
-        log.warning("MQTT: rejected a %s message on %s: %s: %s%s", kind, repr(topic)[:120], reason, detail[:300],
-                    more, exc_info=exc_info)  # fmt: skip
-
-    def _count(self, key: tuple[str, str]) -> None:
-        self.stats.rejected[key] = self.stats.rejected.get(key, 0) + 1
+        self._client.ack(received.mid, received.qos)
 
     def _report(self, state: str, level: int, message: str, *args: object) -> None:
         """Log a connection state once per change; repeats go to DEBUG."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from linewatch.clock import FakeClock
-from linewatch.daemon.feedback import submit
+from linewatch.daemon.feedback import submit, submit_many
 from linewatch.feedback import FeedbackError, FeedbackRequest, parse_feedback
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import label_from_payload
@@ -95,3 +96,41 @@ def test_a_repeated_judgement_is_journaled_once_but_a_changed_mind_always(tmp_pa
         labels = [label_from_payload(r.payload) for r in journal.read_after("db", 10, kinds={"label"})]
         assert labels == [first, changed, back, later]
         assert len({label.label_id for label in labels}) == 4
+
+
+def test_a_burst_of_labels_is_one_transaction_with_repeats_and_refusals_sorted_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, item 12: a flood over MQTT was one fsync per label. A burst is now one append_batch."""
+    clock = FakeClock()
+    with Journal(tmp_path / "j.sqlite3", clock) as journal:
+        journal.register_forwarder("db")
+        journal.append_batch([make_verdict(seq) for seq in range(1, 101)], [])
+        seventh = FeedbackRequest(LabelTarget.INSPECTION, "cam1-boot-7", VerdictLabel.NORMAL)
+        earlier = submit(journal, clock, seventh, "mqtt")
+        batches: list[int] = []
+        append = journal.append_batch
+
+        def counting_append(verdicts: Any, events: Any, labels: Any = ()) -> list[int]:
+            batches.append(len(labels))
+            return append(verdicts, events, labels)
+
+        monkeypatch.setattr(journal, "append_batch", counting_append)
+        requests: list[tuple[FeedbackRequest, str | None]] = [
+            (FeedbackRequest(LabelTarget.INSPECTION, f"cam1-boot-{seq}", VerdictLabel.NORMAL), "cam1")
+            for seq in range(1, 101)
+        ]
+        requests.insert(50, (FeedbackRequest(LabelTarget.INSPECTION, "cam1-boot-999", VerdictLabel.NORMAL), "cam1"))
+        requests.insert(60, (FeedbackRequest(LabelTarget.INSPECTION, "cam1-boot-3", VerdictLabel.NORMAL), "cam2"))
+        requests.append(requests[0])  # a QoS 1 redelivery within the burst
+        requests.append((FeedbackRequest(LabelTarget.INSPECTION, "cam1-boot-2", VerdictLabel.DEFECT), None))
+        outcomes = submit_many(journal, clock, requests, "mqtt")
+        assert batches == [100]  # 99 new labels and a changed mind; the two repeats are not journaled again
+        refused = {i: o.reason for i, o in enumerate(outcomes) if isinstance(o, FeedbackError)}
+        assert refused == {50: "unknown_id", 60: "wrong_camera"}
+        assert outcomes[6] == earlier  # repeats a label journaled before the burst
+        assert outcomes[-2] == outcomes[0]  # repeats one made in the burst
+        assert outcomes[-1].label == VerdictLabel.DEFECT and outcomes[-1] != outcomes[2]
+        labels = [label_from_payload(r.payload) for r in journal.read_after("db", 500, kinds={"label"})]
+        journaled = [o for i, o in enumerate(outcomes) if i not in refused and i not in (6, len(outcomes) - 2)]
+        assert labels == [earlier, *journaled]  # in request order, each once

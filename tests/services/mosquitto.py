@@ -110,12 +110,13 @@ def make_password_file(path: Path, username: str, password: str) -> None:
 class MosquittoBroker:
     """One Mosquitto process with its config, database and log in a temp folder. ``start``/``stop`` may be
     repeated and keep the ports; ``cleanup`` stops it and deletes the folder. ``tls`` adds TLS listeners,
-    whose ports are ``tls_ports`` (same order)."""
+    whose ports are ``tls_ports`` (same order); ``extra_config`` lines go at the end of its config."""
 
     host = "127.0.0.1"
 
-    def __init__(self, tls: Sequence[TlsListener] = ()) -> None:
+    def __init__(self, tls: Sequence[TlsListener] = (), extra_config: Sequence[str] = ()) -> None:
         self.binary = find_mosquitto()
+        self.extra_config = tuple(extra_config)  # more lines for mosquitto.conf (benchmarks: queue limits)
         self.root = Path(tempfile.mkdtemp(prefix="linewatch-mosquitto-"))
         self.config = self.root / "mosquitto.conf"
         self.log = self.root / "mosquitto.log"
@@ -156,6 +157,7 @@ class MosquittoBroker:
             lines += listener.config_lines(self.host, port)
         if os.geteuid() == 0:
             lines.append("user root")
+        lines += self.extra_config
         self.config.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
@@ -348,6 +350,12 @@ class MqttWatcher:
 
     def publish(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
         self._client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(START_TIMEOUT_S)
+
+    def publish_all(self, messages: Sequence[tuple[str, bytes | str]], qos: int = 1) -> None:
+        """Publish them back to back (a flood), then wait until the broker has acknowledged every one."""
+        infos = [self._client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(START_TIMEOUT_S)
 
     def close(self) -> None:
         self._client.disconnect()

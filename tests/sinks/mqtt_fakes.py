@@ -3,6 +3,8 @@ PUBACKs the test drives by hand, and handlers that record what they were asked t
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,8 +13,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from linewatch.sinks.mqtt import RejectedPayload
-from linewatch.types import LabelTarget, VerdictLabel
+from linewatch.sinks.mqtt import LabelCommand, RejectedPayload
 
 
 class FakeInfo:
@@ -41,13 +42,16 @@ class Sent:
 
 class FakeClient:
     """Records configuration and publishes. ``loop_start`` "connects" (CONNACK, then SUBACK) unless
-    ``online`` is False; ``ack(n)`` acknowledges the oldest n unacknowledged publishes (``auto_ack`` more
+    ``online`` is False; ``puback(n)`` acknowledges the oldest n unacknowledged publishes (``auto_ack`` more
     publishes are acknowledged as they are made); ``drop()`` loses the connection; ``reconnect()``
-    establishes it again; ``next_rc`` is the return code the next publish reports."""
+    establishes it again; ``next_rc`` is the return code the next publish reports. ``acked`` lists the
+    (mid, qos) of the received messages the link acknowledged."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, protocol: str = "5") -> None:
         self.client_id = client_id
+        self.protocol = protocol
         self.calls: dict[str, Any] = {}
+        self.acked: list[tuple[int, int]] = []
         self.sent: list[Sent] = []
         self.online = True
         self.auto_ack = 0
@@ -80,8 +84,9 @@ class FakeClient:
     def enable_logger(self, logger: Any) -> None:
         self.calls["logger"] = logger
 
-    def connect_async(self, host: str, port: int, keepalive: int) -> None:
+    def connect_async(self, host: str, port: int, keepalive: int, **options: Any) -> None:
         self.calls["connect_async"] = (host, port, keepalive)
+        self.calls["connect_options"] = options
 
     # the connection, driven by the test
     def loop_start(self) -> None:
@@ -109,7 +114,7 @@ class FakeClient:
     def drop(self) -> None:
         self.on_disconnect(self, None, None, ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"), None)
 
-    def subscribe(self, topics: list[tuple[str, int]]) -> tuple[MQTTErrorCode, int]:
+    def subscribe(self, topics: list[tuple[str, Any]]) -> tuple[MQTTErrorCode, int]:
         self.calls["subscribe"] = topics
         self._subscribe_mid = self._next_mid()
         return MQTTErrorCode.MQTT_ERR_SUCCESS, self._subscribe_mid
@@ -123,10 +128,15 @@ class FakeClient:
             self._ack(info)
         return info
 
-    def ack(self, count: int | None = None) -> None:
+    def puback(self, count: int | None = None) -> None:
         waiting = [sent.info for sent in self.sent if not sent.info.published]
         for info in waiting[:count]:
             self._ack(info)
+
+    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
+        """paho's manual acknowledgement of a received message."""
+        self.acked.append((mid, qos))
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _ack(self, info: FakeInfo) -> None:
         info.published = True
@@ -147,8 +157,8 @@ class FakeFactory:
         self.online = online
         self.clients: list[FakeClient] = []
 
-    def __call__(self, client_id: str) -> Any:
-        client = FakeClient(client_id)
+    def __call__(self, client_id: str, protocol: str) -> Any:
+        client = FakeClient(client_id, protocol)
         client.online = self.online
         self.clients.append(client)
         return client
@@ -156,19 +166,35 @@ class FakeFactory:
 
 @dataclass
 class RecordingHandlers:
-    """InboundHandlers that record calls. Known ids and cameras are accepted; others raise RejectedPayload
-    like the app does; ``fail`` makes every call raise RuntimeError."""
+    """InboundHandlers that record calls. Known ids and cameras are accepted; others are refused with
+    RejectedPayload like the app does; ``fail`` makes every call raise RuntimeError. With a ``gate``, a
+    feedback call sets ``entered`` and waits for the gate (the command worker is then busy)."""
 
     known_ids: set[str] = field(default_factory=lambda: {"insp-1", "ev-1"})
     cameras: set[str] = field(default_factory=lambda: {"cam1", "cam_2"})
     fail: bool = False
     calls: list[tuple[Any, ...]] = field(default_factory=list)
+    bursts: list[int] = field(default_factory=list)  # how many labels each feedback call carried
+    gate: threading.Event | None = None
+    entered: threading.Event = field(default_factory=threading.Event)
 
-    def feedback(self, camera: str, target: LabelTarget, target_id: str, label: VerdictLabel, user: str | None) -> None:
-        self._check(camera)
-        if target_id not in self.known_ids:
-            raise RejectedPayload("unknown_id") from LookupError(f"no {target} with id {target_id!r}")
-        self.calls.append(("feedback", camera, target, target_id, label, user))
+    def feedback(self, commands: Sequence[LabelCommand]) -> list[RejectedPayload | None]:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "the test never opened the gate"
+        self._check(None)
+        self.bursts.append(len(commands))
+        outcomes: list[RejectedPayload | None] = []
+        for command in commands:
+            camera, request = command.camera, command.request
+            if camera not in self.cameras:
+                outcomes.append(RejectedPayload("unknown_camera", f"no camera {camera!r}"))
+            elif request.target_id not in self.known_ids:
+                outcomes.append(RejectedPayload("unknown_id", f"no {request.target} with id {request.target_id!r}"))
+            else:
+                outcomes.append(None)
+                self.calls.append(("feedback", camera, request.target, request.target_id, request.label, request.user))
+        return outcomes
 
     def set_enabled(self, camera: str, enabled: bool) -> None:
         self._check(camera)

@@ -7,14 +7,18 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from paho.mqtt.client import MQTTMessage
 
 from linewatch.config import MqttSection
 from linewatch.sinks.mqtt import MqttLink
+from linewatch.sinks.mqtt_link import RECEIVE_MAXIMUM
 from linewatch.sinks.mqtt_payloads import Topics
 from linewatch.types import CameraStatus
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, free_port, wait_until
@@ -215,9 +219,59 @@ def test_configuration_reaches_the_client_and_secrets_stay_out_of_the_log(
     assert client.calls["will_set"] == ("linewatch/s1/l1/available", "offline", 1, True)
     assert client.calls["reconnect_delay_set"] == (2.0, 2.0)  # the first wait; each later one is set before it
     assert client.calls["connect_async"] == ("broker.plant", 8883, 20)
+    options = client.calls["connect_options"]
+    assert options["clean_start"] is False  # paho's default would start the first session clean
+    assert options["properties"].SessionExpiryInterval == 14 * 86400
+    assert options["properties"].ReceiveMaximum == RECEIVE_MAXIMUM
     assert client.calls["disconnect"] and client.calls["loop_stop"]
     assert client.sent == []  # never connected: no "stopped" either
     assert "s3cret-pw" not in caplog.text
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_subscriptions_keep_the_retain_flag_under_mqtt_5(protocol: Literal["5", "3.1.1"]) -> None:
+    factory = FakeFactory()
+    link = MqttLink(MqttSection(protocol=protocol), "p/l", "lw", RecordingHandlers(), client_factory=factory)
+    link.start()
+    client = factory.clients[0]
+    assert client.protocol == protocol
+    subscribed = client.calls["subscribe"]
+    assert [topic for topic, _ in subscribed] == list(Topics("p/l").subscriptions)
+    if protocol == "5":
+        assert all(o.QoS == 1 and o.retainAsPublished for _, o in subscribed)
+    else:
+        assert all(qos == 1 for _, qos in subscribed) and client.calls["connect_options"] == {}
+    link.stop()
+
+
+def test_a_command_is_acknowledged_once_handled_and_only_on_its_own_connection() -> None:
+    """The broker resends an unacknowledged command under the same packet id after a reconnect; an ack for
+    the old copy sent on the new connection could acknowledge another message that reused the id."""
+    handlers = RecordingHandlers(gate=threading.Event())
+    factory = FakeFactory()
+    link = MqttLink(MqttSection(), "p/l", "lw", handlers, client_factory=factory)
+    link.start()
+    client = factory.clients[0]
+    label = b'{"inspection_id": "insp-1", "label": "normal"}'
+    client.on_message(client, None, received("p/l/cam1/feedback/set", label, mid=7))
+    assert handlers.entered.wait(5)
+    assert client.acked == []  # queued and being handled: not acknowledged yet
+    client.drop()
+    client.reconnect()
+    handlers.gate.set()
+    wait_until(lambda: link.stats.received == 1)
+    client.on_message(client, None, received("p/l/cam1/feedback/set", label, mid=7))  # the broker's resend
+    client.on_message(client, None, received("p/l/cam1/enabled/set", b"maybe", mid=8))  # refused: acked too
+    wait_until(lambda: len(client.acked) == 2)
+    link.stop()
+    assert client.acked == [(7, 1), (8, 1)]
+    assert len(handlers.calls) == 2  # handled twice: the journal's repeat window makes the second a no-op
+
+
+def received(topic: str, payload: bytes, mid: int) -> MQTTMessage:
+    message = MQTTMessage(mid, topic.encode())
+    message.payload, message.qos = payload, 1
+    return message
 
 
 def test_tls_without_a_ca_file_uses_the_system_store_and_missing_files_are_named(tmp_path: Path) -> None:

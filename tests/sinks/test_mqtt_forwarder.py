@@ -190,7 +190,7 @@ def fake_link(ack_timeout_s: float) -> tuple[MqttLink, FakeClient]:
     link = MqttLink(MqttSection(ack_timeout_s=ack_timeout_s), "p/l", "lw", RecordingHandlers(), client_factory=factory)
     link.start()
     assert link.connected
-    factory.clients[0].ack()  # "online"
+    factory.clients[0].puback()  # "online"
     return link, factory.clients[0]
 
 
@@ -217,9 +217,9 @@ def test_only_the_acknowledged_prefix_counts_and_unacknowledged_messages_are_not
     assert time.monotonic() - began >= 0.2  # waited ack_timeout_s for the rest
     assert len(published(client, "/defect")) == 4
     assert forwarder.send(records[2:]) == 0  # still unacknowledged: waits again, publishes nothing
-    client.ack(1)
+    client.puback(1)
     assert forwarder.send(records[2:]) == 1
-    client.ack()
+    client.puback()
     assert forwarder.send(records[3:]) == 1
     assert [m["seq"] for m in published(client, "/defect")] == [1, 2, 3, 4]  # each exactly once
 
@@ -241,7 +241,7 @@ def test_only_the_latest_verdict_of_each_camera_is_published_and_superseded_ones
         ("p/l/cam1/verdict", True),
     ]
     assert all(s.qos == 1 for s in client.sent)
-    client.ack()
+    client.puback()
     assert forwarder.send(records[1:]) == 4
     assert len(client.sent) == 4  # "online" and the three above, nothing again
     assert published(client, "/cam1/verdict")[0]["inspection_id"] == "cam1-boot-3"
@@ -258,7 +258,7 @@ def test_a_lost_connection_ends_the_wait_early_and_send_refuses_until_reconnecte
     with pytest.raises(MqttUnavailable):
         forwarder.send(records)
     client.reconnect()  # paho would now resend the three in-flight messages itself
-    client.ack()
+    client.puback()
     assert forwarder.send(records) == 3
     assert len(published(client, "/defect")) == 3  # not published a second time
     assert (link.stats.connects, link.stats.disconnects) == (2, 1)
@@ -323,7 +323,7 @@ def test_a_publish_racing_a_disconnect_is_still_tracked(fake: tuple[MqttLink, Fa
     client.next_rc = MQTTErrorCode.MQTT_ERR_NO_CONN  # paho keeps such a QoS 1 message and resends it
     info = link.publish("p/l/cam1/defect", b"{}")
     assert info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-    client.ack()
+    client.puback()
     assert link.wait_acked([info], 1.0, link.epoch) == 1
     client.next_rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
     with pytest.raises(MqttUnavailable, match="refused"):

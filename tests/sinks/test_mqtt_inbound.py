@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 
 from linewatch.clock import FakeClock
 from linewatch.config import MqttSection
 from linewatch.sinks.mqtt import MqttLink
+from linewatch.sinks.mqtt_link import RECEIVE_MAXIMUM
 from linewatch.sinks.mqtt_payloads import Rejected, Topics, topic_kind
 from linewatch.types import LabelTarget, VerdictLabel
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
@@ -60,9 +63,15 @@ MALFORMED: list[tuple[str, bytes, tuple[str, str]]] = [
 
 
 def make_link(
-    broker: MosquittoBroker, prefix: str, handlers: RecordingHandlers, clock: FakeClock | None = None
+    broker: MosquittoBroker,
+    prefix: str,
+    handlers: RecordingHandlers,
+    clock: FakeClock | None = None,
+    protocol: Literal["5", "3.1.1"] = "5",
 ) -> MqttLink:
-    mqtt = MqttSection(host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    mqtt = MqttSection(
+        host=broker.host, port=broker.port, keepalive_s=5, reconnect_min_s=0.05, reconnect_max_s=0.2, protocol=protocol
+    )
     return MqttLink(mqtt, prefix, f"lw-in-{prefix.split('/')[1]}", handlers, clock=clock)
 
 
@@ -163,6 +172,104 @@ def test_a_retained_command_is_not_replayed_on_subscribe(broker: MosquittoBroker
         assert handlers.calls == []
     finally:
         link.stop()
+
+
+def test_a_command_published_retained_while_linewatch_listens_is_refused(
+    broker: MosquittoBroker, mqtt_prefix: str, link: MqttLink, handlers: RecordingHandlers
+) -> None:
+    """MQTT 5's retain-as-published keeps the flag on live delivery (3.1.1 would clear it)."""
+    with MqttWatcher(broker) as publisher:
+        publisher.publish(f"{mqtt_prefix}/{RETRAIN}", b"{}", retain=True)
+        publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"false", retain=True)
+        wait_until(lambda: link.stats.received == 2)
+        publisher.publish(f"{mqtt_prefix}/{RETRAIN}", b"", retain=True)  # cleared: nothing is delivered
+        publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"", retain=True)
+        publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"true")
+        wait_until(lambda: link.stats.accepted == 1)
+    assert link.stats.rejected == {("retrain", "retained"): 1, ("enabled", "retained"): 1}
+    assert handlers.calls == [("set_enabled", "cam1", True)]
+
+
+def test_mqtt_3_1_1_still_works_and_carries_out_a_live_retained_command(
+    broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers
+) -> None:
+    """The documented limit of ``protocol = "3.1.1"``: the broker clears the retain flag on live delivery."""
+    link = make_link(broker, mqtt_prefix, handlers, protocol="3.1.1")
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        with MqttWatcher(broker) as publisher:
+            publisher.publish(f"{mqtt_prefix}/{FEEDBACK}", b'{"inspection_id": "insp-1", "label": "normal"}')
+            publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"false", retain=True)
+            wait_until(lambda: link.stats.accepted == 2)
+            publisher.publish(f"{mqtt_prefix}/{ENABLED}", b"", retain=True)
+    finally:
+        link.stop()
+    assert handlers.calls == [
+        ("feedback", "cam1", LabelTarget.INSPECTION, "insp-1", VerdictLabel.NORMAL, None),
+        ("set_enabled", "cam1", False),
+    ]
+
+
+def test_a_flood_of_labels_is_journaled_in_bursts_in_arrival_order(
+    broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers
+) -> None:
+    """While one label is being journaled the rest queue up (as many as our Receive Maximum lets the broker
+    send unacknowledged); they are handed over together, in order, with the other commands in their place,
+    and none is lost."""
+    handlers.known_ids = {f"insp-{n}" for n in range(300)}
+    handlers.gate = threading.Event()
+    link = make_link(broker, mqtt_prefix, handlers)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        flood: list[tuple[str, bytes | str]] = [
+            (f"{mqtt_prefix}/{FEEDBACK}", json.dumps({"inspection_id": f"insp-{n}", "label": "normal"}))
+            for n in range(300)
+        ]
+        flood.insert(150, (f"{mqtt_prefix}/{ENABLED}", b"false"))
+        with MqttWatcher(broker) as publisher:
+            publisher.publish_all(flood[:1])
+            assert handlers.entered.wait(5)  # the worker is busy with the first label ...
+            publisher.publish_all(flood[1:])  # ... while the rest arrive
+            wait_until(lambda: link.stats.arrived == RECEIVE_MAXIMUM)  # the window: the broker holds the rest
+            handlers.gate.set()
+            wait_until(lambda: link.stats.received == len(flood))
+    finally:
+        handlers.gate.set()
+        link.stop()
+    normal = VerdictLabel.NORMAL
+    assert handlers.calls == [
+        ("set_enabled", "cam1", False) if topic.endswith(ENABLED)
+        else ("feedback", "cam1", LabelTarget.INSPECTION, json.loads(payload)["inspection_id"], normal, None)
+        for topic, payload in flood
+    ]  # fmt: skip
+    assert link.stats.arrived == len(flood)  # each acknowledgement let the broker send one more
+    assert handlers.bursts[:3] == [1, 149, RECEIVE_MAXIMUM - 151]  # the enabled command splits the queued ones
+    assert sum(handlers.bursts) == len(flood) - 1
+    assert link.stats.accepted == len(flood) and link.stats.rejected == {}
+def test_a_label_still_being_handled_when_the_broker_goes_is_delivered_again(
+    broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers
+) -> None:
+    """Acknowledged only once handled: the broker keeps it in the session and resends it after its restart
+    (a crash of linewatch at that moment would get the same resend when it comes back)."""
+    handlers.gate = threading.Event()
+    link = make_link(broker, mqtt_prefix, handlers)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        with MqttWatcher(broker) as publisher:
+            publisher.publish(f"{mqtt_prefix}/{FEEDBACK}", b'{"inspection_id": "insp-1", "label": "normal"}')
+        assert handlers.entered.wait(5)
+        broker.stop()
+        handlers.gate.set()  # handled while the broker is away: the acknowledgement cannot be sent
+        wait_until(lambda: link.stats.received == 1 and not link.connected)
+        broker.start()
+        wait_until(lambda: link.stats.received == 2, timeout=10)
+    finally:
+        link.stop()
+    label = ("feedback", "cam1", LabelTarget.INSPECTION, "insp-1", VerdictLabel.NORMAL, None)
+    assert handlers.calls == [label, label]  # the journal's repeat window keeps one (tests/daemon/test_feedback)
 
 
 def test_rejections_are_logged_once_per_burst(

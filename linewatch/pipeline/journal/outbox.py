@@ -255,13 +255,16 @@ class Journal:
             rows = self._query("SELECT camera FROM records WHERE kind = ? AND key = ?", (kind, key))
         return str(rows[0][0]) if rows else None
 
-    def recent_labels(self, camera: str, committed_since: datetime) -> list[Label]:
-        """The camera's labels journaled since ``committed_since``, newest first (for repeat detection)."""
+    def recent_labels(self, camera: str, target_ids: Collection[str], committed_since: datetime) -> list[Label]:
+        """The camera's labels on any of ``target_ids`` journaled since ``committed_since``, newest first (for
+        repeat detection). SQLite filters on the ids, so a flood of labels costs one query, not a parse of
+        every label of the last minute per label."""
         with self._lock:
             rows = self._query(
                 "SELECT payload FROM records WHERE kind = 'label' AND camera = ? AND committed_at >= ? "
+                "AND json_extract(payload, '$.target_id') IN (SELECT value FROM json_each(?)) "
                 "ORDER BY position DESC",
-                (camera, format_ts(committed_since)),
+                (camera, format_ts(committed_since), json.dumps(sorted(set(target_ids)))),
             )
         return [label_from_payload(json.loads(row[0])) for row in rows]
 
