@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from linewatch.pipeline.journal.records import JournalRecord, format_ts, verdict_payload
-from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.types import Verdict, VerdictLabel
 
 if TYPE_CHECKING:

@@ -38,8 +38,9 @@ from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.scorer import Scorer
 from linewatch.retrain.runner import Retrainer
 from linewatch.retrain.versions import ModelRegistry
-from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.types import LabelTarget, Verdict, VerdictLabel
 
 PRODUCT = "bracket"

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, event, insert, text
 
 from linewatch.pipeline.journal.records import JournalRecord, verdict_payload
-from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import DefectEvent, Inspection
 from linewatch.types import Verdict, VerdictLabel
 from linewatch.web.queries import history_page, review_queue, score_series

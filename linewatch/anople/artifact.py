@@ -23,14 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from linewatch.anople.backbone import Backbone, BackboneSpec
 from linewatch.anople.calibrate import Calibration
+from linewatch.anople.files import FORMAT, FORMAT_VERSION, LEARNED, MANIFEST, MEMORY
 from linewatch.anople.model import AnoPLe
 from linewatch.anople.settings import AnoPLeSettings
-
-FORMAT = "linewatch-anople"
-FORMAT_VERSION = 1
-MANIFEST = "anople.json"
-LEARNED = "learned.safetensors"
-MEMORY = "memory.safetensors"
 
 BackboneLoader = Callable[[BackboneSpec], Backbone]
 

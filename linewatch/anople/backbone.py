@@ -19,8 +19,9 @@ from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 from safetensors.torch import load_file
 from torch import nn
 
+from linewatch.anople.files import RANDOM_WEIGHTS
+
 TINY_MODEL = "linewatch-tiny"
-RANDOM_WEIGHTS = "none"
 _CONFIG_DIR = Path(__file__).with_name("model_configs")
 _HASH_CHUNK = 1 << 20
 

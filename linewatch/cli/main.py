@@ -10,33 +10,20 @@ Exit codes: 0 success, 1 some inputs failed while others were processed, 2 bad u
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from linewatch.anople.artifact import ArtifactError
-from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
+from linewatch.anople.files import RANDOM_WEIGHTS
 from linewatch.anople.settings import AnoPLeSettings
-from linewatch.cli.model import (
-    cmd_eval,
-    cmd_model_import,
-    cmd_model_info,
-    cmd_model_list,
-    cmd_model_pull,
-    cmd_score,
-    cmd_train,
-)
-from linewatch.cli.ops import add_commands as add_operating_commands
-from linewatch.cli.retrain import add_commands as add_retrain_commands
-from linewatch.cli.status import add_commands as add_status_commands
-from linewatch.config import ConfigError, load_config
-from linewatch.images import ImageError
-from linewatch.model.training import TrainingError
-from linewatch.model.weights import DEFAULT_MODELS_DIR
+from linewatch.model import DEFAULT_MODELS_DIR
 
-USER_ERRORS = (ImageError, TrainingError, ArtifactError, BackboneError, ConfigError, KeyError, ValueError)
+# ValueError covers the errors of bad input that every layer raises (ConfigError, ImageError, TrainingError,
+# ArtifactError, BackboneError subclass it), so this module need not import the modules that define them.
+USER_ERRORS = (KeyError, ValueError)
 
 
 def positive_int(text: str) -> int:
@@ -54,6 +41,8 @@ EX_CONFIG = 78  # sysexits.h; systemd's RestartPreventExitStatus keeps a broken 
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from linewatch.config import ConfigError, load_config
+
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -67,6 +56,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from linewatch.config import ConfigError
     from linewatch.daemon.lifecycle import serve
     from linewatch.pipeline.journal.records import JournalError
     from linewatch.retrain.versions import RegistryBusy, RegistryError
@@ -84,9 +74,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from linewatch.cli.demo import run_demo  # the demo pulls in the synthetic generator only when used
+    from linewatch.cli.demo import run_demo
 
     return run_demo(args.config)
+
+
+def lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The command ``module.name``, imported when it runs. Command modules import torch, open_clip, SQLAlchemy
+    or uvicorn at their top; importing them all to build the parser made ``linewatch --help`` take seconds."""
+
+    def run(args: argparse.Namespace) -> int:
+        command: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+        return command(args)
+
+    return run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
     train.add_argument("--hflip", action="store_true", help="augment with horizontal flips")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=lazy("linewatch.cli.model", "cmd_train"))
 
     score = commands.add_parser("score", help="score images with a trained model")
     common(score)
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--heatmaps", type=Path, help="write heatmap overlays into this folder")
     score.add_argument("--batch-size", type=positive_int, default=8)
     score.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    score.set_defaults(func=cmd_score)
+    score.set_defaults(func=lazy("linewatch.cli.model", "cmd_score"))
 
     model = commands.add_parser("model", help="backbone weights and trained models")
     model_commands = model.add_subparsers(dest="model_command", required=True)
@@ -146,15 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     list_cmd = model_commands.add_parser("list", help="list backbone weights and trained models")
     info_cmd = model_commands.add_parser("info", help="describe a model directory or weights")
     info_cmd.add_argument("target", type=Path, help="model directory, weights file, or MODEL/TAG")
-    for sub, func in (
-        (pull_cmd, cmd_model_pull),
-        (import_cmd, cmd_model_import),
-        (list_cmd, cmd_model_list),
-        (info_cmd, cmd_model_info),
+    for sub, name in (
+        (pull_cmd, "cmd_model_pull"),
+        (import_cmd, "cmd_model_import"),
+        (list_cmd, "cmd_model_list"),
+        (info_cmd, "cmd_model_info"),
     ):
         sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
-        sub.set_defaults(func=func)
-    add_retrain_commands(commands, model_commands)
+        sub.set_defaults(func=lazy("linewatch.cli.model", name))
+    rollback = model_commands.add_parser("rollback", help="put the previous (or a named) model version back")
+    rollback.add_argument("version", nargs="?", help="folder name or NAME@HASH (default: the one active before)")
+    rollback.add_argument("--config", type=Path, default=Path("config.toml"))
+    rollback.set_defaults(func=lazy("linewatch.cli.retrain", "cmd_model_rollback"))
+    versions = model_commands.add_parser("versions", help="the line's model versions, the active one starred")
+    versions.add_argument("--config", type=Path, default=Path("config.toml"))
+    versions.set_defaults(func=lazy("linewatch.cli.versions", "cmd_model_versions"))
 
     evaluate = commands.add_parser("eval", help="the paper's few-shot protocol on MVTec-AD, VisA or a folder")
     common(evaluate)
@@ -172,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="results and the resumable cell cache")
     evaluate.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")
     evaluate.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
-    evaluate.set_defaults(func=cmd_eval)
+    evaluate.set_defaults(func=lazy("linewatch.cli.model", "cmd_eval"))
 
     run = commands.add_parser("run", help="run the inspection daemon until SIGTERM")
     run.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -185,8 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, default=Path("config.toml"))
     demo.set_defaults(func=cmd_demo)
     add_operating_commands(commands)
-    add_status_commands(commands)
     return parser
+
+
+def add_operating_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The commands for a line in service: retrain, label, db upgrade, status."""
+    retrain = commands.add_parser("retrain", help="retrain from confirmed normals now (gated, like the schedule)")
+    retrain.add_argument("--reason", help="why; recorded with the run")
+    retrain.add_argument("--wait", action="store_true", help="with a running daemon: wait for the run to end")
+    retrain.add_argument("--config", type=Path, default=Path("config.toml"))
+    retrain.set_defaults(func=lazy("linewatch.cli.retrain", "cmd_retrain"))
+
+    label = commands.add_parser("label", help="mark an inspection or defect event normal or defect")
+    label.add_argument("id", help="inspection id or event id (from the MQTT payload, the store or the logs)")
+    label.add_argument("label", choices=["normal", "defect"])
+    label.add_argument("--user", help="who judged it (default: the login name)")
+    label.add_argument("--config", type=Path, default=Path("config.toml"))
+    label.set_defaults(func=lazy("linewatch.cli.ops", "cmd_label"))
+
+    db = commands.add_parser("db", help="the SQL store")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the store to this version (SQLite is backed up first)")
+    upgrade.add_argument("--config", type=Path, default=Path("config.toml"))
+    upgrade.set_defaults(func=lazy("linewatch.cli.ops", "cmd_db_upgrade"))
+
+    status = commands.add_parser("status", help="the running daemon's cameras, rates, backlog and model")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between the two readings (rates)")
+    status.add_argument("--config", type=Path, default=Path("config.toml"))
+    status.set_defaults(func=lazy("linewatch.cli.status", "cmd_status"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

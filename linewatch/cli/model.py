@@ -14,7 +14,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from linewatch.anople.artifact import ArtifactError
-from linewatch.anople.backbone import RANDOM_WEIGHTS, BackboneError
+from linewatch.anople.backbone import BackboneError
+from linewatch.anople.files import RANDOM_WEIGHTS
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.cli.console import announce_random, progress_bar
 from linewatch.images import ImageError, collect_images, heatmap_overlay, read_rgb, write_image

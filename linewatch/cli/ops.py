@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from pathlib import Path
 
 from linewatch.clock import SystemClock
 from linewatch.config import load_config
@@ -53,7 +52,8 @@ def _login_name() -> str | None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from linewatch.sinks.db import DatabaseError, upgrade_database
+    from linewatch.sinks.db import DatabaseError
+    from linewatch.sinks.db_migrate import upgrade_database
 
     config = load_config(args.config)
     try:
@@ -67,18 +67,3 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     if result.backup is not None:
         print(f"backup of the previous file: {result.backup}")
     return 0
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    label = commands.add_parser("label", help="mark an inspection or defect event normal or defect")
-    label.add_argument("id", help="inspection id or event id (from the MQTT payload, the store or the logs)")
-    label.add_argument("label", choices=["normal", "defect"])
-    label.add_argument("--user", help="who judged it (default: the login name)")
-    label.add_argument("--config", type=Path, default=Path("config.toml"))
-    label.set_defaults(func=cmd_label)
-
-    db = commands.add_parser("db", help="the SQL store")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_commands.add_parser("upgrade", help="migrate the store to this version (SQLite is backed up first)")
-    upgrade.add_argument("--config", type=Path, default=Path("config.toml"))
-    upgrade.set_defaults(func=cmd_db_upgrade)

@@ -22,13 +22,11 @@ from linewatch.clock import SystemClock
 from linewatch.config import Config, load_config
 from linewatch.pipeline.scorer import Scorer
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
-from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry
-from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db import make_engine
 
 FINAL = {"accepted", "rejected", "failed", "skipped", "recalibrated", "busy"}
 WAIT_POLL_S = 2.0
-RUNS_SHOWN = 5
 WAIT_MARGIN_S = 300.0  # gathering and the gate come on top of the training's own time limit
 OK_STATUSES = {"accepted", "recalibrated", "skipped", "rolled_back", "started"}
 
@@ -116,49 +114,3 @@ def cmd_model_rollback(args: argparse.Namespace) -> int:
         print("no daemon answers on the HTTP port: switching the active version for its next start")
         return _print_outcome(offline_retrainer(config).rollback(args.version).to_dict())
     return _print_outcome(answer)
-
-
-def cmd_model_versions(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    registry = ModelRegistry(config.versions_dir, config.model.path)
-    rows: dict[str, dict[str, Any]] = {}
-    runs: list[dict[str, Any]] = []
-    engine = make_engine(config.store_url)
-    try:
-        rows = {Path(row["artifact_path"]).name: row for row in list_versions(engine)}
-        runs = list_runs(engine, RUNS_SHOWN)
-    except DatabaseError as problem:
-        print(f"(store not readable, showing the folder only: {problem})")
-    finally:
-        engine.dispose()
-    print(f"versions in {config.versions_dir} (newest last):")
-    for entry in registry.versions():
-        row = rows.get(entry.name, {})
-        marker = "*" if entry.active else " "
-        status = row.get("status", "-")
-        reason = f"  {row['reason']}" if row.get("reason") else ""
-        print(f" {marker} {entry.name:<28} {entry.created_at:<26} {status:<9} {entry.path}{reason}")
-    if runs:
-        print("latest retrain runs:")
-    for run in runs:
-        started = run["started_at"].isoformat(timespec="seconds")
-        print(f"   #{run['id']:<5} {started:<26} {run['status']:<12} {run['trigger']}: {run['reason'] or ''}")
-    return 0
-
-
-def add_commands(commands: argparse._SubParsersAction, model_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-
-    retrain = commands.add_parser("retrain", help="retrain from confirmed normals now (gated, like the schedule)")
-    retrain.add_argument("--reason", help="why; recorded with the run")
-    retrain.add_argument("--wait", action="store_true", help="with a running daemon: wait for the run to end")
-    retrain.add_argument("--config", type=Path, default=Path("config.toml"))
-    retrain.set_defaults(func=cmd_retrain)
-
-    rollback = model_commands.add_parser("rollback", help="put the previous (or a named) model version back")
-    rollback.add_argument("version", nargs="?", help="folder name or NAME@HASH (default: the one active before)")
-    rollback.add_argument("--config", type=Path, default=Path("config.toml"))
-    rollback.set_defaults(func=cmd_model_rollback)
-
-    versions = model_commands.add_parser("versions", help="the line's model versions, the active one starred")
-    versions.add_argument("--config", type=Path, default=Path("config.toml"))
-    versions.set_defaults(func=cmd_model_versions)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from linewatch.cli.client import DaemonAbsent, daemon_request
 from linewatch.config import load_config
@@ -41,10 +40,3 @@ def cmd_status(args: argparse.Namespace) -> int:
         when = f"{news.get('trigger')}, {news.get('at')}"
         print(f"last retrain news: {news.get('status')} ({when}): {news.get('reason')}")
     return 0 if state["status"] == "ok" else 1
-
-
-def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    status = commands.add_parser("status", help="the running daemon's cameras, rates, backlog and model")
-    status.add_argument("--interval", type=float, default=1.0, help="seconds between the two readings (rates)")
-    status.add_argument("--config", type=Path, default=Path("config.toml"))
-    status.set_defaults(func=cmd_status)

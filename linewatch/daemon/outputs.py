@@ -26,16 +26,9 @@ from linewatch.feedback import FEEDBACK_MAX_BYTES, FeedbackError, parse_feedback
 from linewatch.pipeline.journal.forwarding import Forwarder, ForwarderRunner, LoggingForwarder
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalError, JournalRecord, event_from_payload
-from linewatch.sinks.db import (
-    DatabaseError,
-    confirmed_normal_inspections,
-    database_revision,
-    head_revision,
-    make_engine,
-    masked,
-    upgrade_database,
-)
+from linewatch.sinks.db import DatabaseError, confirmed_normal_inspections, make_engine, masked
 from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_migrate import database_revision, head_revision, upgrade_database
 from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWriter, evidence_paths
 from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer, error
 from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink

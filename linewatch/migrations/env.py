@@ -1,6 +1,6 @@
 """Alembic environment for linewatch's main store.
 
-Migrations run only through :func:`linewatch.sinks.db.upgrade_database` (``linewatch db upgrade`` and the
+Migrations run only through :func:`linewatch.sinks.db_migrate.upgrade_database` (``linewatch db upgrade`` and the
 upgrade at start), which passes an open connection inside a transaction in ``config.attributes``: no
 alembic.ini, no URL in a config file (it may carry a password), and the caller decides about locking and
 backups. SQLite gets batch mode ("move and copy"), since it cannot ALTER most things in place.
@@ -14,7 +14,7 @@ from linewatch.sinks.db_schema import Base
 
 connection = context.config.attributes.get("connection")
 if context.is_offline_mode() or connection is None:
-    raise RuntimeError("linewatch migrations run through linewatch.sinks.db.upgrade_database (linewatch db upgrade)")
+    raise RuntimeError("linewatch migrations run through sinks.db_migrate.upgrade_database (linewatch db upgrade)")
 
 context.configure(
     connection=connection,

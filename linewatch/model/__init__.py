@@ -8,3 +8,10 @@ and save an artifact from folders of normal images).
 May import: the shared modules at the top of the package and ``anople``. The frame path, ``eval`` and
 ``retrain`` build on this package; it imports none of them.
 """
+
+import os
+from pathlib import Path
+
+# Where backbone weights and trained models live unless a command or the config says otherwise. Here, not in
+# ``weights`` (which imports torch), so the command line builds its parser without the model's imports.
+DEFAULT_MODELS_DIR = Path(os.environ.get("LINEWATCH_MODELS", "models"))

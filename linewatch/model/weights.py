@@ -19,9 +19,8 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from linewatch.anople.artifact import MANIFEST, read_manifest
+from linewatch.anople.artifact import read_manifest
 from linewatch.anople.backbone import (
-    RANDOM_WEIGHTS,
     Backbone,
     BackboneError,
     BackboneSpec,
@@ -29,8 +28,8 @@ from linewatch.anople.backbone import (
     load_backbone_file,
     load_random_backbone,
 )
+from linewatch.anople.files import MANIFEST, RANDOM_WEIGHTS
 
-DEFAULT_MODELS_DIR = Path(os.environ.get("LINEWATCH_MODELS", "models"))
 BACKBONES = "backbones"
 
 

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from linewatch.anople.artifact import LEARNED, MANIFEST, MEMORY, read_manifest
+from linewatch.anople.artifact import read_manifest
 from linewatch.anople.backbone import file_sha256
+from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
 from linewatch.retrain.child import SHOTS_DIR
 
 log = logging.getLogger("linewatch.retrain.runner")  # one logger for a run, whichever module speaks

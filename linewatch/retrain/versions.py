@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from linewatch.anople.artifact import MANIFEST
+from linewatch.anople.files import MANIFEST
 
 ACTIVE_FILE = "active.json"
 LOCK_FILE = ".retrain.lock"

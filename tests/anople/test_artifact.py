@@ -11,9 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from linewatch.anople.artifact import (
-    LEARNED,
-    MANIFEST,
-    MEMORY,
     ArtifactError,
     ArtifactInfo,
     ProductRecord,
@@ -22,6 +19,7 @@ from linewatch.anople.artifact import (
 )
 from linewatch.anople.backbone import Backbone, BackboneSpec, load_random_backbone
 from linewatch.anople.calibrate import Calibration
+from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
 from linewatch.anople.model import AnoPLe
 from linewatch.model.preprocess import to_model_tensor
 from tests.conftest import PRODUCT

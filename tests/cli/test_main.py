@@ -13,7 +13,8 @@ import open_clip
 import pytest
 import torch
 
-from linewatch.anople.artifact import LEARNED, MANIFEST, MEMORY, read_manifest
+from linewatch.anople.artifact import read_manifest
+from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
 from linewatch.cli.console import RANDOM_BANNER
 from linewatch.cli.main import main
 from linewatch.images import read_rgb

@@ -21,14 +21,15 @@ from typing import Any
 import pytest
 
 import linewatch.cli.retrain
-from linewatch.anople.artifact import MANIFEST
 from linewatch.anople.backbone import Backbone
+from linewatch.anople.files import MANIFEST
 from linewatch.cli.main import main
 from linewatch.cli.retrain import offline_retrainer
 from linewatch.config import Config, load_config
 from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry, model_version
-from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db import make_engine
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer
 from tests.conftest import quick_artifact, synthetic_normals
 

@@ -16,7 +16,8 @@ from linewatch.config import Config, EvidenceSection, HttpSection, MqttSection, 
 from linewatch.daemon.outputs import AlertTimer, Outputs
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalRecord, event_payload, verdict_payload
-from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db import make_engine
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import Inspection
 from linewatch.types import EventType, Frame, VerdictLabel
 from tests.pipeline.test_journal import T0, make_event, make_verdict

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from linewatch.anople import artifact as artifact_module
-from linewatch.anople.artifact import LEARNED, MANIFEST, MEMORY, ArtifactError, load_artifact, read_manifest
+from linewatch.anople.artifact import ArtifactError, load_artifact, read_manifest
 from linewatch.anople.backbone import Backbone
 from linewatch.anople.calibrate import threshold_for_frr
+from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.images import ImageError, read_rgb
 from linewatch.model.preprocess import to_model_tensor

@@ -38,8 +38,9 @@ from linewatch.retrain.runner import Retrainer
 from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.version_files import recorded_images
 from linewatch.retrain.versions import ModelRegistry, model_version
-from linewatch.sinks.db import make_engine, upgrade_database
+from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import Inspection
 from linewatch.types import LabelTarget, Verdict, VerdictLabel
 from tests.conftest import image_folder

@@ -25,7 +25,8 @@ from linewatch.retrain.store import (
     record_version,
     start_run,
 )
-from linewatch.sinks.db import DatabaseError, make_engine, upgrade_database
+from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import Inspection
 from tests.services.postgres import PASSWORD
 from tests.store_rows import insert_inspections, inspection_row

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.anople.artifact import MANIFEST
+from linewatch.anople.files import MANIFEST
 from linewatch.retrain.versions import (
     ACTIVE_FILE,
     HISTORY_LIMIT,

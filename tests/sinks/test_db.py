@@ -14,15 +14,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import CheckConstraint, inspect, text
 
-from linewatch.sinks.db import (
-    DatabaseError,
-    UpgradeResult,
-    backup_sqlite,
-    database_revision,
-    head_revision,
-    make_engine,
-    upgrade_database,
-)
+from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db_migrate import UpgradeResult, backup_sqlite, database_revision, head_revision, upgrade_database
 from linewatch.sinks.db_schema import Base
 from tests.services import postgres
 from tests.services.ports import free_port

@@ -19,14 +19,9 @@ from linewatch.pipeline.events import EpisodePolicy, initial_state, step
 from linewatch.pipeline.journal.forwarding import ForwarderRunner
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalRecord, parse_ts
-from linewatch.sinks.db import (
-    DatabaseError,
-    confirmed_normal_inspections,
-    inspection_counts,
-    make_engine,
-    upgrade_database,
-)
+from linewatch.sinks.db import DatabaseError, confirmed_normal_inspections, inspection_counts, make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
+from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
 from linewatch.types import Event, Label, LabelTarget, Verdict, VerdictLabel
 from tests.services.postgres import PostgresServer

@@ -14,14 +14,8 @@ from alembic import command
 from sqlalchemy import Engine, event, insert, inspect
 
 from linewatch.cli.main import main
-from linewatch.sinks.db import (
-    DatabaseError,
-    alembic_config,
-    database_revision,
-    make_engine,
-    upgrade_database,
-    write_transaction,
-)
+from linewatch.sinks.db import DatabaseError, make_engine, write_transaction
+from linewatch.sinks.db_migrate import alembic_config, database_revision, upgrade_database
 from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, LabelRecord
 from linewatch.web.queries import history_page, label_history, review_item, review_queue, score_series
 from linewatch.web.rows import HistoryFilter, InspectionRow, ReviewItem, ScorePoint
