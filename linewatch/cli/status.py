@@ -19,6 +19,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except DaemonAbsent:
         where = f"{config.http.host}:{config.http.port}"
         raise ValueError(f"no daemon answers on {where}; is `linewatch run` up?") from None
+    if state["status"] == "starting":  # not inspecting yet (training the demo model): only the stage is known
+        print(f"line {state.get('line', '?')}: STARTING: {'; '.join(state.get('problems', [])) or 'starting'}")
+        return 1
     elapsed = float(state.get("uptime_s", 0)) - float(first.get("uptime_s", 0))
     if elapsed <= 0:  # restarted between the two readings: the counters started again
         first, elapsed = {}, max(float(state.get("uptime_s", 0)), 1e-3)

@@ -1,6 +1,7 @@
 """The running service: ``linewatch run``.
 
-``lifecycle`` (the process: logging, signals, reloads, the demo-model bootstrap) starts ``app`` (the
+``lifecycle`` (the process: logging, signals, reloads, the demo-model bootstrap, during which ``starting``
+answers on the HTTP port) starts ``app`` (the
 composition root: builds everything from the config, starts it in order, stops it in reverse). Beside
 them: ``cameras`` (source per camera config), ``outputs`` (the journal's consumers wired to the sinks),
 ``feedback`` (labels accepted into the journal), ``state`` and ``metrics`` (the read-only view, the

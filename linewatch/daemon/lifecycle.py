@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.config import Config, ConfigError, load_config
 from linewatch.daemon.app import App
+from linewatch.daemon.starting import StartingPort
 from linewatch.daemon.systemd import Notifier
 from linewatch.images import collect_images, write_image
 from linewatch.model.training import ProductSource, train_artifact
@@ -39,20 +41,29 @@ class Interrupted(Exception):
     """The stop event was set while a long start-up step ran; nothing of that step was kept."""
 
 
-def bootstrap_demo_model(config: Config, stop: threading.Event) -> bool:
+def needs_demo_model(config: Config) -> bool:
+    """Whether this start trains the demo model first (the configured model is missing and that is allowed)."""
+    return not config.model.path.exists() and config.scoring.bootstrap_demo_model
+
+
+def bootstrap_demo_model(
+    config: Config, stop: threading.Event, report: Callable[[str, float | None], None] = lambda _s, _f: None
+) -> bool:
     """Train a demo model from synthetic normals when the configured model is missing and the config
     allows it. Only synthetic cameras can supply normals; the result runs on the configured (random)
     backbone and is announced as a demo model. Returns True when a model was trained.
 
     Setting ``stop`` aborts the training at the next step with ``Interrupted``; the artifact is only
-    ever written whole, so an aborted bootstrap leaves nothing behind and the next start retries.
+    ever written whole, so an aborted bootstrap leaves nothing behind and the next start retries. ``report``
+    hears each stage and the share of training done (the starting page and systemd's status show them).
     """
-    if config.model.path.exists() or not config.scoring.bootstrap_demo_model:
+    if not needs_demo_model(config):
         return False
     cameras = {c.product: c for c in config.cameras if c.source == "synthetic"}
     if not cameras:
         raise ValueError("[scoring] bootstrap_demo_model needs at least one synthetic camera to draw normals from")
     log.warning("no model at %s: training a DEMO model on synthetic normals (not for real parts)", config.model.path)
+    report("writing synthetic normal parts for the demo model", None)
     sources = []
     for product, camera in cameras.items():
         folder = config.site.data_dir / "bootstrap" / camera.name
@@ -61,6 +72,7 @@ def bootstrap_demo_model(config: Config, stop: threading.Event) -> bool:
         for index in range(config.demo.train_normals):
             write_image(folder / f"{index:03d}.png", synthetic.normal(rng).image)
         sources.append(ProductSource(product, collect_images([folder])))
+    report("loading the backbone for the demo model", None)
     backbone = load_backbone(
         config.model.backbone, config.model.pretrained, config.model.models_dir, config.model.weights, config.demo.seed
     )
@@ -68,6 +80,7 @@ def bootstrap_demo_model(config: Config, stop: threading.Event) -> bool:
     def check_stop(step: int, total: int, _losses: dict[str, float]) -> None:
         if stop.is_set():
             raise Interrupted(f"demo model training stopped at step {step} of {total}")
+        report(f"training the demo model: {100 * step // total} % (step {step} of {total})", step / total)
         if step % 50 == 0 or step == total:
             log.info("demo model training: step %d of %d", step, total)
 
@@ -131,12 +144,27 @@ def serve(config_path: Path, verbose: bool = False) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_requested.set())
+    # Before the demo training too: torch's default (every core) on a line PC whose cores are busy made each
+    # training step about 40 times slower, and a first start took 13 minutes instead of seconds.
+    log.info("scoring with %d CPU thread(s)", apply_cpu_threads(config))
+    starting = StartingPort(config) if needs_demo_model(config) else None
+    if starting is not None:
+        starting.start()
+        log.info("HTTP port %s:%d says what the daemon is doing until it inspects", config.http.host, starting.port)
+
+    def report(stage: str, fraction: float | None) -> None:
+        notifier.status(stage)
+        if starting is not None:
+            starting.report(stage, fraction)
+
     try:
-        bootstrap_demo_model(config, stop)
+        bootstrap_demo_model(config, stop, report)
     except Interrupted as interrupted:
         log.info("%s; exiting", interrupted)
         return 0
-    log.info("scoring with %d CPU thread(s)", apply_cpu_threads(config))
+    finally:
+        if starting is not None:
+            starting.stop()  # the daemon's own server takes the port over
     notifier.status("loading the model")
     app = App(config, stop_event=stop, on_progress=notifier.progress)
 
