@@ -37,6 +37,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number of at least 0 (seconds, fractions)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
 EX_CONFIG = 78  # sysexits.h; systemd's RestartPreventExitStatus keeps a broken config from restart loops
 
 
@@ -191,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train and score on synthetic parts (the default main job)")
     demo.add_argument("--config", type=Path, default=Path("config.toml"))
     demo.set_defaults(func=cmd_demo)
+    collect = commands.add_parser("collect", help="save normal images from a camera of the config, for training")
+    collect.add_argument("--camera", required=True, help="the camera's name in the config")
+    collect.add_argument("--count", type=positive_int, required=True, help="how many images to keep")
+    collect.add_argument("--out", type=Path, required=True, help="folder for <camera>-NNNN.png (added to)")
+    collect.add_argument("--every", type=non_negative_float, default=1.0, help="seconds at least between images")
+    collect.add_argument("--min-change", type=non_negative_float, default=0.02,
+                         help="skip a frame this close to one kept (mean grey difference, 0..1)")  # fmt: skip
+    collect.add_argument("--timeout", type=non_negative_float, default=600.0, help="give up after this many s")
+    collect.add_argument("--config", type=Path, default=Path("config.toml"))
+    collect.set_defaults(func=lazy("linewatch.cli.collect", "cmd_collect"))
     add_operating_commands(commands)
     return parser
 
