@@ -63,40 +63,40 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    path: Path = Path("models/demo")
-    models_dir: Path = Path("models")
-    backbone: StrictStr = "ViT-B-16-plus-240"
-    pretrained: StrictStr = "laion400m_e32"
-    weights: Path | None = None
-    device: StrictStr = "cpu"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    target_frr: Number = Field(0.01, ge=0.0, lt=1.0)
+    path: Path = Path("models/demo")  # the model (artifact folder) the daemon scores with
+    models_dir: Path = Path("models")  # backbone weights: <models_dir>/backbones/<model>/<tag>.safetensors
+    backbone: StrictStr = "ViT-B-16-plus-240"  # open_clip model name
+    pretrained: StrictStr = "laion400m_e32"  # pretrained tag; "none" = random weights (demo, tests)
+    weights: Path | None = None  # an explicit .safetensors file instead of models_dir
+    device: StrictStr = "cpu"  # "cpu" or "cuda[:N]"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 and fp16 on CUDA only
+    target_frr: Number = Field(0.01, ge=0.0, lt=1.0)  # share of normal parts rejected at the calibrated threshold
     thresholds: dict[StrictStr, Number] = {}  # per product, replaces the calibrated threshold; SIGHUP reloads it
 
 
 class DemoSection(_Section):
     model_path: Path = Path("data/demo/model")  # its own model: demo parts are square, camera frames are not
-    data_dir: Path = Path("data/demo")
-    product: StrictStr = "demo part"
-    train_normals: StrictInt = Field(16, ge=1)
-    shots: StrictInt = Field(4, ge=1)
-    steps: StrictInt = Field(200, ge=1)
-    test_normals: StrictInt = Field(20, ge=1)
-    test_defects_per_kind: StrictInt = Field(5, ge=1)
-    seed: StrictInt = 0
+    data_dir: Path = Path("data/demo")  # its synthetic images and report
+    product: StrictStr = "demo part"  # the product name of the demo model
+    train_normals: StrictInt = Field(16, ge=1)  # synthetic normals drawn for training and calibration
+    shots: StrictInt = Field(4, ge=1)  # of them, used for the prompts and the memory bank
+    steps: StrictInt = Field(200, ge=1)  # training steps (a first start waits for them)
+    test_normals: StrictInt = Field(20, ge=1)  # `linewatch demo` scores this many normals ...
+    test_defects_per_kind: StrictInt = Field(5, ge=1)  # ... and this many parts of each defect kind
+    seed: StrictInt = 0  # of the synthetic parts and the training
 
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # goes into MQTT topics and file names
 
 
 class SiteSection(_Section):
-    site: StrictStr = Field("site", pattern=_NAME)
-    line: StrictStr = Field("line1", pattern=_NAME)
-    data_dir: Path = Path("data")
+    site: StrictStr = Field("site", pattern=_NAME)  # the plant; in MQTT topics, metrics and log lines
+    line: StrictStr = Field("line1", pattern=_NAME)  # the line this daemon inspects; likewise
+    data_dir: Path = Path("data")  # journal, SQL store, evidence and bootstrap images
 
 
 class ScoringSection(_Section):
-    batch_max_size: StrictInt = Field(8, ge=1, le=1024)
+    batch_max_size: StrictInt = Field(8, ge=1, le=1024)  # a batch is cut when this many frames wait
     # 0: take what waits as soon as the scorer is free; batches still fill with what arrives while it works.
     # Waiting longer adds latency one for one and bought no throughput (benchmarks/pipeline_throughput.py).
     batch_max_wait_ms: Number = Field(0.0, ge=0.0, le=10_000.0)
@@ -105,10 +105,10 @@ class ScoringSection(_Section):
 
 
 class EventsSection(_Section):
-    debounce_n: StrictInt = Field(2, ge=1)
-    debounce_m: StrictInt = Field(3, ge=1)
-    end_after_s: Number = Field(5.0, gt=0.0, le=3600.0)
-    update_min_interval_s: Number = Field(1.0, ge=0.0, le=3600.0)
+    debounce_n: StrictInt = Field(2, ge=1)  # a defect episode opens when n of the last m verdicts are defects
+    debounce_m: StrictInt = Field(3, ge=1)  # m: the window of debounce_n
+    end_after_s: Number = Field(5.0, gt=0.0, le=3600.0)  # an episode ends after this long without a defect
+    update_min_interval_s: Number = Field(1.0, ge=0.0, le=3600.0)  # open episode: higher scores, this often at most
 
     @model_validator(mode="after")
     def _n_within_m(self) -> EventsSection:
@@ -119,12 +119,12 @@ class EventsSection(_Section):
 
 class JournalSection(_Section):
     path: Path | None = None  # default: <data_dir>/journal.sqlite3
-    forwarder_batch: StrictInt = Field(64, ge=1)
+    forwarder_batch: StrictInt = Field(64, ge=1)  # records handed to a forwarder at once
     log_records: StrictBool = False  # also log one line per journaled record (bench work; noisy on a line)
     keep_days: Number = Field(7.0, gt=0.0, le=3650.0)  # delivered records are kept this long (feedback can name them)
     # below this, records go even undelivered (normal verdicts first); default: min(1024 MB, 2 % of the volume)
     min_free_mb: Number | None = Field(None, ge=0.0, le=MAX_DISK_MB)
-    prune_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)
+    prune_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)  # how often delivered records and free space are checked
 
 
 STORE_URL_SCHEMES = ("sqlite:///", "sqlite+pysqlite:///", "postgresql://", "postgresql+psycopg://")
@@ -134,8 +134,8 @@ class StoreSection(_Section):
     url: StrictStr | None = None  # SQLAlchemy URL; default sqlite:///<data_dir>/linewatch.sqlite3; url_file/url_env
     upgrade_at_start: StrictBool = True  # run Alembic migrations at start (an SQLite file is backed up first)
     backup_dir: Path | None = None  # default <data_dir>/backups
-    retry_min_s: Number = Field(0.5, gt=0.0, le=3600.0)
-    retry_max_s: Number = Field(30.0, gt=0.0, le=3600.0)
+    retry_min_s: Number = Field(0.5, gt=0.0, le=3600.0)  # store down: first wait before the next try
+    retry_max_s: Number = Field(30.0, gt=0.0, le=3600.0)  # store down: longest wait between tries
 
     @model_validator(mode="after")
     def _check(self) -> StoreSection:
@@ -148,20 +148,20 @@ class StoreSection(_Section):
 
 class MqttSection(_Section):
     enabled: StrictBool = True  # false: no broker at all; events stay in the journal
-    host: StrictStr = "localhost"
-    port: StrictInt = Field(1883, ge=1, le=65535)
+    host: StrictStr = "localhost"  # the broker
+    port: StrictInt = Field(1883, ge=1, le=65535)  # 8883 is usual with TLS
     client_id: StrictStr | None = None  # default linewatch-<site>-<line>; stable, for the persistent session
     prefix: StrictStr | None = None  # default linewatch/<site>/<line>
-    username: StrictStr | None = None
+    username: StrictStr | None = None  # with password, password_file or password_env
     password: StrictStr | None = None  # or password_file / password_env
-    tls: StrictBool = False
+    tls: StrictBool = False  # TLS 1.2 at least; the broker certificate is verified
     ca_file: Path | None = None  # default: the system's CA store
     cert_file: Path | None = None  # client certificate (with key_file)
-    key_file: Path | None = None
-    keepalive_s: StrictInt = Field(30, ge=5, le=65535)
+    key_file: Path | None = None  # the client certificate's key
+    keepalive_s: StrictInt = Field(30, ge=5, le=65535)  # a silent broker is noticed within about 1.5 times this
     ack_timeout_s: Number = Field(10.0, gt=0.0, le=600.0)  # a forwarder chunk waits this long for PUBACKs, then retries
     max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
-    reconnect_min_s: Number = Field(1.0, gt=0.0, le=3600.0)
+    reconnect_min_s: Number = Field(1.0, gt=0.0, le=3600.0)  # first wait after a lost connection; doubles, jittered
     reconnect_max_s: Number = Field(5.0, gt=0.0, le=3600.0)  # bounds how long alerts wait after a broker returns
     # "5": retained commands are refused however they arrive (retain-as-published), a bounded command window;
     # "3.1.1" for a broker without MQTT 5: a command published retained while linewatch is connected is
@@ -190,10 +190,10 @@ class MqttSection(_Section):
 class EvidenceSection(_Section):
     dir: Path | None = None  # default <data_dir>/evidence; layout <camera>/<YYYY-MM-DD>/<inspection id>-...
     every_nth_normal: StrictInt = Field(100, ge=0)  # keep every Nth normal frame per camera; 0 = none
-    jpeg_quality: StrictInt = Field(85, ge=1, le=100)
+    jpeg_quality: StrictInt = Field(85, ge=1, le=100)  # of snapshots and heatmap overlays
     max_age_days: Number = Field(30.0, gt=0.0, le=3650.0)  # older evidence is deleted (verdict rows stay)
     min_free_mb: Number = Field(2048.0, ge=0.0, le=MAX_DISK_MB)  # below this much free disk the oldest goes first
-    sweep_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)
+    sweep_interval_s: Number = Field(60.0, gt=0.0, le=86400.0)  # how often age and free space are checked
     queue_size: StrictInt = Field(64, ge=1)  # frames waiting to be written; beyond it evidence is dropped (counted)
     # A normal scored within this fraction of its threshold is a close call: its evidence is kept, and the review
     # page asks an operator about it (on both sides of the threshold). 0 = only every Nth normal.
@@ -280,13 +280,13 @@ class RetrainSection(_Section):
     holdout_fraction: Number = Field(0.3, gt=0.0, lt=1.0)  # of the new normals, kept out of training for the gate
     max_shots: StrictInt = Field(16, ge=1)  # per product: shots (and memory bank) of a new version at most
     steps: StrictInt = Field(150, ge=1)  # training steps, starting from the active version's prompts
-    seed: StrictInt = 0
+    seed: StrictInt = 0  # seeds the training and, with the run number, the holdout split
     time_limit_s: Number = Field(1800.0, gt=0.0, le=7 * 86400.0)  # the training process is killed beyond this
     cpu_threads: StrictInt = Field(1, ge=1)  # torch threads of the training process (the scorer keeps the rest)
     frr_margin: Number = Field(0.02, ge=0.0, lt=1.0)  # new false-reject rate may exceed the active one's by this
     keep_versions: StrictInt = Field(5, ge=1)  # previous versions kept for rollback
     recalibrate: StrictBool = True  # with too few new normals: move the threshold from confirmed normals instead
-    min_recalibration_normals: StrictInt = Field(5, ge=1)
+    min_recalibration_normals: StrictInt = Field(5, ge=1)  # confirmed normals per product a recalibration needs
     max_threshold_step: Number = Field(0.1, gt=0.0, le=1.0)  # relative: one recalibration moves it at most this much
 
 
@@ -308,7 +308,7 @@ class HttpSection(_Section):
 class WebSection(_Section):
     """The operator's page on the HTTP port (linewatch/web/): live view, review queue, history, models."""
 
-    enabled: StrictBool = True
+    enabled: StrictBool = True  # false: the JSON routes and /metrics only
     refresh_s: Number = Field(2.0, ge=0.5, le=60.0)  # how often the live view and line status refresh
     review_hours: Number = Field(24.0, gt=0.0, le=3650 * 24.0)  # the review queue shows this many hours
     session_hours: Number = Field(12.0, gt=0.0, le=30 * 24.0)  # a login (with [http] token set) lasts this long
@@ -325,24 +325,24 @@ def is_loopback(host: str) -> bool:
 
 
 class CameraSection(_Section):
-    name: StrictStr = Field(pattern=_NAME)
-    source: Literal["synthetic", "device", "url", "file", "folder"]
-    product: StrictStr
-    enabled: StrictBool = True
+    name: StrictStr = Field(pattern=_NAME)  # in MQTT topics, metrics and file names
+    source: Literal["synthetic", "device", "url", "file", "folder"]  # where frames come from (see the next keys)
+    product: StrictStr  # which of the model's products this camera sees
+    enabled: StrictBool = True  # false: not read at all (MQTT enabled/set switches it live)
     device: StrictInt | None = Field(None, ge=0)  # source = "device": OpenCV index
     url: StrictStr | None = None  # source = "url": rtsp:// or http(s)://
     path: Path | None = None  # source = "file" (video) or "folder" (images)
     loop: StrictBool = True  # source = "file": start again at the end, else stop the camera
     fps: Number | None = Field(None, gt=0.0, le=1000.0)  # at most this many frames/s; none = as fast as it comes
     policy: Literal["latest", "queue"] = "latest"  # score only the newest frame, or every frame (bounded queue)
-    queue_size: StrictInt = Field(8, ge=1, le=10_000)
+    queue_size: StrictInt = Field(8, ge=1, le=10_000)  # policy = "queue": frames waiting; beyond it the oldest goes
     roi: tuple[StrictInt, StrictInt, StrictInt, StrictInt] | None = None  # x, y, width, height in pixels
-    rotate: Literal[0, 90, 180, 270] = 0
-    stalled_after_s: Number = Field(5.0, gt=0.0, le=86400.0)
-    open_timeout_s: Number = Field(10.0, gt=0.0, le=3600.0)
-    read_timeout_s: Number = Field(5.0, gt=0.0, le=3600.0)
-    reconnect_min_s: Number = Field(0.5, gt=0.0, le=3600.0)
-    reconnect_max_s: Number = Field(30.0, gt=0.0, le=3600.0)
+    rotate: Literal[0, 90, 180, 270] = 0  # degrees clockwise, after the roi crop
+    stalled_after_s: Number = Field(5.0, gt=0.0, le=86400.0)  # no frame for this long: the camera is "stalled"
+    open_timeout_s: Number = Field(10.0, gt=0.0, le=3600.0)  # device and url: opening gives up after this
+    read_timeout_s: Number = Field(5.0, gt=0.0, le=3600.0)  # device and url: a read gives up after this
+    reconnect_min_s: Number = Field(0.5, gt=0.0, le=3600.0)  # first wait before reopening a lost source
+    reconnect_max_s: Number = Field(30.0, gt=0.0, le=3600.0)  # longest wait between reopen attempts
     defect_rate: Number = Field(0.1, ge=0.0, le=1.0)  # source = "synthetic"
     width: StrictInt = Field(640, ge=32, le=MAX_SYNTHETIC_SIDE)  # source = "synthetic"
     height: StrictInt = Field(480, ge=32, le=MAX_SYNTHETIC_SIDE)  # source = "synthetic"
