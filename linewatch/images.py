@@ -34,8 +34,7 @@ MAX_PIXELS = 50_000_000
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 _GLOB_CHARS = frozenset("*?[")
-_CONTOUR_RGB = (255, 0, 255)  # magenta appears nowhere in JET, so the outline never blends into the map
-_BELOW_THRESHOLD_FADE = 0.4  # fraction of alpha used where the map is normal, keeping the part readable
+_CONTOUR_RGB = (255, 0, 255)  # magenta is not on the yellow-red ramp, so the outline never blends into it
 _WRITE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 
 
@@ -294,14 +293,17 @@ def _check_rgb(image: object, what: str) -> None:
 
 
 def heatmap_overlay(
-    image: np.ndarray, pixel_map: np.ndarray, threshold: float | None, alpha: float = 0.45
+    image: np.ndarray, pixel_map: np.ndarray, threshold: float | None, alpha: float = 0.55
 ) -> np.ndarray:
-    """Blend a JET rendering of an anomaly map over ``image`` and outline the regions at/above threshold.
+    """Colour where the anomaly map reaches ``threshold``, on a scale relative to it, and outline those regions.
 
-    Anomaly maps have small absolute spreads, so with a threshold t the colours are anchored to it
-    (0 -> blue, t -> green, 2t and above -> red): the same colour means the same score in every overlay of
-    a run. Without a threshold the map's own min..max is used (a constant map is all blue). Below the
-    threshold the colour is faded so the part stays readable; regions reaching it get a magenta outline.
+    With a threshold t (the product's pixel threshold) only the regions at or above t are coloured, from
+    yellow at t to red at 2t and above, blended with ``alpha`` over the frame; everything below t stays the
+    frame as it was, so the part is readable and the defect is what stands out; each region gets a magenta
+    outline. Tinting the whole frame, as before, gave a uniform blue on a normal part and a faint glow on a
+    defect. The operator page's legend (``.legend .ramp`` in web/static/app.css) draws the same ramp.
+    Without a threshold (a map nobody calibrated) the map's own min..max is drawn in JET over the whole
+    frame, without outlines.
     The map (any size, e.g. a patch grid) is resized bilinearly to the image.
     """
     _check_rgb(image, "image")
@@ -322,20 +324,20 @@ def heatmap_overlay(
     if threshold is None:
         low, high = float(scores.min()), float(scores.max())
         scaled = (scores - low) / (high - low) if high > low else np.zeros_like(scores)
-        weight = np.full((height, width, 1), alpha, dtype=np.float32)
-        anomalous = None
-    else:
-        scaled = np.clip(scores / (2.0 * threshold), 0.0, 1.0)
-        anomalous = scores >= threshold
-        weight = np.where(anomalous, alpha, alpha * _BELOW_THRESHOLD_FADE).astype(np.float32)[:, :, None]
+        levels = np.rint(scaled * 255.0).astype(np.uint8)
+        colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        blended = image.astype(np.float32) * (1.0 - alpha) + colours.astype(np.float32) * alpha
+        return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
-    levels = np.rint(scaled * 255.0).astype(np.uint8)
-    colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    blended = image.astype(np.float32) * (1.0 - weight) + colours.astype(np.float32) * weight
-    overlay = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-
-    if anomalous is not None and anomalous.any():
-        contours, _ = cv2.findContours(anomalous.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        thickness = 2 if max(height, width) >= 256 else 1
-        cv2.drawContours(overlay, contours, -1, _CONTOUR_RGB, thickness)
+    anomalous = scores >= threshold
+    overlay = image.copy()
+    if not anomalous.any():
+        return overlay
+    above = np.clip(scores[anomalous] / threshold - 1.0, 0.0, 1.0)  # 0 at t, 1 at 2t and beyond
+    ramp = np.stack([np.full_like(above, 255.0), 255.0 * (1.0 - above), np.zeros_like(above)], axis=1)
+    blended = overlay[anomalous].astype(np.float32) * (1.0 - alpha) + ramp * alpha
+    overlay[anomalous] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(anomalous.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    thickness = 2 if max(height, width) >= 256 else 1
+    cv2.drawContours(overlay, contours, -1, _CONTOUR_RGB, thickness)
     return overlay

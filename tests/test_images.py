@@ -347,10 +347,10 @@ def test_overlay_outlines_the_hot_blob() -> None:
     distance = np.hypot(ys - 32, xs - 40)
     assert distance.min() >= 8 and distance.max() <= 11  # on the blob's rim, not inside or far away
     assert (with_threshold[outline] != without[outline]).any(axis=1).all()
-    # Inside the blob: red (top of JET) at full alpha; far outside: faded towards the grey picture.
+    # Inside the blob (1.0 = 2t): red; outside (0.1, below t): the grey picture untouched.
     assert with_threshold[32, 40, 0] > with_threshold[32, 40, 2] + 50
-    tint = np.abs(with_threshold[5, 5].astype(int) - 128).max()
-    assert tint < np.abs(without[5, 5].astype(int) - 128).max()
+    assert (with_threshold[5, 5] == 128).all()
+    assert np.abs(without[5, 5].astype(int) - 128).max() > 20  # without a threshold the whole frame is tinted
 
 
 def test_overlay_resizes_small_map() -> None:
@@ -363,21 +363,21 @@ def test_overlay_resizes_small_map() -> None:
     assert ys.size and ys.max() < 48 and xs.max() < 64
 
 
-def test_overlay_colour_scale_is_anchored_to_threshold() -> None:
-    image = np.zeros((16, 48, 3), dtype=np.uint8)
-    pixel_map = np.repeat(np.array([[0.0, 0.2, 10.0]], dtype=np.float32), 16, axis=1).repeat(16, axis=0)
+def test_overlay_colours_only_at_and_above_the_threshold_from_yellow_to_red() -> None:
+    image = np.full((16, 64, 3), 40, dtype=np.uint8)
+    values = np.array([[0.1, 0.2, 0.3, 10.0]], dtype=np.float32)  # below t, t, 1.5 t, far above 2t
+    pixel_map = np.repeat(values, 16, axis=1).repeat(16, axis=0)
     out = heatmap_overlay(image, pixel_map, 0.2, alpha=1.0)
-    assert out[8, 4, 2] > out[8, 4, 0]  # 0 -> blue end
-    assert out[8, 20, 1] > 200  # t -> middle of JET (green-ish)
-    assert out[8, 44, 0] > out[8, 44, 2]  # >= 2t -> red end
+    assert (out[8, 8] == 40).all()  # below the threshold: the frame as it was
+    assert tuple(out[8, 24]) == (255, 255, 0)  # t: yellow
+    assert tuple(out[8, 40]) == (255, 128, 0)  # half way to 2t: orange
+    assert tuple(out[8, 56]) == (255, 0, 0)  # 2t and above: red
 
 
-def test_overlay_no_contour_below_threshold(rng: np.random.Generator) -> None:
+def test_overlay_leaves_a_normal_frame_untouched(rng: np.random.Generator) -> None:
     image = random_rgb(rng, 40, 40)
-    pixel_map = rng.random((10, 10)).astype(np.float32) * 0.4
-    out = heatmap_overlay(image, pixel_map, 0.5)
-    expected_max_change = int(np.ceil(255 * 0.45 * 0.4)) + 1
-    assert np.abs(out.astype(int) - image.astype(int)).max() <= expected_max_change
+    pixel_map = rng.random((10, 10)).astype(np.float32) * 0.49
+    np.testing.assert_array_equal(heatmap_overlay(image, pixel_map, 0.5), image)
 
 
 def test_overlay_constant_map_without_threshold() -> None:

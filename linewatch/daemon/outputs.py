@@ -272,9 +272,7 @@ class Outputs:
         for frame, verdict, pixel_map in zip(frames, verdicts, pixel_maps, strict=True):
             if self.sampler.wants(verdict.camera, verdict.label, verdict.score, verdict.threshold, verdict.frame_ts):
                 paths = evidence_paths(verdict.camera, verdict.frame_ts, verdict.inspection_id, verdict.label)
-                job = EvidenceJob(
-                    paths.snapshot, paths.heatmap, frame.image, pixel_map, verdict.threshold, verdict.label
-                )
+                job = EvidenceJob(paths.snapshot, paths.heatmap, frame.image, pixel_map, verdict.label)
                 if self.evidence.submit(job):
                     verdict = replace(verdict, snapshot=paths.snapshot, heatmap=paths.heatmap)
             kept.append(verdict)

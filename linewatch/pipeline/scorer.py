@@ -121,6 +121,12 @@ class Scorer:
         return results
 
 
+def relative_map(result: ScoredImage) -> np.ndarray:
+    """The pixel map in units of the product's pixel threshold. A zero threshold (a calibration whose normals
+    all scored 0) makes every positive pixel far above it, which is what that threshold says."""
+    return result.pixel_map / max(result.pixel_threshold, float(np.finfo(np.float32).tiny))
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -165,7 +171,7 @@ class ScoringWorker:
 
     ``next_batch(stop)`` blocks until a batch is cut (None when stopping with nothing left);
     ``on_scored(batch, verdicts, pixel_maps)`` must make the verdicts durable before it returns (the
-    journal); the (S, S) pixel maps come along for the evidence writer.
+    journal); the (S, S) pixel maps (relative to the pixel threshold) come along for the evidence writer.
     """
 
     def __init__(
@@ -216,7 +222,8 @@ class ScoringWorker:
             self.stats.swaps += 1
 
     def score_batch(self, batch: Batch) -> tuple[list[Verdict], list[np.ndarray]]:
-        """Verdicts in frame order, and each frame's (S, S) pixel map."""
+        """Verdicts in frame order, and each frame's (S, S) pixel map relative to its product's pixel
+        threshold (1.0 = the threshold), the scale the heatmaps are drawn on."""
         self._apply_swap()
         started = self._clock.monotonic()
         frames = list(batch.frames)
@@ -245,7 +252,7 @@ class ScoringWorker:
         self.stats.batches += 1
         self.stats.frames += len(frames)
         self.stats.last_batch_seconds = self._clock.monotonic() - started
-        return verdicts, [result.pixel_map for result in results]
+        return verdicts, [relative_map(result) for result in results]
 
     def run(self) -> None:
         """Until the batch source runs dry on stop: take a batch, score it, hand the verdicts on.

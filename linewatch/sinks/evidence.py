@@ -4,11 +4,12 @@ Layout (relative to the evidence folder, POSIX separators, so the same string wo
 DB and event payloads on any platform)::
 
     <camera>/<YYYY-MM-DD>/<inspection_id>-<verdict>.jpg           the frame (camera resolution, ROI applied)
-    <camera>/<YYYY-MM-DD>/<inspection_id>-<verdict>-heatmap.jpg   JET overlay, magenta contour at the threshold
+    <camera>/<YYYY-MM-DD>/<inspection_id>-<verdict>-heatmap.jpg   the frame, coloured where the map reaches
+                                                                  the pixel threshold, those regions outlined
 
-The overlay contours the pixel map at the product's IMAGE threshold. The image score is the harmonic mean of
-a global probability and the map's maximum, so there is no separate pixel threshold; this is the agreed
-approximation of "where the model saw the defect".
+The map comes relative to the product's calibrated pixel threshold (1.0 = the threshold; see
+:func:`linewatch.images.heatmap_overlay` for the colours), so a region is outlined where the model's map
+says "not like the normals" at the false-reject rate the model was calibrated for.
 
 The date is the frame's capture date in UTC: a folder per day bounds directory sizes and lets retention
 (linewatch/sinks/retention.py) age files without opening them; UTC keeps the folder stable across DST and
@@ -190,8 +191,7 @@ class EvidenceJob:
     snapshot: str  # relative path from evidence_paths
     heatmap: str
     image: np.ndarray  # (H, W, 3) uint8 RGB at camera resolution
-    pixel_map: np.ndarray  # (S, S) float anomaly map at model input size; resized to the image
-    threshold: float  # the product's image threshold: the contour level (agreed approximation)
+    pixel_map: np.ndarray  # (S, S) anomaly map relative to the pixel threshold (1.0 = it); resized to the image
     verdict: VerdictLabel
 
     def __post_init__(self) -> None:
@@ -334,7 +334,7 @@ class EvidenceWriter:
             self._write_retrying(path, job.image)
             path = self.root / job.heatmap
             # An operator's threshold override may be 0 or negative ("flag everything"): no contour then.
-            overlay = heatmap_overlay(job.image, job.pixel_map, job.threshold if job.threshold > 0 else None)
+            overlay = heatmap_overlay(job.image, job.pixel_map, 1.0)
             self._write_retrying(path, overlay)
         except Exception as exc:  # a bad job or a full/broken disk must not end the thread
             with self._lock:

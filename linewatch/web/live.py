@@ -31,7 +31,7 @@ PINNED_PER_CAMERA = 4
 class _Shot:
     verdict: Verdict
     image: np.ndarray  # (H, W, 3) uint8 RGB at camera resolution, never modified
-    pixel_map: np.ndarray  # (S, S) anomaly map at model input size, a copy (not a view of the batch's maps)
+    pixel_map: np.ndarray  # (S, S) map relative to the pixel threshold, a copy (not a view of the batch's maps)
     encoded: dict[str, bytes] = field(default_factory=dict)  # kind -> JPEG
 
 
@@ -84,8 +84,7 @@ class LiveFrames:
             size = (self._max_width, round(height * self._max_width / width))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         if kind == "heatmap":
-            threshold = shot.verdict.threshold
-            rgb = heatmap_overlay(rgb, shot.pixel_map, threshold if threshold > 0 else None)
+            rgb = heatmap_overlay(rgb, shot.pixel_map, 1.0)  # the map is relative to the pixel threshold
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
         if not ok:

@@ -13,7 +13,7 @@ from linewatch.anople.artifact import ArtifactInfo, ProductRecord
 from linewatch.anople.calibrate import Calibration
 from linewatch.anople.model import AnoPLe
 from linewatch.clock import FakeClock
-from linewatch.pipeline.scorer import ScoredImage, Scorer, ScoringWorker, score_halving_on_oom
+from linewatch.pipeline.scorer import ScoredImage, Scorer, ScoringWorker, relative_map, score_halving_on_oom
 from linewatch.types import Batch, Frame, VerdictLabel
 from tests.conftest import PRODUCT
 
@@ -111,3 +111,18 @@ def test_worker_turns_batches_into_verdicts_and_swaps_between_batches(
     assert first[0].score == pytest.approx(lenient.score([normal_images[4]], [PRODUCT])[0].score, abs=1e-5)
     assert worker.stats.batches == 2 and worker.stats.frames == 4 and worker.stats.swaps == 1
     assert worker.model_version == "v2"
+
+
+@pytest.mark.parametrize(
+    ("pixel_threshold", "expected"),
+    [(0.25, [[0.4, 1.0], [2.0, 0.0]]), (0.0, None)],
+)
+def test_maps_come_relative_to_the_pixel_threshold(pixel_threshold: float, expected: list[list[float]] | None) -> None:
+    """The heatmaps are drawn on this scale: 1.0 is the product's pixel threshold."""
+    pixel_map = np.array([[0.1, 0.25], [0.5, 0.0]], np.float32)
+    result = ScoredImage("p", 0.3, 0.5, "normal", 0.1, pixel_map, pixel_threshold)
+    relative = relative_map(result)
+    if expected is not None:
+        np.testing.assert_allclose(relative, expected, rtol=1e-6)
+    else:  # a zero threshold: every positive pixel is far above it, zero stays zero
+        assert (relative[pixel_map > 0] > 1e30).all() and relative[1, 1] == 0.0

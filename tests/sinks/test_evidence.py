@@ -149,7 +149,7 @@ def test_file_names_parse_back() -> None:
 def test_job_refuses_paths_outside_the_folder(bad: str) -> None:
     image = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="relative to the evidence folder"):
-        EvidenceJob(bad, "cam/d/x-heatmap.jpg", image, np.zeros((4, 4), np.float32), THRESHOLD, NORMAL)
+        EvidenceJob(bad, "cam/d/x-heatmap.jpg", image, np.zeros((4, 4), np.float32), NORMAL)
 
 
 # ---------------------------------------------------------------- writer
@@ -164,7 +164,8 @@ def frame(seed: int = 0) -> np.ndarray:
 
 
 def hot_map() -> np.ndarray:
-    """224x224 map, low everywhere except a hot square in the top-left quarter (well above the threshold)."""
+    """224x224 map relative to the pixel threshold: low everywhere, a hot square (twice the threshold) in the
+    top-left quarter."""
     pixel_map = np.full((224, 224), 0.05, np.float32)
     pixel_map[20:90, 20:90] = 2.0
     return pixel_map
@@ -177,7 +178,6 @@ def job(n: int, verdict: VerdictLabel = DEFECT, **overrides: object) -> Evidence
         "heatmap": paths.heatmap,
         "image": frame(n),
         "pixel_map": hot_map(),
-        "threshold": THRESHOLD,
         "verdict": verdict,
     }
     fields.update(overrides)

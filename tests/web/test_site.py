@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select
 
 import linewatch.daemon.web_mount
+import linewatch.web
 from linewatch.feedback import FeedbackRequest
 from linewatch.pipeline.journal.records import JournalError
 from linewatch.retrain.versions import model_version
@@ -82,6 +83,15 @@ def test_live_page_and_panel_show_the_camera_and_refresh(web_daemon: WebDaemon) 
     tile = re.search(rf'<img src="/live/{CAMERA}/frame.jpg\?i=([^"]+)"', fragment)
     assert tile is not None  # a scored frame: the tile links the image of that inspection
     assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} IST", fragment)  # shown in [web] timezone
+    assert 'class="legend"' in page and "pixel threshold (yellow)" in page  # the heatmap explained
+
+
+def test_the_legend_ramp_is_the_overlays() -> None:
+    """The page's legend and images.heatmap_overlay draw the same ramp: yellow at the pixel threshold, red at
+    twice it (tests/test_images.py holds the overlay's side)."""
+    css = (Path(linewatch.web.__file__).parent / "static" / "app.css").read_text()
+    assert "background: linear-gradient(to right, #ffff00, #ff0000)" in css
+    assert "border: 2px solid #ff00ff" in css  # the outline: images._CONTOUR_RGB
 
 
 @pytest.mark.parametrize("kind", ["frame", "heatmap"])
@@ -131,6 +141,7 @@ def test_review_lists_unlabelled_episodes_with_their_evidence(web_daemon: WebDae
         assert image.header("cache-control") == "no-store"  # nothing stays in a shared browser after a logout
     assert 'name="csrf" value="' in article and 'value="normal"' in article and 'value="defect"' in article
     assert "say who you are" in page  # no name given yet: labels would go on record without one
+    assert 'class="legend"' in page
 
 
 def test_label_by_htmx_is_journaled_stored_and_leaves_the_queue(web_daemon: WebDaemon) -> None:  # noqa: F811
