@@ -198,7 +198,7 @@ class EvidenceSection(_Section):
     # A normal scored within this fraction of its threshold is a close call: its evidence is kept, and the review
     # page asks an operator about it (on both sides of the threshold). 0 = only every Nth normal.
     close_call_band: Number = Field(0.1, ge=0.0, lt=1.0)
-    close_call_interval_s: Number = Field(1.0, ge=0.0, le=3600.0)  # at most one close call kept per camera this often
+    close_call_interval_s: Number = Field(60.0, ge=0.0, le=3600.0)  # at most one close call kept per camera this often
 
 
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab numbering: 0 (and 7) is Sunday

@@ -86,45 +86,70 @@ _INSPECTION_COLUMNS = (
 )
 
 
-def review_queue(engine: Engine, now: datetime, window: timedelta, band: float, limit: int = 50) -> list[ReviewItem]:
-    """What an operator should judge, newest first (``ts`` desc, then id desc), at most ``limit`` items.
+ReviewCursor = tuple[datetime, str]  # (ts, target_id) of the last item shown: the next page starts after it
+
+
+def review_queue(
+    engine: Engine,
+    now: datetime,
+    window: timedelta,
+    band: float,
+    limit: int = 50,
+    after: ReviewCursor | None = None,
+) -> list[ReviewItem]:
+    """What an operator should judge, newest first (``ts`` desc, then id desc), at most ``limit`` items,
+    after the item ``after`` names when given (keyset pages, like the history's).
 
     - unlabelled defect episodes whose latest frame is at or after ``now - window``;
     - unlabelled "close calls" since ``now - window``: inspections with a snapshot (without an image there is
       nothing to judge) scored within ``band * |threshold|`` of their threshold, except defect frames inside
       an episode of their camera (the episode's label covers them).
     """
-    since = require_aware("now", now) - window
-    if band < 0:
-        raise ValueError(f"band must be at least 0, got {band}")
     _check_limit(limit)
-    events = (
-        select(*_EVENT_COLUMNS)
-        .where(DefectEvent.label.is_(None), DefectEvent.last_at >= since)
-        .order_by(DefectEvent.started_at.desc(), DefectEvent.event_id.desc())
-        .limit(limit)
-    )
-    covered = exists().where(
-        DefectEvent.camera == Inspection.camera,
-        DefectEvent.started_at <= Inspection.frame_ts,
-        func.coalesce(DefectEvent.ended_at, DefectEvent.last_at) >= Inspection.frame_ts,
-    )
-    close_calls = (
-        select(*_INSPECTION_COLUMNS)
-        .where(
-            _reviewable(engine),
-            Inspection.frame_ts >= since,
-            func.abs(Inspection.score - Inspection.threshold) <= band * func.abs(Inspection.threshold),
-            or_(Inspection.verdict != "defect", ~covered),
+    events, close_calls = _review_queries(engine, now, window, band)
+    if after is not None:
+        ts, target_id = require_aware("after", after[0]), after[1]
+        events = events.where(
+            DefectEvent.started_at <= ts, or_(DefectEvent.started_at < ts, DefectEvent.event_id < target_id)
         )
-        .order_by(Inspection.frame_ts.desc(), Inspection.id.desc())
-        .limit(limit)
-    )
+        close_calls = close_calls.where(
+            Inspection.frame_ts <= ts, or_(Inspection.frame_ts < ts, Inspection.id < target_id)
+        )
+    events = events.order_by(DefectEvent.started_at.desc(), DefectEvent.event_id.desc()).limit(limit)
+    close_calls = close_calls.order_by(Inspection.frame_ts.desc(), Inspection.id.desc()).limit(limit)
     with translated(masked(engine.url), "reading the review queue"), engine.connect() as conn:
         items = [_event_item(row) for row in conn.execute(events)]
         items += [_inspection_item(row) for row in conn.execute(close_calls)]
     items.sort(key=lambda item: (item.ts, item.target_id, item.target), reverse=True)
     return items[:limit]
+
+
+def review_count(engine: Engine, now: datetime, window: timedelta, band: float) -> int:
+    """How many items the whole review queue holds (all pages)."""
+    events, close_calls = _review_queries(engine, now, window, band)
+    counts = [select(func.count()).select_from(query.subquery()) for query in (events, close_calls)]
+    with translated(masked(engine.url), "counting the review queue"), engine.connect() as conn:
+        return sum(int(conn.scalar(query) or 0) for query in counts)
+
+
+def _review_queries(engine: Engine, now: datetime, window: timedelta, band: float) -> tuple[Select[Any], Select[Any]]:
+    """The episodes and the close calls of the queue, unordered and unlimited."""
+    since = require_aware("now", now) - window
+    if band < 0:
+        raise ValueError(f"band must be at least 0, got {band}")
+    events = select(*_EVENT_COLUMNS).where(DefectEvent.label.is_(None), DefectEvent.last_at >= since)
+    covered = exists().where(
+        DefectEvent.camera == Inspection.camera,
+        DefectEvent.started_at <= Inspection.frame_ts,
+        func.coalesce(DefectEvent.ended_at, DefectEvent.last_at) >= Inspection.frame_ts,
+    )
+    close_calls = select(*_INSPECTION_COLUMNS).where(
+        _reviewable(engine),
+        Inspection.frame_ts >= since,
+        func.abs(Inspection.score - Inspection.threshold) <= band * func.abs(Inspection.threshold),
+        or_(Inspection.verdict != "defect", ~covered),
+    )
+    return events, close_calls
 
 
 def review_item(engine: Engine, target: str, target_id: str) -> ReviewItem | None:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -66,6 +64,7 @@ from linewatch.web.params import (
     optional_text,
 )
 from linewatch.web.plot import score_plot
+from linewatch.web.review import ReviewDesk, parse_cursor
 from linewatch.web.rows import HistoryFilter
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -84,8 +83,6 @@ PAGE_WORKERS = 8  # threads for page handlers, apart from the JSON routes' (a sl
 HISTORY_PAGE_ROWS = 100
 PLOT_POINTS = 2000
 RUNS_SHOWN = 30
-REVIEW_ITEMS = 50
-JUDGED_REMEMBERED = 500  # labels given here, hidden from the queue until the store holds them
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -134,8 +131,7 @@ class Site:
         self._static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
         versions = {name: hashlib.sha256(data).hexdigest()[:12] for name, data in self._static.items()}
         self.env.globals["static_url"] = lambda name: f"/static/{name}?v={versions[name]}"
-        self._judged: OrderedDict[tuple[str, str], str] = OrderedDict()  # (target, id) -> label, oldest first
-        self._judged_lock = threading.Lock()
+        self.review = ReviewDesk(backend.engine, settings.review_window, settings.close_call_band)
         self._workers: anyio.CapacityLimiter | None = None  # made on the server's event loop, at first use
         routes = [
             Route("/", self._page(self.live_page)),
@@ -306,19 +302,19 @@ class Site:
 
     # ---- review queue --------------------------------------------------------------------------------
     def review_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
-        queue = queries.review_queue(
-            self.backend.engine,
-            datetime.now(UTC),
-            self.settings.review_window,
-            self.settings.close_call_band,
-            limit=REVIEW_ITEMS + len(self._judged),
-        )
-        with self._judged_lock:  # judged here, but the store has not caught up yet (an outage): not again
-            items = [item for item in queue if (item.target, item.target_id) not in self._judged][:REVIEW_ITEMS]
+        params = request.query_params
+        try:
+            after = parse_cursor(params["after"]) if params.get("after") else None
+            position = int(params.get("n", "0")) if after is not None else 0
+        except ValueError as problem:
+            return self._refuse(request, 400, str(problem))
+        page = self.review.page(datetime.now(UTC), after, max(position, 0))
         context = {
             **self._common(request, session),
-            "items": items,
+            "page": page,
+            "items": page.items,
             "window_h": self.settings.review_window / timedelta(hours=1),
+            "band_pct": self.settings.close_call_band * 100,
         }
         return self._render("review.html", context)
 
@@ -330,10 +326,7 @@ class Site:
         user = session.user if session is not None else None
         try:
             self.backend.label(FeedbackRequest(LabelTarget(target), target_id, VerdictLabel(label), user))
-            with self._judged_lock:
-                self._judged[(target, target_id)] = label
-                while len(self._judged) > JUDGED_REMEMBERED:
-                    self._judged.popitem(last=False)
+            self.review.judged(target, target_id, label)
         except FeedbackError as problem:
             return self._refuse(request, 404 if problem.reason == "unknown_id" else 400, str(problem))
         if not request.headers.get("hx-request"):

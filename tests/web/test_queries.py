@@ -17,7 +17,7 @@ from linewatch.cli.main import main
 from linewatch.sinks.db import DatabaseError, make_engine, write_transaction
 from linewatch.sinks.db_migrate import alembic_config, database_revision, upgrade_database
 from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, LabelRecord
-from linewatch.web.queries import history_page, label_history, review_item, review_queue, score_series
+from linewatch.web.queries import history_page, label_history, review_count, review_item, review_queue, score_series
 from linewatch.web.rows import HistoryFilter, InspectionRow, ReviewItem, ScorePoint
 from tests.services.ports import free_port
 from tests.services.postgres import PASSWORD
@@ -239,6 +239,24 @@ def test_the_queue_is_newest_first_across_both_kinds_and_cut_at_the_limit(engine
     assert ids(review_queue(engine, at(0), HOUR, 0.1)) == ["i-1", "i-2", "ev-b", "i-3", "ev-a", "i-4"]
     assert ids(review_queue(engine, at(0), HOUR, 0.1, limit=3)) == ["i-1", "i-2", "ev-b"]
     assert ids(review_queue(engine, at(0), HOUR, 0.1, limit=1)) == ["i-1"]
+
+
+def test_queue_pages_walk_the_whole_queue_once_in_order_and_the_count_is_its_size(engine: Engine) -> None:
+    """Issue 21: the page showed the first 50 of 136 and did not say so."""
+    add_events(engine, [{"event_id": f"ev-{n}", "started_at": at(-n), "last_at": at(-n + 0.5)} for n in range(1, 8)])
+    # Close calls, two per minute, several at the very time of an episode's start (ties across kinds).
+    add_inspections(engine, [{"id": f"i-{n:02d}", "frame_ts": at(-(n // 2)), "score": 0.5} for n in range(2, 30)])
+    everything = ids(review_queue(engine, at(0), HOUR, 0.1, limit=1000))
+    assert review_count(engine, at(0), HOUR, 0.1) == len(everything) == 7 + 28
+    pages, after = [], None
+    while True:
+        page = review_queue(engine, at(0), HOUR, 0.1, limit=4, after=after)
+        if not page:
+            break
+        pages.append(ids(page))
+        after = (page[-1].ts, page[-1].target_id)
+    assert [item for page in pages for item in page] == everything
+    assert all(len(page) == 4 for page in pages[:-1])
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,8 @@ def test_review_lists_unlabelled_episodes_with_their_evidence(web_daemon: WebDae
     assert 'name="csrf" value="' in article and 'value="normal"' in article and 'value="defect"' in article
     assert "say who you are" in page  # no name given yet: labels would go on record without one
     assert 'class="legend"' in page
+    assert re.search(rf"<strong>{len(items)}</strong> waiting; showing 1&ndash;{len(items)}\.", page)
+    assert "A <em>close call</em> is a frame the model scored within 10.0 %" in page
 
 
 def test_label_by_htmx_is_journaled_stored_and_leaves_the_queue(web_daemon: WebDaemon) -> None:  # noqa: F811
