@@ -259,6 +259,7 @@ class Site:
             "login_needed": self.keeper.token_required,
             "model": model,
             "refresh_ms": int(self.settings.refresh_s * 1000),
+            "zone": getattr(self.settings.timezone, "key", None) or datetime.now(self.settings.timezone).tzname(),
         }
 
     def _local_time(self, value: datetime | str | None) -> str:

@@ -455,6 +455,8 @@ def test_history_of_the_live_camera_links_its_evidence(web_daemon: WebDaemon) ->
     assert links and "verdict-normal" not in page
     image = client.get(links[0])
     assert image.status == 200 and image.body.startswith(JPEG_MAGIC)
+    assert "<th>Part</th>" not in page  # nothing sets a part id on this line: no empty column
+    assert "From (Asia/Kolkata)" in page and "<th>Time (Asia/Kolkata)</th>" in page  # whose time the inputs take
 
 
 def test_history_pages_through_every_row_once(web_daemon: WebDaemon, probe_rows: None) -> None:  # noqa: F811
@@ -512,6 +514,7 @@ def test_models_page_lists_the_active_version(web_daemon: WebDaemon, daemon_mode
     assert f"In service: {model_version(daemon_model)}" in page
     assert f'<tr class="active" data-version="{daemon_model.name}">' in page
     assert "Roll back to this" not in page  # the only version is the active one
+    assert "with <strong>random weights</strong>: a demo model, its verdicts mean nothing" in page
     assert '<div id="models-state" hx-get="/models/state" hx-trigger="every 2000ms, models-changed from:body">' in page
     assert '<div id="models-message" aria-live="polite"></div>' in page
 
