@@ -103,17 +103,43 @@ def _freeze(clip: nn.Module) -> nn.Module:
     return clip
 
 
-def _finish(spec: BackboneSpec, clip: nn.Module) -> Backbone:
-    clip = _freeze(clip)
+Normalisation = tuple[tuple[float, float, float], tuple[float, float, float]]  # (mean, std) per RGB channel
+
+
+def tag_normalisation(model_name: str, pretrained: str, defaults: Normalisation) -> Normalisation:
+    """The input mean and std the weights of ``pretrained`` were trained with: the tag's own values from
+    open_clip's table (no download), else ``defaults`` (the model config's, :func:`config_normalisation`).
+    A model built without its tag carries only the config's: for tags with their own preprocessing
+    (ViT-L-14 ``laion2b_s32b_b82k``: mean = std = 0.5) those would feed inputs about 1.9x off scale."""
+    tag = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained not in (RANDOM_WEIGHTS, "file") else {}
+    return _triple(tag.get("mean", defaults[0]), "mean"), _triple(tag.get("std", defaults[1]), "std")
+
+
+def config_normalisation(clip: nn.Module) -> Normalisation:
+    """The mean and std open_clip gave the model it built (its config's, or its tag's if built with one)."""
     preprocess = open_clip.get_model_preprocess_cfg(clip)
+    return _triple(preprocess["mean"], "mean"), _triple(preprocess["std"], "std")
+
+
+def _triple(values: object, what: str) -> tuple[float, float, float]:
+    if not isinstance(values, list | tuple) or len(values) != 3 or not all(isinstance(v, int | float) for v in values):
+        raise BackboneError(f"input normalisation {what} must be three numbers, got {values!r}")
+    if what == "std" and not all(v > 0 for v in values):
+        raise BackboneError(f"input normalisation std must be positive, got {values!r}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def _finish(spec: BackboneSpec, clip: nn.Module, normalisation: Normalisation | None = None) -> Backbone:
+    clip = _freeze(clip)
+    mean, std = normalisation or tag_normalisation(spec.model_name, spec.pretrained, config_normalisation(clip))
     size = clip.visual.image_size
     return Backbone(
         spec=spec,
         clip=clip,
         tokenizer=open_clip.get_tokenizer(spec.model_name),
         input_size=int(size[0] if isinstance(size, tuple | list) else size),
-        mean=tuple(preprocess["mean"]),
-        std=tuple(preprocess["std"]),
+        mean=mean,
+        std=std,
     )
 
 
@@ -134,12 +160,18 @@ def load_random_backbone(model_name: str, seed: int) -> Backbone:
 
 
 def load_backbone_file(
-    model_name: str, weights: Path, *, pretrained: str = "file", force_quick_gelu: bool = False
+    model_name: str,
+    weights: Path,
+    *,
+    pretrained: str = "file",
+    force_quick_gelu: bool = False,
+    normalisation: tuple[object, object] | None = None,
 ) -> Backbone:
     """Weights from a local safetensors file holding the full open_clip state dict.
 
     Pickle checkpoints are refused: anything a user can drop into a folder is loaded without code
-    execution. ``linewatch model pull``/``import`` convert official checkpoints once.
+    execution. ``linewatch model pull``/``import`` convert official checkpoints once. ``normalisation``
+    (mean, std) as recorded beside the weights; without it, the tag's (:func:`tag_normalisation`).
     """
     _check_model_name(model_name)
     if weights.suffix != ".safetensors":
@@ -163,4 +195,7 @@ def load_backbone_file(
             f"{weights}: does not fit {model_name} (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     spec = BackboneSpec(model_name, pretrained, file_sha256(weights), force_quick_gelu=force_quick_gelu)
-    return _finish(spec, clip)
+    recorded = None
+    if normalisation is not None:
+        recorded = (_triple(normalisation[0], "mean"), _triple(normalisation[1], "std"))
+    return _finish(spec, clip, recorded)

@@ -24,9 +24,11 @@ from linewatch.anople.backbone import (
     Backbone,
     BackboneError,
     BackboneSpec,
+    config_normalisation,
     file_sha256,
     load_backbone_file,
     load_random_backbone,
+    tag_normalisation,
 )
 from linewatch.anople.files import MANIFEST, RANDOM_WEIGHTS
 
@@ -54,12 +56,15 @@ def _write_weights(models_dir: Path, model_name: str, pretrained: str, clip: tor
     save_file(state, str(staging))
     os.replace(staging, target)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    mean, std = tag_normalisation(model_name, pretrained, config_normalisation(clip))
     meta = {
         "model_name": model_name,
         "pretrained": pretrained,
         "sha256": file_sha256(target),
         "force_quick_gelu": bool(cfg.get("quick_gelu", False)),
+        "preprocess": {"mean": list(mean), "std": list(std)},  # what these weights expect; used at load
         "source": source,
+        "fetched_from": cfg.get("hf_hub") or cfg.get("url") or None,  # laion400m_e32 is e31 on the hub
         "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     target.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -126,6 +131,7 @@ def load_backbone(
             weights,
             pretrained=pretrained,
             force_quick_gelu=bool(meta.get("force_quick_gelu", False)),
+            normalisation=_recorded_normalisation(meta, weights),
         )
     path = weights_path(models_dir, model_name, pretrained)
     if not path.is_file():
@@ -135,8 +141,22 @@ def load_backbone(
         )
     meta = read_weights_meta(path)
     return load_backbone_file(
-        model_name, path, pretrained=pretrained, force_quick_gelu=bool(meta.get("force_quick_gelu", False))
+        model_name,
+        path,
+        pretrained=pretrained,
+        force_quick_gelu=bool(meta.get("force_quick_gelu", False)),
+        normalisation=_recorded_normalisation(meta, path),
     )
+
+
+def _recorded_normalisation(meta: dict[str, Any], weights: Path) -> tuple[object, object] | None:
+    """The sidecar's (mean, std); None for a sidecar written before they were recorded (the tag's are used)."""
+    preprocess = meta.get("preprocess")
+    if preprocess is None:
+        return None
+    if not isinstance(preprocess, dict) or "mean" not in preprocess or "std" not in preprocess:
+        raise BackboneError(f"{weights.with_suffix('.json')}: preprocess must hold mean and std")
+    return preprocess["mean"], preprocess["std"]
 
 
 def backbone_loader(models_dir: Path, weights: Path | None = None):

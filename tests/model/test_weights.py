@@ -13,7 +13,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from linewatch.anople.artifact import ArtifactError, load_artifact
-from linewatch.anople.backbone import TINY_MODEL, Backbone, BackboneError, load_backbone_file, load_random_backbone
+from linewatch.anople.backbone import (
+    TINY_MODEL,
+    Backbone,
+    BackboneError,
+    load_backbone_file,
+    load_random_backbone,
+    tag_normalisation,
+)
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.model.training import ProductSource, train_artifact
 from linewatch.model.weights import (
@@ -24,6 +31,7 @@ from linewatch.model.weights import (
     list_artifacts,
     list_weights,
     load_backbone,
+    read_weights_meta,
     weights_path,
 )
 from linewatch.pipeline.camera.synthetic import SyntheticProduct
@@ -299,3 +307,52 @@ def test_list_artifacts_finds_one_and_two_levels_down_but_not_hidden(random_arti
     assert described["products"]["part"]["shots"] == 2
     assert described["products"]["part"]["calibration_source"] == "held-out normals"
     assert described["training"]["steps"] == 2
+
+
+# ---- input normalisation (issue 18, item 3) ---------------------------------------------------------------
+
+
+OPENAI = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+@pytest.mark.parametrize(
+    ("model_name", "tag"),
+    [("ViT-L-14", "laion2b_s32b_b82k"), ("ViT-B-16-plus-240", "laion400m_e32"), ("ViT-B-32", "openai")],
+)
+def test_a_tags_normalisation_is_open_clips_for_that_tag(model_name: str, tag: str) -> None:
+    expected = open_clip.get_pretrained_cfg(model_name, tag)
+    mean, std = tag_normalisation(model_name, tag, OPENAI)
+    assert (mean, std) == (tuple(expected["mean"]), tuple(expected["std"]))
+    if tag == "laion2b_s32b_b82k":
+        assert mean == std == (0.5, 0.5, 0.5)  # not the model config's (OpenAI's) values
+
+
+def test_import_records_the_tags_normalisation_and_loading_uses_the_record(
+    saved_state, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny model has no tag with its own preprocessing in open_clip's table: one is made up here."""
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(saved_state, checkpoint)
+    real_cfg = open_clip.get_pretrained_cfg
+    halves = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "hf_hub": "someone/tiny-halves/"}
+
+    def with_halves(model_name: str, tag: str) -> dict[str, object]:
+        return dict(halves) if (model_name, tag) == (TINY_MODEL, "halves") else real_cfg(model_name, tag)
+
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", with_halves)
+    path = import_checkpoint(TINY_MODEL, "halves", checkpoint, tmp_path / "models")
+    meta = read_weights_meta(path)
+    assert meta["preprocess"] == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert meta["fetched_from"] == "someone/tiny-halves/"
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", real_cfg)  # the record alone must carry it now
+    backbone = load_backbone(TINY_MODEL, "halves", tmp_path / "models")
+    assert (backbone.mean, backbone.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert load_backbone(TINY_MODEL, "halves", tmp_path / "models", weights=path).mean == (0.5, 0.5, 0.5)
+
+    del meta["preprocess"]  # a sidecar from before the record: the tag's values (here the config's)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    assert load_backbone(TINY_MODEL, "halves", tmp_path / "models").mean == OPENAI[0]
+    meta["preprocess"] = {"mean": [0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(BackboneError, match="mean must be three numbers"):
+        load_backbone(TINY_MODEL, "halves", tmp_path / "models")

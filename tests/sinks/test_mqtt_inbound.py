@@ -245,7 +245,9 @@ def test_a_flood_of_labels_is_journaled_in_bursts_in_arrival_order(
         for topic, payload in flood
     ]  # fmt: skip
     assert link.stats.arrived == len(flood)  # each acknowledgement let the broker send one more
-    assert handlers.bursts[:3] == [1, 149, RECEIVE_MAXIMUM - 151]  # the enabled command splits the queued ones
+    # The enabled command splits the queued ones; the third burst may also hold what the broker sent for the
+    # first label's acknowledgement before the worker drained the queue.
+    assert handlers.bursts[:2] == [1, 149] and handlers.bursts[2] >= RECEIVE_MAXIMUM - 151
     assert sum(handlers.bursts) == len(flood) - 1
     assert link.stats.accepted == len(flood) and link.stats.rejected == {}
 def test_a_label_still_being_handled_when_the_broker_goes_is_delivered_again(
