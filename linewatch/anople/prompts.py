@@ -113,14 +113,15 @@ def _pool_index(tower: nn.Module, token_ids: Tensor) -> Tensor:
 
 
 def encode_image(
-    clip: nn.Module, learner: PromptLearner, images: Tensor, view_ids: Tensor, keep: tuple[int, ...]
+    clip: nn.Module, learner: PromptLearner | None, images: Tensor, view_ids: Tensor | None, keep: tuple[int, ...]
 ) -> tuple[Tensor, dict[int, Tensor]]:
-    """Prompted vision tower.
+    """Prompted vision tower, or the plain one when ``learner`` is None.
 
-    images: (B, 3, S, S) normalised; view_ids: (B,) indices into the view tokens.
-    Returns the unnormalised global embedding (B, e) and, for every block index in ``keep``, that
-    block's patch tokens (B, N, d_v). Sequence: [CLS, N patches, view signal, prompts]; positional
-    embedding on CLS and patches only.
+    images: (B, 3, S, S) normalised; view_ids: (B,) indices into the view tokens (ignored without a
+    learner). Returns the unnormalised global embedding (B, e) and, for every block index in ``keep``,
+    that block's patch tokens (B, N, d_v). Prompted sequence: [CLS, N patches, view signal, prompts];
+    positional embedding on CLS and patches only. Without a learner the sequence is [CLS, N patches] and
+    the result is open_clip's own ``encode_image`` and intermediates (tests/anople/test_reference.py).
     """
     visual = clip.visual
     batch = images.shape[0]
@@ -130,16 +131,20 @@ def encode_image(
     cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)  # (B, 1, d_v)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+N, d_v)
     x = visual.ln_pre(x)
-    view = learner.view_tokens[view_ids].unsqueeze(1).to(x.dtype)  # (B, 1, d_v)
-    n_prompts = learner.n_prompt_tokens
-    prompts = learner.vision_prompts(0).to(x.dtype).expand(batch, -1, -1)  # (B, n_v+n_t, d_v)
-    x = torch.cat([x, view, prompts], dim=1)  # (B, 1+N+1+n_v+n_t, d_v)
+    n_prompts, depth = 0, 0
+    if learner is not None:
+        if view_ids is None:
+            raise ValueError("a prompted image needs its view ids")
+        view = learner.view_tokens[view_ids].unsqueeze(1).to(x.dtype)  # (B, 1, d_v)
+        n_prompts, depth = learner.n_prompt_tokens, learner.depth
+        prompts = learner.vision_prompts(0).to(x.dtype).expand(batch, -1, -1)  # (B, n_v+n_t, d_v)
+        x = torch.cat([x, view, prompts], dim=1)  # (B, 1+N+1+n_v+n_t, d_v)
     kept: dict[int, Tensor] = {}
     # Without autograd the prompt slots are overwritten in place: a fresh (B, L, d_v) tensor per layer
     # costs a few percent of throughput in allocation and page faults on the CPU.
     overwrite = not torch.is_grad_enabled()
     for index, block in enumerate(visual.transformer.resblocks):
-        if 0 < index < learner.depth:
+        if learner is not None and 0 < index < depth:
             prompts = learner.vision_prompts(index).to(x.dtype).expand(batch, -1, -1)
             if overwrite:
                 x[:, -n_prompts:] = prompts
