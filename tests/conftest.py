@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,6 +29,18 @@ pytest_plugins = ["tests.services.postgres", "tests.services.mosquitto"]
 
 TRAINED_STEPS = 200
 PRODUCT = "metal plate"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """``linewatch run`` in-process (main(["run", ...])) sets the root logger up for journald: a handler on
+    the stderr of that moment, the test's captured one. Left in place, every later log line went to a
+    closed stream, and "--- Logging error --- Traceback" appeared in the stderr of an unrelated test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
