@@ -27,7 +27,7 @@ class Calibration:
     target_frr: float
     achieved_frr: float  # share of the calibration normals above the threshold
     n_normals: int
-    source: str  # "held-out normals" or "augmented shots" when no held-out normal was left
+    source: str  # "held-out normals"; without any "leave-one-out shots", or "augmented shots" for a single shot
     simulated_recall: float | None  # share of simulated anomalies above the threshold
     n_simulated: int
 

@@ -37,6 +37,7 @@ from linewatch.daemon.state import AppState
 from linewatch.daemon.web_mount import AppWeb, build_site
 from linewatch.feedback import FeedbackError
 from linewatch.model.preprocess import resize_rgb
+from linewatch.model.training import calibration_warnings
 from linewatch.pipeline.batcher import Batcher, SlotPolicy
 from linewatch.pipeline.camera.reader import CameraReader
 from linewatch.pipeline.events import EpisodePolicy, step, tick
@@ -223,6 +224,7 @@ class App:
             "backbone_sha256": spec.weights_sha256,
             "random_weights": spec.is_random,
             "thresholds": {product: scorer.threshold(product) for product in scorer.products},
+            "calibration_warnings": calibration_warnings(scorer.info),
             "trained_at": scorer.info.created_at,
             "status": "active",
             "retrain": self.retrain_news,

@@ -1,8 +1,9 @@
 """Train an AnoPLe artifact from folders of normal images: draw shots, train, build memory, calibrate, save.
 
 The k shots are drawn from the *sorted* image list with a recorded seed; the normals left over are
-held out to calibrate the threshold. With none left, calibration falls back to mild augmentations of
-the shots and the artifact says so.
+held out to calibrate the threshold. With none left, each shot is scored against a memory bank of the
+others (leave-one-out); with a single shot, mild augmentations of it stand in. The artifact records which,
+and training warns when the threshold rests on few normals.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from linewatch.images import read_rgb
 from linewatch.model.preprocess import to_model_tensor
 
 MAX_CALIBRATION_IMAGES = 256
+FEW_NORMALS = 20  # fewer held-out normals than this: the expected false-reject rate is loose, and said so
 SCORE_BATCH = 16
 
 
@@ -85,15 +87,65 @@ def calibrate_product(
     target_frr: float,
     seed: int,
 ) -> Calibration:
-    source = "held-out normals"
-    if not held_out:
-        held_out, source = _augmented(shots, seed), "augmented shots"
-    normals = to_model_tensor(held_out[:MAX_CALIBRATION_IMAGES], model.input_size)
-    scores, maxima = score_tensors(model, normals, product)
+    """The product's thresholds from held-out normals; without any, from the shots left out one at a time
+    (:func:`leave_one_out_scores`); with a single shot and nothing held out, from mild augmentations of it,
+    which say little. The product's memory bank must be built from all the shots; it is again afterwards."""
+    if held_out:
+        source, normals = "held-out normals", to_model_tensor(held_out[:MAX_CALIBRATION_IMAGES], model.input_size)
+        scores, maxima = score_tensors(model, normals, product)
+    elif len(shots) >= 2:
+        source, normals = "leave-one-out shots", to_model_tensor(shots, model.input_size)
+        scores, maxima = leave_one_out_scores(model, product, normals)
+    else:
+        source, normals = "augmented shots", to_model_tensor(_augmented(shots, seed), model.input_size)
+        scores, maxima = score_tensors(model, normals, product)
     generator = torch.Generator().manual_seed(seed)
     simulated, _, labels = simulate_anomalies(normals, 1.0, generator)
     simulated_scores, _ = score_tensors(model, simulated[labels == 1], product)
     return calibrate(scores, maxima, target_frr, source, simulated_scores)
+
+
+def leave_one_out_scores(model: AnoPLe, product: str, shots: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each shot (k, 3, S, S) scored against a memory bank of the OTHER shots: how an unseen normal scores,
+    as far as k images can tell. Augmented copies of the shots scored against a bank holding the shots
+    themselves have a memory distance near 0, so a threshold from them sat low: on real images with 4
+    shots, 9 % of unseen normals scored above a threshold set for 1 %. The full bank is rebuilt after."""
+    scores, maxima = [], []
+    for index in range(shots.shape[0]):
+        model.build_memory(product, torch.cat([shots[:index], shots[index + 1 :]]))
+        score, maximum = score_tensors(model, shots[index : index + 1], product)
+        scores.append(score)
+        maxima.append(maximum)
+    model.build_memory(product, shots)
+    return np.concatenate(scores), np.concatenate(maxima)
+
+
+def few_normals_warning(calibration: Calibration) -> str | None:
+    """What a user must hear when a threshold rests on few normals, or None when it does not."""
+    n = calibration.n_normals
+    if calibration.source == "held-out normals" and n >= FEW_NORMALS:
+        return None
+    return (
+        f"the threshold rests on {n} {calibration.source}: a new normal part is rejected with probability "
+        f"about {expected_frr(calibration):.0%} (aimed at {calibration.target_frr:.0%}); hold out at least "
+        f"{FEW_NORMALS} more normal images (more images than --shots) or label normals for retraining"
+    )
+
+
+def calibration_warnings(info: ArtifactInfo) -> dict[str, str]:
+    """Per product of a model whose calibrated threshold rests on few normals: the warning (model/state,
+    the Models page)."""
+    warnings = {name: few_normals_warning(record.calibration) for name, record in info.products.items()}
+    return {name: warning for name, warning in warnings.items() if warning is not None}
+
+
+def expected_frr(calibration: Calibration) -> float:
+    """The false-reject rate to expect on new normals from a threshold that rejects ``a`` of ``n``
+    calibration scores: (a + 1) / (n + 1) when new normals score like the calibration ones (their rank
+    among them is uniform). With 4 normals and nothing rejected that is 20 %, whatever the target."""
+    n = calibration.n_normals
+    rejected = round(calibration.achieved_frr * n)
+    return (rejected + 1) / (n + 1)
 
 
 def train_artifact(
@@ -153,6 +205,9 @@ def train_artifact(
             f"{name}: threshold {calibrations[name].threshold:.5f} from {calibrations[name].n_normals} "
             f"{calibrations[name].source}, simulated-anomaly recall {calibrations[name].simulated_recall}"
         )
+        warning = few_normals_warning(calibrations[name])
+        if warning is not None:
+            log(f"WARNING {name}: {warning}")
     info = ArtifactInfo(
         products={
             name: ProductRecord(name, calibrations[name], records[name], calibration_records[name])

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from linewatch.anople import artifact as artifact_module
 from linewatch.anople.artifact import ArtifactError, load_artifact, read_manifest
 from linewatch.anople.backbone import Backbone
-from linewatch.anople.calibrate import threshold_for_frr
+from linewatch.anople.calibrate import Calibration, threshold_for_frr
 from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.images import ImageError, read_rgb
@@ -23,6 +23,9 @@ from linewatch.model.training import (
     TrainingError,
     calibrate_product,
     draw_shots,
+    expected_frr,
+    few_normals_warning,
+    leave_one_out_scores,
     score_tensors,
     train_artifact,
 )
@@ -170,15 +173,50 @@ def test_held_out_normals_calibrate_and_meet_the_target(trained, normals_dir: Pa
     assert rejected <= TARGET_FRR
 
 
-def test_exactly_shots_images_fall_back_to_augmented_shots(tiny_backbone: Backbone, tmp_path: Path) -> None:
+def test_exactly_shots_images_calibrate_on_the_shots_left_out_one_at_a_time(
+    tiny_backbone: Backbone, tmp_path: Path
+) -> None:
+    """Issue 18, item 4: augmented shots scored against a bank holding the shots sat the threshold low."""
     folder = image_folder(tmp_path / "few", synthetic_normals(3, SHOTS, seed=2))
-    info = _train(tiny_backbone, [ProductSource("plate", sorted(folder.glob("*.png")))], tmp_path / "out")
-    calibration = read_manifest(tmp_path / "out")["products"][0]["calibration"]
-    assert calibration["source"] == "augmented shots"
-    assert calibration["n_normals"] == 4 * SHOTS  # four augmented variants per shot
-    assert calibration["achieved_frr"] <= TARGET_FRR
-    assert info.products["plate"].calibration.source == "augmented shots"
+    lines: list[str] = []
+    info = train_artifact(
+        [ProductSource("plate", sorted(folder.glob("*.png")))], tiny_backbone, AnoPLeSettings(steps=STEPS),
+        tmp_path / "out", SHOTS, 0, TARGET_FRR, log=lines.append,
+    )  # fmt: skip
+    calibration = info.products["plate"].calibration
+    assert (calibration.source, calibration.n_normals) == ("leave-one-out shots", SHOTS)
+    assert read_manifest(tmp_path / "out")["products"][0]["calibration"]["source"] == "leave-one-out shots"
     assert sorted(shot["file"] for shot in info.products["plate"].shots) == _listing(folder)
+    warning = [line for line in lines if line.startswith("WARNING plate:")]
+    assert len(warning) == 1 and "rests on 4 leave-one-out shots" in warning[0] and "about 20%" in warning[0]
+
+    # Each shot's score is its score against a bank of the other three; the saved bank holds all four.
+    model, _ = load_artifact(tmp_path / "out", lambda _spec: tiny_backbone)
+    shots = to_model_tensor([read_rgb(folder / shot["file"]) for shot in info.products["plate"].shots], 224)
+    expected_scores, _ = leave_one_out_scores(model, "plate", shots)
+    assert calibration.threshold > float(expected_scores.max())  # nothing rejected: the top score + margin
+    full_bank, _ = score_tensors(model, shots, "plate")
+    assert (full_bank < expected_scores).all()  # a shot in the bank is closer to it than to the others
+
+
+def test_a_single_shot_without_held_out_normals_falls_back_to_augmentations(
+    tiny_backbone: Backbone, tmp_path: Path
+) -> None:
+    folder = image_folder(tmp_path / "one", synthetic_normals(3, 1, seed=2))
+    info = _train(tiny_backbone, [ProductSource("plate", sorted(folder.glob("*.png")))], tmp_path / "out", shots=1)
+    calibration = info.products["plate"].calibration
+    assert (calibration.source, calibration.n_normals) == ("augmented shots", 4)  # four variants of the shot
+    assert few_normals_warning(calibration) is not None
+
+
+@pytest.mark.parametrize(
+    ("n", "achieved", "expected"),
+    [(4, 0.0, 0.2), (19, 0.0, 0.05), (99, 0.0, 0.01), (99, 0.05, 0.06)],
+)
+def test_the_expected_false_reject_rate_of_n_calibration_normals(n: int, achieved: float, expected: float) -> None:
+    calibration = Calibration(0.5, 0.5, 0.01, achieved, n, "held-out normals", None, 0)
+    assert expected_frr(calibration) == pytest.approx(expected)
+    assert (few_normals_warning(calibration) is None) == (n >= 20)
 
 
 @pytest.mark.parametrize("target", [0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.9])

@@ -515,6 +515,8 @@ def test_models_page_lists_the_active_version(web_daemon: WebDaemon, daemon_mode
     assert f'<tr class="active" data-version="{daemon_model.name}">' in page
     assert "Roll back to this" not in page  # the only version is the active one
     assert "with <strong>random weights</strong>: a demo model, its verdicts mean nothing" in page
+    # The test model holds out a handful of normals: its threshold is said to rest on few (issue 18, item 4).
+    assert re.search(r'<p class="problems">[^:]+: the threshold rests on \d+ held-out normals', page)
     assert '<div id="models-state" hx-get="/models/state" hx-trigger="every 2000ms, models-changed from:body">' in page
     assert '<div id="models-message" aria-live="polite"></div>' in page
 
