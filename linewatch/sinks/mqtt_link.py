@@ -98,7 +98,9 @@ class MqttLink:
         self._epoch = 0  # +1 per established session
         self._state_lock = threading.Lock()  # orders retained-state publishes against the on-connect replay
         self._retained: dict[str, bytes] = {}  # topic -> latest retained payload we own
-        self._connection = 0  # +1 per CONNACK accepted: a command is acknowledged only on its own connection
+        # +1 at every accepted CONNACK and every disconnect: a command is acknowledged only on the connection it
+        # came on, which may be before our SUBACK (a persistent session's redeliveries arrive right after CONNACK)
+        self._connection = 0
         self._subscribe_mid: int | None = None
         self._reported = ""  # last connection state logged: log once per change
         self._started = self._stopping = False
@@ -289,6 +291,7 @@ class MqttLink:
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
+        self._connection += 1  # commands received on the lost connection are no longer acknowledged
         # Also called after every failed attempt. Losing a session is news; so is a connection the broker
         # dropped before accepting it (with TLS 1.3 a refused client certificate surfaces only this way);
         # a refused CONNACK was already reported by _on_connect.
@@ -345,7 +348,7 @@ class MqttLink:
 
     def _acknowledge(self, received: Received) -> None:
         """PUBACK a handled command, on the connection it came on only (module docstring of mqtt_commands)."""
-        if received.qos == 0 or received.connection != self._connection or not self.connected:
+        if received.qos == 0 or received.connection != self._connection:
             return
         self._client.ack(received.mid, received.qos)
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from paho.mqtt.client import MQTTMessage
+from paho.mqtt.client import ConnectFlags, MQTTMessage
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from linewatch.config import MqttSection
 from linewatch.sinks.mqtt import MqttLink
@@ -266,6 +268,21 @@ def test_a_command_is_acknowledged_once_handled_and_only_on_its_own_connection()
     link.stop()
     assert client.acked == [(7, 1), (8, 1)]
     assert len(handlers.calls) == 2  # handled twice: the journal's repeat window makes the second a no-op
+
+
+def test_a_redelivery_before_our_suback_is_acknowledged() -> None:
+    """A persistent session's unacknowledged commands come right after CONNACK, before the SUBACK that
+    makes the link "connected": they must be acknowledged all the same, or the broker redelivers them at
+    every reconnect (and a label repeated after the 60 s repeat window is journaled twice)."""
+    factory = FakeFactory(online=False)
+    link = MqttLink(MqttSection(), "p/l", "lw", RecordingHandlers(), client_factory=factory)
+    link.start()
+    client = factory.clients[0]
+    client.on_connect(client, None, ConnectFlags(True), ReasonCode(PacketTypes.CONNACK, "Success"), None)
+    client.on_message(client, None, received("p/l/cam1/enabled/set", b"true", mid=3))
+    wait_until(lambda: client.acked == [(3, 1)])
+    assert not link.connected  # no SUBACK yet
+    link.stop()
 
 
 def received(topic: str, payload: bytes, mid: int) -> MQTTMessage:
