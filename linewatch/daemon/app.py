@@ -129,7 +129,6 @@ class App:
         self.recorder = JournalRecorder(self.journal, self.clock)
         self.outputs = self._outputs_factory(config, self.journal, self.clock, self)
         self.outputs.on_alert_sent = self.metrics.observe_alert
-        self.outputs.start()
         self.registry = ModelRegistry(config.versions_dir, config.model.path)
         try:
             self._daemon_lock = self.registry.hold_daemon_lock()
@@ -146,6 +145,9 @@ class App:
                 config.model.path.name,
             )
         end_episodes_left_open(self.journal)  # after the lock: never another running daemon's episodes
+        # Only now the forwarders and the journal keeper: delivered and older than keep_days, a crashed run's
+        # open episode (a line down for a week) would be pruned before its end was journaled.
+        self.outputs.start()
         scorer = self._load_scorer(self._active_path)
         # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
         self._input_size = scorer.model.input_size

@@ -150,7 +150,7 @@ def test_history_page_renders_without_script_errors(page: tuple[Page, BrowserPro
     browser.get_by_label("Verdict").select_option("defect")
     browser.get_by_role("button", name="Show").click()
     browser.wait_for_url(re.compile(r".*verdict=defect.*"))
-    verdicts = browser.locator("table.history tbody tr td:nth-child(7)").all_inner_texts()  # after the part column
+    verdicts = browser.locator("table.history tbody tr td.verdict").all_inner_texts()
     assert verdicts and set(verdicts) == {"defect"}
     assert problems.messages == []
 
