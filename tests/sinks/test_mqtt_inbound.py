@@ -277,7 +277,7 @@ def test_a_label_still_being_handled_when_the_broker_goes_is_delivered_again(
 def test_rejections_are_logged_once_per_burst(
     broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="linewatch.sinks.mqtt_link")
+    caplog.set_level(logging.WARNING, logger="linewatch.sinks.mqtt_commands")
     clock = FakeClock()
     link = make_link(broker, mqtt_prefix, handlers, clock)
     link.start()
