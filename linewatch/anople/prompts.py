@@ -113,7 +113,12 @@ def _pool_index(tower: nn.Module, token_ids: Tensor) -> Tensor:
 
 
 def encode_image(
-    clip: nn.Module, learner: PromptLearner | None, images: Tensor, view_ids: Tensor | None, keep: tuple[int, ...]
+    clip: nn.Module,
+    learner: PromptLearner | None,
+    images: Tensor,
+    view_ids: Tensor | None,
+    keep: tuple[int, ...],
+    in_place: bool | None = None,
 ) -> tuple[Tensor, dict[int, Tensor]]:
     """Prompted vision tower, or the plain one when ``learner`` is None.
 
@@ -122,6 +127,8 @@ def encode_image(
     that block's patch tokens (B, N, d_v). Prompted sequence: [CLS, N patches, view signal, prompts];
     positional embedding on CLS and patches only. Without a learner the sequence is [CLS, N patches] and
     the result is open_clip's own ``encode_image`` and intermediates (tests/anople/test_reference.py).
+    ``in_place`` picks how the deeper prompts enter (None: in place exactly when autograd is off); both
+    ways give the same numbers.
     """
     visual = clip.visual
     batch = images.shape[0]
@@ -142,7 +149,7 @@ def encode_image(
     kept: dict[int, Tensor] = {}
     # Without autograd the prompt slots are overwritten in place: a fresh (B, L, d_v) tensor per layer
     # costs a few percent of throughput in allocation and page faults on the CPU.
-    overwrite = not torch.is_grad_enabled()
+    overwrite = not torch.is_grad_enabled() if in_place is None else in_place
     for index, block in enumerate(visual.transformer.resblocks):
         if learner is not None and 0 < index < depth:
             prompts = learner.vision_prompts(index).to(x.dtype).expand(batch, -1, -1)

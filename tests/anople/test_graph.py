@@ -1,0 +1,68 @@
+"""ScoringGraph: the exportable scoring module equals AnoPLe.predict, and its left-out shot equals a memory
+bank rebuilt without that shot (leave-one-out calibration at the exported precision rests on it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from linewatch.anople.backbone import Backbone
+from linewatch.anople.graph import NO_SHOT_LEFT_OUT, ScoringGraph
+from linewatch.anople.model import AnoPLe
+from linewatch.anople.settings import AnoPLeSettings
+from linewatch.model.preprocess import to_model_tensor
+from tests.conftest import PRODUCT
+
+
+@pytest.fixture(scope="module")
+def two_products(tiny_backbone: Backbone, normal_images: list[np.ndarray]) -> AnoPLe:
+    """Two products with banks of 4 and 2 shots, so the stacked bank pads the second."""
+    torch.manual_seed(1)
+    model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=1), ["plate", "screw"]).eval()
+    size = model.input_size
+    model.build_memory("plate", to_model_tensor(normal_images[:4], size))
+    model.build_memory("screw", to_model_tensor(normal_images[4:6], size).flip(-1))
+    return model
+
+
+def test_graph_equals_predict_on_a_batch_of_mixed_products(
+    two_products: AnoPLe, normal_images: list[np.ndarray], defect_images: list[np.ndarray]
+) -> None:
+    images = to_model_tensor([*normal_images[8:12], *defect_images[:4]], two_products.input_size)
+    ids = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    graph = ScoringGraph(two_products).eval()
+    with torch.inference_mode():
+        expected = two_products.predict(images, ids)
+        score, probability, pixel_map = graph(images, ids, torch.full((8,), NO_SHOT_LEFT_OUT))
+    assert graph.shots == [4, 2] and graph.max_shots == 4
+    assert pixel_map.shape == expected.pixel_map.shape == (8, two_products.input_size, two_products.input_size)
+    torch.testing.assert_close(score, expected.image_score, rtol=0, atol=1e-6)
+    torch.testing.assert_close(probability, expected.global_probability, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pixel_map, expected.pixel_map, rtol=0, atol=1e-6)
+
+
+def test_left_out_shot_equals_a_bank_without_it(trained_model: AnoPLe, normal_images: list[np.ndarray]) -> None:
+    size = trained_model.input_size
+    shots = to_model_tensor(normal_images[:4], size)
+    graph = ScoringGraph(trained_model).eval()
+    ids = torch.zeros(4, dtype=torch.long)
+    with torch.inference_mode():
+        left_out = graph(shots, ids, torch.arange(4))[0]
+        kept = graph(shots, ids, torch.full((4,), NO_SHOT_LEFT_OUT))[0]
+    bank = trained_model.memory[PRODUCT]
+    try:
+        for index in range(4):
+            trained_model.build_memory(PRODUCT, torch.cat([shots[:index], shots[index + 1 :]]))
+            alone = trained_model.predict(shots[index : index + 1], ids[:1]).image_score
+            torch.testing.assert_close(left_out[index : index + 1], alone, rtol=0, atol=1e-6)
+    finally:
+        trained_model.memory[PRODUCT] = bank
+    # A shot scored against a bank holding itself has memory distance ~0, so leaving it out raises its score.
+    assert (left_out > kept).all()
+
+
+def test_graph_needs_every_products_memory_bank(untrained_model: AnoPLe, normal_images: list[np.ndarray]) -> None:
+    untrained_model.build_memory(PRODUCT, to_model_tensor(normal_images[:2], untrained_model.input_size))
+    with pytest.raises(KeyError, match="screw"):
+        ScoringGraph(untrained_model)
