@@ -1,13 +1,18 @@
-"""Images/s of the AnoPLe scorer against the bare open_clip image encoder, measured in one run.
+"""Images/s of the AnoPLe scorer per runtime and precision against the bare PyTorch fp32 encoder, in one run.
 
-Same architecture, input size, batch and device for both; random weights (speed does not depend on
-the values). The scorer does everything the daemon's scorer does per batch: prompted vision tower,
-decoder, memory-bank search (4 shots), fusion, upsampling and blur, global probability.
+Same architecture, input size, batch and device for all; random weights (speed does not depend on the
+values). The scorer does everything the daemon's scorer does per batch: prompted vision tower, decoder,
+memory-bank search (4 shots), fusion, upsampling and blur, global probability. The OpenVINO scorer is the
+exported graph (:mod:`linewatch.model.openvino_graph`); INT8 is quantised on random inputs here, which
+changes its accuracy, not its speed. All cells are timed in alternating rounds, so machine drift hits
+them alike.
 
-    python benchmarks/scorer_throughput.py                       # CPU, fp32, the issue's table
-    python benchmarks/scorer_throughput.py --device cuda --precision bf16 --batches 1 8 32 64 128 256
+    python benchmarks/scorer_throughput.py --models ViT-B-16-plus-240 --batches 8 \\
+        --runtime torch openvino --precision fp32 bf16 int8 --threads 2
+    python benchmarks/scorer_throughput.py --device cuda --runtime torch --precision bf16 --batches 8 64
 
-Target (CPU, full-size models, batch 8): scorer >= 0.85 x bare encoder.
+Targets (CPU, ViT-B-16-plus-240, batch 8): OpenVINO bf16 scorer >= 2.2 x the bare PyTorch fp32 encoder,
+INT8 >= 3.8 x; the PyTorch fp32 scorer >= 0.85 x.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from linewatch.anople.backbone import load_random_backbone
+from linewatch.anople.graph import ScoringGraph
 from linewatch.anople.model import AnoPLe
 from linewatch.anople.settings import AnoPLeSettings
 
@@ -28,10 +35,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _interleaved(steps: dict[str, Callable[[], None]], device: torch.device, min_seconds: float, reps: int):
-    """Seconds per call of each step, timed in alternating rounds so machine drift hits both alike.
-
-    Returns the median seconds per step over the rounds (after one warm-up call each).
-    """
+    """Median seconds per call of each step over alternating rounds (after one warm-up call each)."""
 
     def once(step: Callable[[], None]) -> float:
         started = time.perf_counter()
@@ -52,53 +56,94 @@ def _interleaved(steps: dict[str, Callable[[], None]], device: torch.device, min
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def bench_model(
-    name: str, batches: list[int], device: torch.device, precision: str, min_seconds: float, reps: int
-) -> None:
+def _openvino_steps(
+    model: AnoPLe, precisions: list[str], batch: int, threads: int
+) -> dict[str, Callable[[np.ndarray, np.ndarray], object]]:
+    from linewatch.model import openvino_graph
+
+    graph = ScoringGraph(model).eval()
+    size = model.input_size
+    example = (torch.rand(2, 3, size, size), torch.zeros(2, dtype=torch.long), torch.full((2,), -1))
+    converted = openvino_graph.convert(graph, example)
+    runners = {}
+    for precision in precisions:
+        ov_model = converted
+        if precision == "int8":
+            calibration = [
+                (
+                    np.random.default_rng(i).random((batch, 3, size, size), dtype=np.float32),
+                    np.zeros(batch, np.int64),
+                    np.full(batch, -1, np.int64),
+                )
+                for i in range(4)
+            ]
+            ov_model = openvino_graph.quantize_int8(converted, calibration, graph.tower_length)
+        compiled = openvino_graph.CompiledGraph(ov_model, precision, threads=threads)
+        runners[f"openvino {precision}"] = compiled.run
+    return runners
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
     backbone = load_random_backbone(name, seed=0)
     model = AnoPLe(backbone, AnoPLeSettings(), ["part"]).to(device).eval()
     size = model.input_size
     model.build_memory("part", torch.rand(4, 3, size, size, device=device))
     model.refresh_text_cache()
-    dtype = DTYPES[precision]
-    autocast = (lambda: torch.autocast(device_type=device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    for batch in batches:
+    for batch in args.batches:
         images = torch.rand(batch, 3, size, size, device=device)
         normalised = (images - model.mean) / model.std
         ids = torch.zeros(batch, dtype=torch.long)
+        steps: dict[str, Callable[[], None]] = {}
 
         def bare(normalised: torch.Tensor = normalised) -> None:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode():
                 model.clip.encode_image(normalised)
 
-        def scorer(images: torch.Tensor = images, ids: torch.Tensor = ids) -> None:
-            with autocast():
-                model.predict(images, ids)
+        steps["bare torch fp32"] = bare
+        if "torch" in args.runtime:
+            for precision in args.precision:
+                dtype = DTYPES.get(precision)
+                if precision == "int8" or (device.type == "cpu" and dtype is not None):
+                    continue  # bf16 autocast on the CPU runs at a quarter of fp32's speed: not a scorer option
+                autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-        seconds = _interleaved({"bare": bare, "scorer": scorer}, device, min_seconds, reps)
-        bare_rate, scorer_rate = batch / seconds["bare"], batch / seconds["scorer"]
-        print(
-            f"{name:<20} {batch:>5} {bare_rate:>10.2f} {scorer_rate:>10.2f} {scorer_rate / bare_rate:>7.3f}", flush=True
-        )
+                def scorer(images: torch.Tensor = images, ids: torch.Tensor = ids, autocast=autocast) -> None:
+                    with autocast:
+                        model.predict(images, ids)
+
+                steps[f"torch {precision}"] = scorer
+        if "openvino" in args.runtime and device.type == "cpu":
+            wanted = [p for p in args.precision if p in ("fp32", "bf16", "int8")]
+            arrays = (images.numpy(), ids.numpy())
+            for label, run in _openvino_steps(model, wanted, batch, args.threads or 0).items():
+                steps[label] = lambda run=run, arrays=arrays: run(*arrays)
+        seconds = _interleaved(steps, device, args.min_seconds, args.reps)
+        bare_rate = batch / seconds["bare torch fp32"]
+        for label, value in seconds.items():
+            rate = batch / value
+            print(f"{name:<20} {batch:>5} {label:<18} {rate:>10.2f} {rate / bare_rate:>7.2f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["linewatch-tiny", "ViT-B-16", "ViT-B-16-plus-240"])
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--models", nargs="+", default=["linewatch-tiny", "ViT-B-16-plus-240"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[8])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--runtime", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino"])
+    parser.add_argument(
+        "--precision", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "fp16", "int8"]
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch and OpenVINO threads (default: all cores)")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timing per cell")
     parser.add_argument("--reps", type=int, default=3, help="minimum timed repetitions per cell")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device {device}, precision {args.precision}, torch threads {torch.get_num_threads()}")
-    print(f"{'model':<20} {'batch':>5} {'bare img/s':>10} {'scorer':>10} {'ratio':>7}")
+    print(f"device {device}, torch threads {torch.get_num_threads()}, random weights")
+    print(f"{'model':<20} {'batch':>5} {'runtime':<18} {'img/s':>10} {'x bare':>7}")
     for name in args.models:
-        bench_model(name, args.batches, device, args.precision, args.min_seconds, args.reps)
+        bench_model(name, args, device)
 
 
 if __name__ == "__main__":

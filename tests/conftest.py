@@ -129,3 +129,26 @@ def image_folder(root: Path, images: list[np.ndarray]) -> Path:
     for index, image in enumerate(images):
         write_image(root / f"{index:03d}.png", image)
     return root
+
+
+@pytest.fixture(scope="session")
+def exportable_artifact(
+    trained_model: AnoPLe, normal_images: list[np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """``trained_model`` saved as an artifact whose shots and 20 held-out normals are files it records, as
+    ``linewatch train`` writes them: an export calibrates again on those files. Copy it before changing it."""
+    from linewatch import __version__
+    from linewatch.anople.artifact import ArtifactInfo, ProductRecord, save_artifact
+    from linewatch.model.training import calibrate_product
+
+    root = tmp_path_factory.mktemp("exportable")
+    folder = image_folder(root / "normals", normal_images)
+    records = [{"file": p.name, "path": str(p), "sha256": sha256_of(p)} for p in sorted(folder.glob("*.png"))]
+    calibration = calibrate_product(trained_model, PRODUCT, normal_images[4:], normal_images[:4], 0.05, seed=0)
+    info = ArtifactInfo(
+        products={PRODUCT: ProductRecord(PRODUCT, calibration, records[:4], records[4:])},
+        training={"seed": 0, "steps": TRAINED_STEPS},
+        linewatch_version=__version__,
+    )
+    save_artifact(trained_model, info, root / "model")
+    return root / "model"

@@ -55,7 +55,7 @@ def _image_record(path: Path) -> dict[str, str]:
     return {"file": path.name, "path": str(path.resolve()), "sha256": file_sha256(path)}
 
 
-def _augmented(images: list[np.ndarray], seed: int) -> list[np.ndarray]:
+def augmented_shots(images: list[np.ndarray], seed: int) -> list[np.ndarray]:
     """Small shifts and brightness changes of the shots: a stand-in for held-out normals."""
     rng = np.random.default_rng(seed)
     variants = []
@@ -97,7 +97,7 @@ def calibrate_product(
         source, normals = "leave-one-out shots", to_model_tensor(shots, model.input_size)
         scores, maxima = leave_one_out_scores(model, product, normals)
     else:
-        source, normals = "augmented shots", to_model_tensor(_augmented(shots, seed), model.input_size)
+        source, normals = "augmented shots", to_model_tensor(augmented_shots(shots, seed), model.input_size)
         scores, maxima = score_tensors(model, normals, product)
     generator = torch.Generator().manual_seed(seed)
     simulated, _, labels = simulate_anomalies(normals, 1.0, generator)
