@@ -4,7 +4,7 @@ The pipeline is the real daemon (App): camera reader threads -> batcher -> scori
 -> journal (SQLite, synchronous=FULL) -> logging forwarder (silenced here). Frames are synthetic
 640x480 images, generated once and replayed, so the generator's own cost does not hide the pipeline's.
 
-    python benchmarks/pipeline_throughput.py
+    python benchmarks/pipeline_throughput.py [--runtime openvino --precision fp32]
 
 1. Throughput: each camera is paced at 1.25x its share of the scorer-alone rate (the pipeline is
    saturated, as on a busy line), queue policy; frames/s = verdicts journaled per second.
@@ -114,11 +114,14 @@ def _model(root: Path, frames: list[np.ndarray]) -> Path:
     return out
 
 
+RUNTIME = {"runtime": "torch", "precision": "fp32"}  # set from the command line: [scoring] runtime and precision
+
+
 def _config(root: Path, model: Path, cameras: int, fps: float, max_wait_ms: float, cpu_threads: int) -> Config:
     return Config(
         site=SiteSection(site="bench", line="l1", data_dir=root / f"data-{time.monotonic_ns()}"),
         model=ModelSection(path=model, backbone=TINY_MODEL, pretrained="none"),
-        scoring=ScoringSection(batch_max_size=BATCH, batch_max_wait_ms=max_wait_ms, cpu_threads=cpu_threads),
+        scoring=ScoringSection(batch_max_size=BATCH, batch_max_wait_ms=max_wait_ms, cpu_threads=cpu_threads, **RUNTIME),
         journal=JournalSection(),
         mqtt=MqttSection(enabled=False),  # the SQLite store and evidence writer run; no broker is assumed
         http=HttpSection(port=0),
@@ -185,7 +188,10 @@ def main() -> None:
     )
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput table")
     parser.add_argument("--cpu-threads", type=int, default=0, help="[scoring] cpu_threads (0: cores - 1)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "openvino"], help="[scoring] runtime")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"], help="[scoring] precision")
     args = parser.parse_args()
+    RUNTIME.update(runtime=args.runtime, precision=args.precision)
     logging.getLogger().setLevel(logging.ERROR)
     product = SyntheticProduct(style_seed=0, width=640, height=480)
     rng = np.random.default_rng(0)
@@ -193,11 +199,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = _model(root, frames)
-        real = Scorer.from_artifact(model, root / "models")
         threads = apply_cpu_threads(
             _config(root, model, 1, 10.0, args.max_wait_ms, args.cpu_threads)
         )  # the scorer alone too
-        print(f"batch max size {BATCH}, max wait {args.max_wait_ms} ms, {threads} torch thread(s)")
+        real = Scorer.from_artifact(model, root / "models", runtime=args.runtime, precision=args.precision)
+        print(
+            f"batch max size {BATCH}, max wait {args.max_wait_ms} ms, {threads} thread(s), "
+            f"{args.runtime} {args.precision}"
+        )
         print(f"{'scorer':<8} {'cameras':>7} {'alone f/s':>10} {'pipeline f/s':>12} {'ratio':>6} {'p99 ms':>7}")
         for name, scorer in () if args.latency_only else (("no-op", NoOpScorer(real)), ("tiny", real)):
             alone = scorer_alone(scorer, frames, args.seconds)

@@ -68,10 +68,16 @@ class ModelSection(_Section):
     backbone: StrictStr = "ViT-B-16-plus-240"  # open_clip model name
     pretrained: StrictStr = "laion400m_e32"  # pretrained tag; "none" = random weights (demo, tests)
     weights: Path | None = None  # an explicit .safetensors file instead of models_dir
-    device: StrictStr = "cpu"  # "cpu" or "cuda[:N]"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 and fp16 on CUDA only
+    device: StrictStr = "cpu"  # "cpu" or "cuda[:N]" (runtime "torch")
     target_frr: Number = Field(0.01, ge=0.0, lt=1.0)  # share of normal parts rejected at the calibrated threshold
     thresholds: dict[StrictStr, Number] = {}  # per product, replaces the calibrated threshold; SIGHUP reloads it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_moved(cls, data: object) -> object:
+        if isinstance(data, dict) and "precision" in data:
+            raise ValueError('precision moved to [scoring] precision (with [scoring] runtime = "torch" | "openvino")')
+        return data
 
 
 class DemoSection(_Section):
@@ -101,7 +107,17 @@ class ScoringSection(_Section):
     # Waiting longer adds latency one for one and bought no throughput (benchmarks/pipeline_throughput.py).
     batch_max_wait_ms: Number = Field(0.0, ge=0.0, le=10_000.0)
     bootstrap_demo_model: StrictBool = False  # train a tiny random-weight demo model when [model].path is missing
-    cpu_threads: StrictInt = Field(0, ge=0)  # torch threads for CPU scoring; 0 = all cores but one
+    cpu_threads: StrictInt = Field(0, ge=0)  # torch and OpenVINO threads for CPU scoring; 0 = all cores but one
+    runtime: Literal["torch", "openvino"] = "torch"  # openvino: the exported graph, CPU only (docs/model.md)
+    # torch: fp32, or bf16/fp16 on CUDA; openvino: fp32, bf16 (CPUs with bf16) or int8, each with its own threshold
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
+
+    @model_validator(mode="after")
+    def _precision_fits_runtime(self) -> ScoringSection:
+        allowed = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16", "int8")}[self.runtime]
+        if self.precision not in allowed:
+            raise ValueError(f"runtime {self.runtime!r} scores in {', '.join(allowed)}, not {self.precision!r}")
+        return self
 
 
 class EventsSection(_Section):
@@ -383,6 +399,15 @@ class Config(_Section):
             raise ValueError(
                 f"web.review_hours ({self.web.review_hours:g}) must not exceed journal.keep_days "
                 f"({self.journal.keep_days:g} days): older items can no longer be labelled"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _openvino_on_the_cpu(self) -> Config:
+        if self.scoring.runtime == "openvino" and not self.model.device.startswith("cpu"):
+            raise ValueError(
+                f'scoring.runtime "openvino" scores on the CPU, but model.device is {self.model.device!r}; '
+                'on a GPU use runtime "torch"'
             )
         return self
 

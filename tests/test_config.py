@@ -52,7 +52,7 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, ""))
     assert config == Config()
     assert config.model == ModelSection() and config.demo == DemoSection()
-    assert config.model.precision == "fp32" and config.model.weights is None
+    assert config.scoring.runtime == "torch" and config.scoring.precision == "fp32" and config.model.weights is None
 
 
 def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
@@ -86,9 +86,40 @@ def test_wrong_type_names_the_key(tmp_path: Path, text: str, path: str) -> None:
 
 
 def test_precision_must_be_one_of_the_allowed(tmp_path: Path) -> None:
-    message = _error(tmp_path, '[model]\nprecision = "fp64"\n')
-    assert "model.precision" in message
-    assert all(allowed in message for allowed in ("'fp32'", "'bf16'", "'fp16'"))
+    message = _error(tmp_path, '[scoring]\nprecision = "fp64"\n')
+    assert "scoring.precision" in message
+    assert all(allowed in message for allowed in ("'fp32'", "'bf16'", "'fp16'", "'int8'"))
+
+
+def test_precision_under_model_says_where_it_moved(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[model]\nprecision = "fp32"\n')
+    assert "precision moved to [scoring] precision" in message
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision", "accepted"),
+    [
+        ("torch", "fp32", True),
+        ("torch", "bf16", True),
+        ("torch", "int8", False),
+        ("openvino", "fp32", True),
+        ("openvino", "bf16", True),
+        ("openvino", "int8", True),
+        ("openvino", "fp16", False),
+    ],
+)
+def test_precision_must_fit_the_runtime(tmp_path: Path, runtime: str, precision: str, accepted: bool) -> None:
+    text = f'[scoring]\nruntime = "{runtime}"\nprecision = "{precision}"\n'
+    if accepted:
+        scoring = load_config(_config(tmp_path, text)).scoring
+        assert (scoring.runtime, scoring.precision) == (runtime, precision)
+    else:
+        assert f"runtime '{runtime}' scores in" in _error(tmp_path, text)
+
+
+def test_openvino_on_a_gpu_device_is_refused(tmp_path: Path) -> None:
+    message = _error(tmp_path, '[model]\ndevice = "cuda"\n[scoring]\nruntime = "openvino"\n')
+    assert "scores on the CPU" in message and "'cuda'" in message
 
 
 @pytest.mark.parametrize("value", ["1.0", "1.5", "-0.1"])
@@ -109,8 +140,8 @@ def test_demo_counts_must_be_positive(tmp_path: Path, key: str) -> None:
 
 
 def test_every_bad_key_is_listed(tmp_path: Path) -> None:
-    message = _error(tmp_path, '[model]\nfoo = 1\nprecision = "int8"\n[demo]\nshots = 0\n')
-    assert "model.foo" in message and "model.precision" in message and "demo.shots" in message
+    message = _error(tmp_path, '[model]\nfoo = 1\ndevice = 5\n[demo]\nshots = 0\n')
+    assert "model.foo" in message and "model.device" in message and "demo.shots" in message
 
 
 @pytest.mark.parametrize("text", ["[demo]\nsteps = true\n", '[demo]\nshots = "3"\n'])

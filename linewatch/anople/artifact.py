@@ -207,6 +207,39 @@ def _load_tensors(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: corrupt safetensors file ({error})") from error
 
 
+@dataclass(frozen=True)
+class ArtifactSummary:
+    """What a runtime needs to know of a model without building it: products in index order, the
+    backbone it was trained on, its input size, and the recorded info."""
+
+    products: list[str]
+    backbone: BackboneSpec
+    input_size: int
+    info: ArtifactInfo
+
+
+def read_artifact(directory: Path) -> ArtifactSummary:
+    """The manifest's contents, checked as :func:`load_artifact` checks them, without torch tensors: an
+    exported model scores without the PyTorch model."""
+    manifest = read_manifest(directory)
+    spec = backbone_spec_of(manifest, directory)
+    products, _ = _products(manifest["products"], directory / MANIFEST)
+    size = manifest["backbone"].get("input_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ArtifactError(f"{directory / MANIFEST}: backbone.input_size must be a positive integer, got {size!r}")
+    return ArtifactSummary(list(products), spec, size, _info(manifest, products))
+
+
+def _info(manifest: dict[str, Any], products: dict[str, ProductRecord]) -> ArtifactInfo:
+    return ArtifactInfo(
+        products=products,
+        training=manifest["training"],
+        metrics=manifest.get("metrics", {}),
+        created_at=manifest.get("created_at", ""),
+        linewatch_version=manifest.get("linewatch_version", ""),
+    )
+
+
 def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPLe, ArtifactInfo]:
     """Rebuild the model exactly as saved. ``load_backbone`` resolves the recorded backbone spec to
     weights; the sha256 of what it loaded must equal the recorded one."""
@@ -249,11 +282,4 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
         model.memory[product] = bank
     model.eval()
     model.refresh_text_cache()
-    info = ArtifactInfo(
-        products=products,
-        training=manifest["training"],
-        metrics=manifest.get("metrics", {}),
-        created_at=manifest.get("created_at", ""),
-        linewatch_version=manifest.get("linewatch_version", ""),
-    )
-    return model, info
+    return model, _info(manifest, products)

@@ -59,10 +59,11 @@ def run_demo(config_path: Path) -> int:
             )
     else:
         _log(f"reusing the model in {demo.model_path} (delete it to retrain)")
+    scoring = config.scoring
     scorer = Scorer.from_artifact(
-        demo.model_path, model_cfg.models_dir, model_cfg.device, model_cfg.precision, model_cfg.weights
+        demo.model_path, model_cfg.models_dir, model_cfg.device, scoring.precision, model_cfg.weights, scoring.runtime
     )
-    announce_random(scorer.model.backbone_spec.is_random)
+    announce_random(scorer.backbone_spec.is_random)
     if demo.product not in scorer.products:
         raise KeyError(f"[demo] product {demo.product!r} is not in {demo.model_path} (holds {scorer.products})")
     for stale in (test_dir, demo.data_dir / "heatmaps"):
@@ -80,7 +81,7 @@ def run_demo(config_path: Path) -> int:
                 overlay = heatmap_overlay(image, result.pixel_map, result.pixel_threshold)
                 write_image(demo.data_dir / "heatmaps" / kind / path.name, overlay)
                 rows.append({"kind": kind, "path": str(path), "score": result.score, "verdict": result.verdict})
-    report = _report(rows, scorer.info.threshold(demo.product))
+    report = _report(rows, scorer.threshold(demo.product))
     (demo.data_dir / "report.json").write_text(json.dumps({"summary": report, "images": rows}, indent=2) + "\n")
     print(f"{'kind':<16} {'images':>6} {'flagged':>8} {'mean score':>11}")
     for kind, stats in report["per_kind"].items():

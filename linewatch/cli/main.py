@@ -143,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
     score.add_argument("--heatmaps", type=Path, help="write heatmap overlays into this folder")
     score.add_argument("--batch-size", type=positive_int, default=8)
-    score.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    score.add_argument("--runtime", default="torch", choices=["torch", "openvino"], help="openvino: the model's export")
+    score.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"], help="torch: bf16/fp16 on CUDA only"
+    )
     score.set_defaults(func=lazy("linewatch.cli.model", "cmd_score"))
 
     model = commands.add_parser("model", help="backbone weights and trained models")
@@ -166,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
         sub.set_defaults(func=lazy("linewatch.cli.model", name))
+    export_cmd = model_commands.add_parser(
+        "export", help="export a model to OpenVINO (fp32, bf16, int8), calibrated and parity-checked"
+    )
+    export_cmd.add_argument("model", type=Path, help="model directory; the export goes into its exports/ folder")
+    export_cmd.add_argument("--runtime", default="openvino", choices=["openvino"])
+    export_cmd.add_argument("--precision", nargs="+", required=True, choices=["fp32", "bf16", "int8"])
+    export_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where backbone weights live")
+    export_cmd.add_argument("--weights", type=Path, help="explicit backbone .safetensors file instead of models/")
+    export_cmd.set_defaults(func=lazy("linewatch.cli.model", "cmd_model_export"))
     rollback = model_commands.add_parser("rollback", help="put the previous (or a named) model version back")
     rollback.add_argument("version", nargs="?", help="folder name or NAME@HASH (default: the one active before)")
     rollback.add_argument("--config", type=Path, default=Path("config.toml"))
@@ -186,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit-test", type=positive_int, help="score at most N test images per class (smoke runs)")
     evaluate.add_argument("--eval-size", type=positive_int, default=256, help="maps and masks compared at this size")
     evaluate.add_argument("--batch-size", type=positive_int, default=16)
+    evaluate.add_argument("--runtime", default="torch", choices=["torch", "openvino"], help="what scores each cell")
+    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"])
     evaluate.add_argument("--name", action="append", default=[], help="prompt words for a class: CLASS=WORDS")
     evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="results and the resumable cell cache")
     evaluate.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")

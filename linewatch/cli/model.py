@@ -77,15 +77,15 @@ def _heatmap_name(path: Path, used: set[str]) -> str:
 
 def cmd_score(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
-    scorer = Scorer.from_artifact(args.model, args.models_dir, args.device, args.precision, args.weights)
-    random_backbone = scorer.model.backbone_spec.is_random
+    scorer = Scorer.from_artifact(args.model, args.models_dir, args.device, args.precision, args.weights, args.runtime)
+    random_backbone = scorer.backbone_spec.is_random
     announce_random(random_backbone)
     product = args.product
     if product is None:
         if len(scorer.products) != 1:
             raise KeyError(f"this model holds several products {scorer.products}; choose one with --product")
         product = scorer.products[0]
-    scorer.model.product_index(product)
+    scorer.product_index(product)
     results: list[dict[str, object]] = []
     failures = 0
     used_names: set[str] = set()
@@ -160,9 +160,11 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
+    from linewatch.model.export import describe_exports
+
     target: Path = args.target
     if target.is_dir():
-        print(json.dumps(describe_artifact(target), indent=2))
+        print(json.dumps({**describe_artifact(target), "exports": describe_exports(target)}, indent=2))
         return 0
     if target.suffix == ".safetensors" and target.is_file():
         print(json.dumps(describe_weights(target), indent=2))
@@ -172,6 +174,27 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         print(json.dumps(describe_weights(candidate), indent=2))
         return 0
     raise ArtifactError(f"{target}: neither a model directory, a weights file, nor MODEL/TAG under {args.models_dir}")
+
+
+def cmd_model_export(args: argparse.Namespace) -> int:
+    """Export, calibrate and parity-check at each precision; a refused precision ends the command (exit 2)
+    with the numbers, the precisions before it stay exported."""
+    from linewatch.anople.artifact import load_artifact
+    from linewatch.model.export import export_dir, export_openvino
+    from linewatch.model.weights import backbone_loader
+
+    model, info = load_artifact(args.model, backbone_loader(args.models_dir, args.weights))
+    announce_random(model.backbone_spec.is_random)
+    for precision in args.precision:
+        record = export_openvino(args.model, model, info, precision, log=lambda line: print(line, file=sys.stderr))
+        print(f"{export_dir(args.model, args.runtime, precision)}: {record.parity.describe()}")
+        for product, calibration in record.calibrations.items():
+            print(
+                f"  {product}: threshold {calibration.threshold:.5f} (PyTorch fp32: "
+                f"{info.products[product].calibration.threshold:.5f}), pixel threshold "
+                f"{calibration.pixel_threshold:.5f}, from {calibration.n_normals} {calibration.source}"
+            )
+    return 0
 
 
 def _name_overrides(pairs: list[str]) -> dict[str, str]:
@@ -204,6 +227,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit_test=args.limit_test,
         multi_class=args.multi_class,
         device=args.device,
+        runtime=args.runtime,
+        precision=args.precision,
     )
     groups = 1 if args.multi_class else len(splits)
     cached = 0
@@ -231,6 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "eval": {**vars(settings), "shots": list(settings.shots), "seeds": list(settings.seeds)},
     }
     table = write_outputs(args.out, results, run_info)
+    print(f"runtime {settings.runtime} {settings.precision}")
     print(text_tables(table))
     print(f"{cached} cell(s) from the cache; results, tables and heatmaps in {args.out}")
     return 0

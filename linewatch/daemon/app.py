@@ -150,7 +150,7 @@ class App:
         self.outputs.start()
         scorer = self._load_scorer(self._active_path)
         # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
-        self._input_size = scorer.model.input_size
+        self._input_size = scorer.input_size
         self.batcher = Batcher(config.scoring.batch_max_size, config.scoring.batch_max_wait_ms / 1000, self.clock)
         self.worker = ScoringWorker(
             scorer,
@@ -163,9 +163,7 @@ class App:
         )
         self.worker.warm_up(config.scoring.batch_max_size)
         self.last_progress = self.clock.monotonic()
-        self.metrics.set_model(
-            self.worker.model_version, scorer.model.backbone_spec.model_name, self._active_thresholds()
-        )
+        self.metrics.set_model(self.worker.model_version, scorer.backbone_spec.model_name, self._active_thresholds())
         self._start_retraining()
         self._publish_model_state()
         if scorer_thread:
@@ -217,7 +215,7 @@ class App:
         assert self.worker is not None
         scorer = self._serving[0] if self._serving is not None else self.worker.scorer
         version = self._serving[1] if self._serving is not None else self.worker.model_version
-        spec = scorer.model.backbone_spec
+        spec = scorer.backbone_spec
         return {
             "version": version,
             "path": str(self._active_path),
@@ -225,6 +223,7 @@ class App:
             "pretrained": spec.pretrained,
             "backbone_sha256": spec.weights_sha256,
             "random_weights": spec.is_random,
+            "runtime": f"{scorer.runtime} {scorer.precision}",
             "thresholds": {product: scorer.threshold(product) for product in scorer.products},
             "calibration_warnings": calibration_warnings(scorer.info),
             "trained_at": scorer.info.created_at,
@@ -242,10 +241,12 @@ class App:
 
     # ---- models: loading, retraining, rollback -------------------------------------------------------
     def _load_scorer(self, path: Path) -> Scorer:
-        model = self.config.model
-        scorer = Scorer.from_artifact(path, model.models_dir, model.device, model.precision, model.weights)
+        model, scoring = self.config.model, self.config.scoring
+        scorer = Scorer.from_artifact(
+            path, model.models_dir, model.device, scoring.precision, model.weights, scoring.runtime
+        )
         scorer.set_threshold_overrides(dict(model.thresholds))
-        if scorer.model.backbone_spec.is_random:
+        if scorer.backbone_spec.is_random:
             log.warning("model %s runs on RANDOM backbone weights: a demo model, not for real parts", path)
         return scorer
 
@@ -256,7 +257,7 @@ class App:
         self._active_path = path
         self._serving = (scorer, version)
         log.info("model %s goes into service at the next batch", version)
-        self.metrics.set_model(version, scorer.model.backbone_spec.model_name, self._active_thresholds())
+        self.metrics.set_model(version, scorer.backbone_spec.model_name, self._active_thresholds())
         self._publish_model_state()
 
     def _on_retrain_news(self, news: dict[str, object]) -> None:
@@ -265,9 +266,10 @@ class App:
             self.metrics.observe_retrain(str(news["status"]), self.clock.now().timestamp())
         self._publish_model_state()
 
-    def _active_thresholds(self) -> dict[str, float]:
+    def _active_thresholds(self, for_gate: bool = False) -> dict[str, float]:
         scorer = self._serving[0] if self._serving is not None else self.worker.scorer  # type: ignore[union-attr]
-        return {product: scorer.threshold(product) for product in scorer.products}
+        pick = scorer.gate_threshold if for_gate else scorer.threshold
+        return {product: pick(product) for product in scorer.products}
 
     def _start_retraining(self) -> None:
         assert self.outputs is not None
@@ -279,7 +281,7 @@ class App:
             self._load_scorer,
             self._swap_model,
             self._on_retrain_news,
-            self._active_thresholds,
+            lambda: self._active_thresholds(for_gate=True),
             self.stop_event,
             **({"command": self._retrain_command} if self._retrain_command is not None else {}),
         )

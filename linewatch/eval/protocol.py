@@ -43,6 +43,18 @@ class EvalSettings:
     limit_test: int | None = None
     multi_class: bool = False
     device: str = "cpu"
+    runtime: str = "torch"  # "openvino": each cell's model compiled at ``precision`` before it scores
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        allowed = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16", "int8")}.get(self.runtime)
+        if allowed is None or self.precision not in allowed:
+            raise ValueError(f"runtime {self.runtime!r} scores in {allowed or ()}, not in {self.precision!r}")
+        on_cpu = torch.device(self.device).type == "cpu"
+        if self.runtime == "openvino" and not on_cpu:
+            raise ValueError(f"runtime openvino scores on the CPU; device {self.device!r} needs runtime torch")
+        if self.runtime == "torch" and on_cpu and self.precision != "fp32":
+            raise ValueError(f"precision {self.precision!r} on the CPU needs runtime openvino")
 
 
 @dataclass
@@ -70,6 +82,7 @@ def fingerprint(backbone: Backbone, model_settings: AnoPLeSettings, settings: Ev
         "eval_size": settings.eval_size,
         "limit_test": settings.limit_test,
         "multi_class": settings.multi_class,
+        "runtime": [settings.runtime, settings.precision],
         "class": split.name,
         "prompt": split.prompt_name,
         "n_train": len(split.train_normals),
@@ -98,15 +111,43 @@ class _Scored:
     maps: np.ndarray  # (N, E, E) float32
 
 
-def _score_split(model: AnoPLe, product: str, samples: list[TestSample], settings: EvalSettings) -> _Scored:
+# (B, 3, S, S) images, (B,) product ids -> image scores (B,), maps (B, E, E) at the eval size
+Predict = Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]]
+
+
+def _predictor(model: AnoPLe, shots: dict[str, list[np.ndarray]], settings: EvalSettings) -> Predict:
+    """How a cell's model scores: PyTorch (autocast precisions on CUDA), or compiled by OpenVINO."""
+    if settings.runtime == "openvino":
+        from linewatch.model.export import openvino_runner
+
+        tensors = {name: to_model_tensor(images, model.input_size) for name, images in shots.items()}
+        run = openvino_runner(model.to("cpu"), settings.precision, tensors, settings.eval_size)
+
+        def compiled(images: torch.Tensor, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+            score, _, pixel_map = run(images.numpy(), ids.numpy(), np.full(ids.shape, -1, dtype=np.int64))
+            return score, pixel_map
+
+        return compiled
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
+
+    def eager(images: torch.Tensor, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
+            prediction = model.predict(images, ids, out_size=settings.eval_size)
+        return prediction.image_score.float().cpu().numpy(), prediction.pixel_map.float().cpu().numpy()
+
+    return eager
+
+
+def _score_split(
+    predict: Predict, product_id: int, size: int, samples: list[TestSample], settings: EvalSettings
+) -> _Scored:
     scores, maps = [], []
-    product_id = model.product_index(product)
     for start in range(0, len(samples), settings.batch_size):
         chunk = samples[start : start + settings.batch_size]
-        images = to_model_tensor([read_rgb(sample.path) for sample in chunk], model.input_size)
-        prediction = model.predict(images, torch.full((len(chunk),), product_id), out_size=settings.eval_size)
-        scores.append(prediction.image_score.float().cpu().numpy())
-        maps.append(prediction.pixel_map.float().cpu().numpy())
+        images = to_model_tensor([read_rgb(sample.path) for sample in chunk], size)
+        score, pixel_map = predict(images, torch.full((len(chunk),), product_id))
+        scores.append(score)
+        maps.append(pixel_map)
     return _Scored(samples, np.concatenate(scores), np.concatenate(maps))
 
 
@@ -160,7 +201,7 @@ def _normal_threshold(scored: _Scored) -> float | None:
 
 def _train_cell(
     backbone: Backbone, model_settings: AnoPLeSettings, splits: Sequence[ClassSplit], shots: int, seed: int, device: str
-) -> tuple[AnoPLe, dict[str, list[Path]]]:
+) -> tuple[AnoPLe, dict[str, list[Path]], dict[str, list[np.ndarray]]]:
     chosen = {}
     for split in splits:
         if len(split.train_normals) < shots:
@@ -175,7 +216,7 @@ def _train_cell(
     train(model, {name: to_model_tensor(batch, 2 * model.input_size) for name, batch in images.items()}, seed)
     for name, batch in images.items():
         model.build_memory(name, to_model_tensor(batch, model.input_size))
-    return model.eval(), chosen
+    return model.eval(), chosen, images
 
 
 def _cell_path(out: Path, label: str, shots: int, seed: int) -> Path:
@@ -218,12 +259,13 @@ def run_protocol(
                         on_cell(f"{label} k={shots} seed={seed}", True)
                     continue
                 started = time.monotonic()
-                model, chosen = _train_cell(backbone, model_settings, group, shots, seed, settings.device)
+                model, chosen, shot_images = _train_cell(backbone, model_settings, group, shots, seed, settings.device)
+                predict = _predictor(model, shot_images, settings)
                 cell = []
                 for split in group:
                     shot_set = set(chosen[split.name])
                     samples = limited([s for s in split.test if s.path not in shot_set], settings.limit_test)
-                    scored = _score_split(model, split.name, samples, settings)
+                    scored = _score_split(predict, model.product_index(split.name), model.input_size, samples, settings)
                     measured = _measure(split, scored, settings.eval_size)
                     if shots == max(settings.shots) and seed == settings.seeds[0]:
                         write_examples(out, split, scored, _normal_threshold(scored))

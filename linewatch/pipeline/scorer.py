@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from linewatch.anople.artifact import ArtifactInfo, load_artifact
+from linewatch.anople.artifact import ArtifactInfo, load_artifact, read_artifact
+from linewatch.anople.backbone import BackboneSpec
 from linewatch.anople.model import AnoPLe
 from linewatch.clock import Clock
 from linewatch.model.preprocess import to_model_tensor
 from linewatch.model.weights import backbone_loader
+from linewatch.pipeline.engines import Engine, OpenVinoEngine, TorchEngine
 from linewatch.types import Batch, Verdict, VerdictLabel
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFECT = "defect"
 NORMAL = "normal"
 
@@ -35,23 +35,24 @@ class ScoredImage:
 
 
 class Scorer:
-    """Owns one model on one device. Text embeddings are cached at load; only the vision tower runs."""
+    """One model behind one engine (:mod:`linewatch.pipeline.engines`). Thresholds are the engine's own
+    calibration unless the operator overrides them."""
 
-    def __init__(self, model: AnoPLe, info: ArtifactInfo, device: str = "cpu", precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        torch_device = torch.device(device)
-        if torch_device.type == "cpu" and precision != "fp32":
-            raise ValueError(f"precision {precision!r} needs a CUDA device; use fp32 on the CPU")
-        if torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        self.model = model.to(torch_device).eval()
+    def __init__(
+        self, engine: Engine, info: ArtifactInfo, products: list[str], backbone: BackboneSpec, input_size: int
+    ) -> None:
+        self.engine = engine
         self.info = info
-        self.device = torch_device
-        self.precision = precision
+        self.products = list(products)
+        self.backbone_spec = backbone
+        self.input_size = input_size
         self._threshold_overrides: dict[str, float] = {}
-        if self.model.text_cache is None:  # load_artifact and train already computed it
-            self.model.refresh_text_cache()
+
+    @classmethod
+    def for_model(cls, model: AnoPLe, info: ArtifactInfo, device: str = "cpu", precision: str = "fp32") -> Scorer:
+        """A PyTorch scorer around a model already in memory (training, tests)."""
+        engine = TorchEngine(model, info, device, precision)
+        return cls(engine, info, model.products, model.backbone_spec, model.input_size)
 
     @classmethod
     def from_artifact(
@@ -61,13 +62,34 @@ class Scorer:
         device: str = "cpu",
         precision: str = "fp32",
         weights: Path | None = None,
+        runtime: str = "torch",
     ) -> Scorer:
-        model, info = load_artifact(directory, backbone_loader(models_dir, weights))
-        return cls(model, info, device, precision)
+        """The model in ``directory`` on ``runtime``. OpenVINO uses the model's current export at
+        ``precision``, exporting it first when there is none (the backbone weights are then needed once)."""
+        if runtime == "torch":
+            model, info = load_artifact(directory, backbone_loader(models_dir, weights))
+            return cls.for_model(model, info, device, precision)
+        if runtime != "openvino":
+            raise ValueError(f"runtime must be torch or openvino, got {runtime!r}")
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"runtime openvino scores on the CPU; device {device!r} needs runtime torch")
+        summary = read_artifact(directory)
+        engine = OpenVinoEngine(directory, summary.products, precision, models_dir, weights, torch.get_num_threads())
+        return cls(engine, summary.info, summary.products, summary.backbone, summary.input_size)
 
     @property
-    def products(self) -> list[str]:
-        return self.model.products
+    def runtime(self) -> str:
+        return self.engine.runtime
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    def product_index(self, product: str) -> int:
+        try:
+            return self.products.index(product)
+        except ValueError:
+            raise KeyError(f"unknown product {product!r}; this model knows {self.products}") from None
 
     def set_threshold_overrides(self, overrides: dict[str, float]) -> None:
         """Replace per-product thresholds set by the operator (config) instead of the calibrated ones.
@@ -81,13 +103,13 @@ class Scorer:
 
     def threshold(self, product: str) -> float:
         override = self._threshold_overrides.get(product)
-        return override if override is not None else self.info.products[product].calibration.threshold
+        return override if override is not None else self.engine.calibration(product).threshold
 
-    def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    def gate_threshold(self, product: str) -> float:
+        """The threshold in PyTorch fp32 units, whatever the engine: retraining's gate scores the active and
+        the candidate version with PyTorch fp32, so it judges the active one at its artifact's calibration."""
+        override = self._threshold_overrides.get(product)
+        return override if override is not None else self.info.products[product].calibration.threshold
 
     def score(self, images: Sequence[np.ndarray], products: Sequence[str]) -> list[ScoredImage]:
         """Score RGB uint8 images of any size as one batch; ``products[i]`` names image i's product."""
@@ -95,16 +117,11 @@ class Scorer:
             raise ValueError(f"{len(images)} images but {len(products)} product names")
         if not images:
             return []
-        product_ids = torch.tensor([self.model.product_index(p) for p in products])
-        batch = to_model_tensor(images, self.model.input_size).to(self.device, non_blocking=True)
-        with self._autocast():
-            prediction = self.model.predict(batch, product_ids)
-        scores = prediction.image_score.float().cpu().numpy()
-        probabilities = prediction.global_probability.float().cpu().numpy()
-        maps = prediction.pixel_map.float().cpu().numpy()
+        product_ids = torch.tensor([self.product_index(p) for p in products])
+        batch = to_model_tensor(images, self.input_size).to(self.engine.device, non_blocking=True)
+        scores, probabilities, maps = self.engine.predict(batch, product_ids)
         results = []
         for index, product in enumerate(products):
-            calibration = self.info.products[product].calibration
             score = float(scores[index])
             threshold = self.threshold(product)
             results.append(
@@ -115,7 +132,7 @@ class Scorer:
                     verdict=DEFECT if score > threshold else NORMAL,
                     global_probability=float(probabilities[index]),
                     pixel_map=maps[index],
-                    pixel_threshold=calibration.pixel_threshold,
+                    pixel_threshold=self.engine.calibration(product).pixel_threshold,
                 )
             )
         return results

@@ -292,7 +292,7 @@ def test_score_empty_folder_is_a_usage_error(run: Run, model: Path, models_dir: 
 
 def test_score_bf16_on_the_cpu_is_a_usage_error(run: Run, model: Path, workspace: Path, models_dir: Path) -> None:
     code, _, err = run("score", workspace / "test", "--model", model, "--precision", "bf16", "--models-dir", models_dir)
-    _usage_error(code, err, "needs a CUDA device")
+    _usage_error(code, err, "needs runtime openvino")
 
 
 @pytest.mark.parametrize("batch_size", ["0", "-1"])

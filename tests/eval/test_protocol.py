@@ -125,3 +125,34 @@ def test_bad_eval_input_is_a_clear_error(dataset: Path, tmp_path: Path, args: li
     code, _, stderr = _eval(dataset, tmp_path / "o", *args)  # a later --root overrides the fixture's
     assert code == 2
     assert "linewatch: error:" in stderr and message in stderr
+
+
+def test_eval_on_openvino_reports_per_runtime_and_precision(dataset: Path, tmp_path: Path) -> None:
+    cell = ["--shots", "2", "--seeds", "0", "--classes", "screw"]
+    results = {}
+    for runtime, precision in (("torch", "fp32"), ("openvino", "fp32"), ("openvino", "int8")):
+        out = tmp_path / f"{runtime}-{precision}"
+        code, stdout, stderr = _eval(dataset, out, *cell, "--runtime", runtime, "--precision", precision)
+        assert code == 0, stderr
+        assert f"runtime {runtime} {precision}" in stdout
+        document = json.loads((out / "results.json").read_text())
+        assert document["run"]["eval"]["runtime"] == runtime and document["run"]["eval"]["precision"] == precision
+        (results[runtime, precision],) = document["cells"]
+    torch_cell, fp32_cell, int8_cell = results.values()
+    assert fp32_cell["image_auroc"] == torch_cell["image_auroc"]  # the same scores up to float rounding
+    assert fp32_cell["pixel_auroc"] == pytest.approx(torch_cell["pixel_auroc"], abs=1e-3)
+    assert all(0.0 <= int8_cell[key] <= 1.0 for key in ("image_auroc", "pixel_auroc", "aupro"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--runtime", "torch", "--precision", "int8"], "runtime 'torch' scores in"),
+        (["--runtime", "openvino", "--precision", "fp16"], "runtime 'openvino' scores in"),
+        (["--runtime", "openvino", "--device", "cuda"], "runtime openvino scores on the CPU"),
+        (["--precision", "bf16"], "on the CPU needs runtime openvino"),
+    ],
+)
+def test_runtime_and_precision_must_fit(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    code, _, stderr = _eval(dataset, tmp_path / "o", "--shots", "1", "--seeds", "0", *args)
+    assert code == 2 and message in stderr

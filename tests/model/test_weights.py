@@ -274,7 +274,7 @@ def test_artifact_trained_on_an_explicit_file_needs_that_file(imported, normals,
     with pytest.raises(BackboneError, match="--weights"):
         Scorer.from_artifact(tmp_path / "from-file", tmp_path)
     scorer = Scorer.from_artifact(tmp_path / "from-file", tmp_path, weights=path)
-    assert scorer.model.backbone_spec.weights_sha256 == _sha256(path)
+    assert scorer.backbone_spec.weights_sha256 == _sha256(path)
 
 
 # ---- listings --------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def images(product: SyntheticProduct) -> list[np.ndarray]:
 def test_one_result_per_image_with_the_recorded_calibration(scorer: Scorer, artifact: Path, images) -> None:
     results = scorer.score(images, [PRODUCT] * len(images))
     calibration = read_manifest(artifact)["products"][0]["calibration"]
-    size = scorer.model.input_size
+    size = scorer.input_size
     assert len(results) == len(images)
     for result in results:
         assert result.product == PRODUCT
@@ -68,7 +68,7 @@ def test_verdict_is_defect_exactly_when_the_score_exceeds_the_threshold(scorer: 
     info = dataclasses.replace(
         scorer.info, products={PRODUCT: dataclasses.replace(scorer.info.products[PRODUCT], calibration=calibration)}
     )
-    results = Scorer(scorer.model, info).score(images, [PRODUCT] * len(images))
+    results = Scorer.for_model(scorer.engine.model, info).score(images, [PRODUCT] * len(images))
     assert [r.score for r in results] == scores
     assert [r.verdict for r in results] == [DEFECT if s > middle else NORMAL for s in scores]
     assert {r.verdict for r in results} == {DEFECT, NORMAL}
@@ -81,7 +81,7 @@ def test_images_of_different_sizes_score_like_each_alone(scorer: Scorer, product
     batch = [cv2.resize(product.normal(rng).image, (w, h), interpolation=cv2.INTER_AREA) for h, w in shapes]
     together = scorer.score(batch, [PRODUCT] * len(batch))
     assert len(together) == len(shapes)
-    size = scorer.model.input_size
+    size = scorer.input_size
     for image, result in zip(batch, together, strict=True):
         alone = scorer.score([image], [PRODUCT])[0]
         assert result.pixel_map.shape == (size, size)
@@ -152,19 +152,19 @@ def test_empty_list_returns_no_results(scorer: Scorer) -> None:
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_on_the_cpu_is_refused(artifact: Path, tmp_path: Path, precision: str) -> None:
-    with pytest.raises(ValueError, match="needs a CUDA device"):
+    with pytest.raises(ValueError, match="needs runtime openvino"):
         Scorer.from_artifact(artifact, tmp_path, device="cpu", precision=precision)
 
 
 def test_unknown_precision_is_refused(scorer: Scorer) -> None:
     with pytest.raises(ValueError, match="precision must be one of"):
-        Scorer(scorer.model, scorer.info, precision="fp64")
+        Scorer.for_model(scorer.engine.model, scorer.info, precision="fp64")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_refused(scorer: Scorer) -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
-        Scorer(scorer.model, scorer.info, device="cuda")
+        Scorer.for_model(scorer.engine.model, scorer.info, device="cuda")
 
 
 def test_scoring_is_deterministic(scorer: Scorer, artifact: Path, images, tmp_path: Path) -> None:
@@ -185,5 +185,5 @@ def test_scoring_does_not_modify_the_input(scorer: Scorer, images) -> None:
 
 def test_scorer_knows_its_products_and_caches_the_text(scorer: Scorer) -> None:
     assert scorer.products == [PRODUCT]
-    assert scorer.model.text_cache is not None and scorer.model.text_cache.shape[:2] == (1, 2)
-    assert scorer.device == torch.device("cpu") and scorer.precision == "fp32"
+    assert scorer.engine.model.text_cache is not None and scorer.engine.model.text_cache.shape[:2] == (1, 2)
+    assert scorer.engine.device == torch.device("cpu") and scorer.precision == "fp32"

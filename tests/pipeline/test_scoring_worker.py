@@ -64,7 +64,7 @@ def test_single_image_out_of_memory_and_other_errors_propagate() -> None:
 def _scorer(model: AnoPLe, threshold: float) -> Scorer:
     calibration = Calibration(threshold, 0.5, 0.05, 0.05, 10, "held-out normals", None, 0)
     info = ArtifactInfo(products={PRODUCT: ProductRecord(PRODUCT, calibration)}, training={})
-    return Scorer(model, info)
+    return Scorer.for_model(model, info)
 
 
 def _frames(camera: str, images: list[np.ndarray], first_seq: int = 1) -> tuple[Frame, ...]:
@@ -94,7 +94,7 @@ def test_worker_turns_batches_into_verdicts_and_swaps_between_batches(
         return batches.pop(0)
 
     def on_scored(batch: Batch, verdicts: list, pixel_maps: list) -> None:
-        assert [m.shape for m in pixel_maps] == [(lenient.model.input_size,) * 2] * len(verdicts)
+        assert [m.shape for m in pixel_maps] == [(lenient.input_size,) * 2] * len(verdicts)
         delivered.append((batch, verdicts))
         if len(delivered) == 1:
             worker.swap(strict, "v2")  # arrives mid-run: must apply to the next batch only
