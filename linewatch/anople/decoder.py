@@ -52,8 +52,9 @@ class Decoder(nn.Module):
         maps = []
         embeddings = []
         for branch, layer_tokens in zip(self.branches, tokens, strict=True):
-            patches = branch(layer_tokens)  # (B, N, e)
-            logits = tau * torch.einsum("bne,bke->bnk", patches, text)  # (B, N, 2)
+            patches = branch(layer_tokens).float()  # (B, N, e)
+            with torch.autocast(patches.device.type, enabled=False):  # cosines at temperature tau: fp32
+                logits = tau * torch.einsum("bne,bke->bnk", patches, text.float())  # (B, N, 2)
             maps.append(logits.softmax(dim=-1)[..., 1])  # (B, N)
             embeddings.append(patches)
         anomaly_map = torch.stack(maps).mean(dim=0)  # (B, N)

@@ -212,9 +212,10 @@ class AnoPLe(nn.Module):
                 raise KeyError(f"no memory bank for product {product!r}; train or load it first")
             rows = (product_ids == product_id).nonzero().flatten()
             for layer, bank in self.memory[product].items():
-                queries = F.normalize(tokens[layer][rows], dim=-1)  # (b, N, d_v)
-                nearest = (queries @ bank.to(queries.dtype).T).amax(dim=-1)  # (b, N)
-                result[rows] += ((1 - nearest.float()) / 2) / len(self.memory[product])
+                queries = F.normalize(tokens[layer][rows].float(), dim=-1)  # (b, N, d_v)
+                with torch.autocast(self.device.type, enabled=False):  # see predict: cosines in fp32
+                    nearest = (queries @ bank.float().T).amax(dim=-1)  # (b, N)
+                result[rows] += ((1 - nearest) / 2) / len(self.memory[product])
         return result
 
     # ---- scoring -------------------------------------------------------------------------------
@@ -248,10 +249,15 @@ class AnoPLe(nn.Module):
         view_ids = torch.full((batch,), GLOBAL_VIEW, device=self.device)
         keep = tuple(sorted({*self.decoder_layers, *self.memory_layers}))
         pooled, tokens = encode_image(self.clip, self.learner, self._normalise(images), view_ids, keep)
-        text = text_all[product_ids].to(pooled.dtype)  # (B, 2, e)
+        text = text_all[product_ids].float()  # (B, 2, e)
         tau = self.tau()
-        global_logits = tau * torch.einsum("be,bke->bk", F.normalize(pooled, dim=-1), text)
-        global_probability = global_logits.float().softmax(dim=-1)[:, 1]  # (B,)
+        # Under bf16/fp16 autocast only the towers run in reduced precision: the cosines (global, decoder,
+        # memory) stay in fp32. At temperature 100 a bf16 cosine (3 significant digits) moves the global
+        # probability by several percent, and a memory distance near 0 is all rounding; the threshold was
+        # calibrated in fp32 (issue 18, item 5). They are a few percent of the work.
+        with torch.autocast(self.device.type, enabled=False):
+            global_logits = tau * torch.einsum("be,bke->bk", F.normalize(pooled.float(), dim=-1), text)
+        global_probability = global_logits.softmax(dim=-1)[:, 1]  # (B,)
         decoder_map, _ = self.decoder([tokens[i] for i in self.decoder_layers], text, tau)  # (B, N)
         memory_map = self._memory_map(tokens, product_ids)  # (B, N)
         eps = self.settings.harmonic_eps
