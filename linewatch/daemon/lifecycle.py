@@ -23,6 +23,9 @@ from linewatch.model.weights import load_backbone
 from linewatch.pipeline.camera.synthetic import SyntheticProduct
 
 log = logging.getLogger("linewatch.daemon.app")
+# How long systemd should wait beyond the model load when the OpenVINO export may run at start: measured on
+# 2 cores, ViT-B-16-plus-240 took 110 s to export in fp32 and 175 s in INT8 (benchmarks/export_parity.py).
+OPENVINO_EXPORT_S = 900.0
 
 
 def apply_cpu_threads(config: Config) -> int:
@@ -165,7 +168,10 @@ def serve(config_path: Path, verbose: bool = False) -> int:
     finally:
         if starting is not None:
             starting.stop()  # the daemon's own server takes the port over
-    notifier.status("loading the model")
+    if config.scoring.runtime == "openvino":  # a model without a current export is exported first: minutes
+        notifier.extend_start(OPENVINO_EXPORT_S, f"loading the model (OpenVINO {config.scoring.precision})")
+    else:
+        notifier.status("loading the model")
     app = App(config, stop_event=stop, on_progress=notifier.progress)
 
     def apply_reloads() -> None:

@@ -182,6 +182,11 @@ class Notifier:
         """A free-form line for ``systemctl status`` (start-up steps, reload outcomes)."""
         return self._send(_status_line(text))
 
+    def extend_start(self, seconds: float, status: str) -> bool:
+        """Start-up will take longer than ``TimeoutStartSec=`` may allow: systemd waits at least ``seconds``
+        more from now (``EXTEND_TIMEOUT_USEC``, systemd 236 and later) instead of killing a slow start."""
+        return self._send(f"EXTEND_TIMEOUT_USEC={round(seconds * 1_000_000)}", _status_line(status))
+
     def progress(self) -> None:
         """A batch was journaled. Thread-safe and cheap: call it after every batch."""
         with self._lock:

@@ -212,6 +212,11 @@ def test_lifecycle_messages(receiver: Receiver) -> None:
     assert stopping.startswith("STOPPING=1\nSTATUS=")
 
 
+def test_a_slow_start_asks_systemd_for_more_time(receiver: Receiver) -> None:
+    assert Notifier(receiver.environ).extend_start(900, "loading the model (OpenVINO int8)")
+    assert receiver.messages() == ["EXTEND_TIMEOUT_USEC=900000000\nSTATUS=loading the model (OpenVINO int8)"]
+
+
 def test_status_text_stays_one_bounded_line(receiver: Receiver) -> None:
     notifier = Notifier(receiver.environ)
     notifier.status("reload refused:\n[model] thresholds\tmust be numbers")
