@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+VIEWS_PER_IMAGE = 5  # the whole image and its four 2x-zoomed quadrants (anople.md; simulate.make_views)
+
 
 @dataclass(frozen=True)
 class AnoPLeSettings:
@@ -57,6 +59,11 @@ class AnoPLeSettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"AnoPLe setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.n_views != VIEWS_PER_IMAGE:
+            raise ValueError(
+                f"n_views must be {VIEWS_PER_IMAGE} (the whole image and its four quadrants, each with its own view "
+                f"token); another view layout is not implemented, got {self.n_views}"
+            )
         if not 0.0 <= self.anomaly_probability <= 1.0:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from linewatch.anople.settings import VIEWS_PER_IMAGE
+
 _PERLIN_RESOLUTIONS = (2, 4, 8)
 _PERLIN_THRESHOLD = 0.5
 _SHUFFLE_GRID = 4
@@ -33,8 +35,8 @@ def make_views(images: Tensor, size: int) -> tuple[Tensor, Tensor]:
         full = F.interpolate(images, size=(2 * size, 2 * size), mode="bilinear", align_corners=False)  # (B,3,2S,2S)
     whole = F.avg_pool2d(full, 2)  # (B, 3, S, S), an exact 2x area downscale
     quadrants = [full[:, :, r : r + size, c : c + size] for r in (0, size) for c in (0, size)]
-    views = torch.stack([whole, *quadrants], dim=1).reshape(batch * 5, 3, size, size)  # (5B, 3, S, S)
-    view_ids = torch.arange(5, device=images.device).repeat(batch)  # (5B,)
+    views = torch.stack([whole, *quadrants], dim=1).reshape(batch * VIEWS_PER_IMAGE, 3, size, size)  # (5B, 3, S, S)
+    view_ids = torch.arange(VIEWS_PER_IMAGE, device=images.device).repeat(batch)  # (5B,)
     return views, view_ids
 
 
