@@ -55,7 +55,8 @@ class PromptedText(nn.Module):
     """Encodes the normal and abnormal prompt of every product through the frozen text tower.
 
     Templates are tokenised with placeholder words where the prompts go, so the pooling index already
-    counts the spliced vectors; placeholder embeddings are overwritten in place, never inserted.
+    counts the spliced vectors; placeholder embeddings are overwritten in place, never inserted. The slots
+    follow the start-of-text token, or open the text for tokenizers without one.
     """
 
     def __init__(self, clip: nn.Module, tokenizer: object, settings: AnoPLeSettings, prompt_words: list[str]) -> None:
@@ -71,9 +72,14 @@ class PromptedText(nn.Module):
             texts.append(settings.normal_template.format(ctx=placeholders, product=words))
             texts.append(settings.abnormal_template.format(ctx=placeholders, product=words))
         token_ids = tokenizer(texts)  # (2P, L)
-        placeholder_id = tokenizer([_PLACEHOLDER])[0, 1]
-        if not bool((token_ids[:, 1 : 1 + n_ctx] == placeholder_id).all()):
-            raise ValueError("prompt templates must start with '{ctx}' so prompts sit right after start-of-text")
+        # Where the prompts go: right after the start-of-text token, or first where the tokenizer has none
+        # (a token that two different one-word texts share at position 0 is a start-of-text token).
+        start = int(tokenizer([_PLACEHOLDER])[0, 0] == tokenizer(["a"])[0, 0])
+        placeholder_id = tokenizer([_PLACEHOLDER])[0, start]
+        if not bool((token_ids[:, start : start + n_ctx] == placeholder_id).all()):
+            where = "right after the start-of-text token" if start else "first (this tokenizer has no start token)"
+            raise ValueError(f"prompt templates must start with '{{ctx}}' so the prompts sit {where}")
+        self.start = start
         self.n_ctx = n_ctx
         self.n_products = len(prompt_words)
         with torch.no_grad():
@@ -83,11 +89,11 @@ class PromptedText(nn.Module):
     def forward(self, learner: PromptLearner) -> Tensor:
         """(P, 2, e) l2-normalised [normal, abnormal] embedding per product."""
         tower = self._tower[0]
-        n, ctx = self.token_embeds.shape[0], self.n_ctx
+        n, ctx, start = self.token_embeds.shape[0], self.n_ctx, self.start
 
         def splice(x: Tensor, layer: int) -> Tensor:
             prompts = learner.text_prompts(layer).to(x.dtype).expand(n, -1, -1)  # (2P, n_ctx, d_t)
-            return torch.cat([x[:, :1], prompts, x[:, 1 + ctx :]], dim=1)
+            return torch.cat([x[:, :start], prompts, x[:, start + ctx :]], dim=1)
 
         x = splice(self.token_embeds, 0) + tower.positional_embedding  # (2P, L, d_t)
         for index, block in enumerate(tower.transformer.resblocks):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
+import pytest
+import torch
+import torch.nn.functional as F
+
+from linewatch.anople.backbone import Backbone
 from linewatch.anople.model import AnoPLe
-from linewatch.anople.prompts import encode_image
+from linewatch.anople.prompts import _PLACEHOLDER, PromptedText, PromptLearner, encode_image
+from linewatch.anople.settings import AnoPLeSettings
 
 
 def test_text_prompt_slots_sit_after_start_token_and_pool_index_counts_them(untrained_model: AnoPLe) -> None:
@@ -64,3 +70,48 @@ def test_only_prompts_couplers_and_decoder_receive_gradients(untrained_model: An
     # Deep prompts at every prompted layer get gradient, on both sides.
     assert (learner.text_ctx.grad.flatten(1).abs().sum(dim=1) > 0).all()
     assert (learner.visual_ctx.grad.flatten(1).abs().sum(dim=1) > 0).all()
+
+
+def _without_start_token(tokenizer: Callable[[list[str]], torch.Tensor]) -> Callable[[list[str]], torch.Tensor]:
+    """The same tokenizer minus its start-of-text token (as in T5-style tokenizers), padded at the end."""
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        ids = tokenizer(texts)  # (N, L)
+        return torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], dim=1)
+
+    return tokenize
+
+
+@pytest.mark.parametrize("drop_start", [False, True])
+def test_text_with_placeholders_in_the_slots_is_open_clips_with_and_without_a_start_token(
+    tiny_backbone: Backbone, drop_start: bool
+) -> None:
+    """A tokenizer without a start-of-text token was refused with "templates must start with '{ctx}'"; the
+    slots now open the text there, and the tower still equals open_clip's own on the placeholder template."""
+    clip = tiny_backbone.clip
+    tokenizer = _without_start_token(tiny_backbone.tokenizer) if drop_start else tiny_backbone.tokenizer
+    settings = AnoPLeSettings()
+    text = PromptedText(clip, tokenizer, settings, ["metal plate"])
+    assert text.start == (0 if drop_start else 1)
+    learner = PromptLearner(settings, clip.transformer.width, clip.visual.transformer.width, depth=1)
+    placeholder = clip.token_embedding(tokenizer([_PLACEHOLDER])[0, text.start])  # (d_t,)
+    slots = " ".join([_PLACEHOLDER] * text.n_ctx)
+    templates = [
+        template.format(ctx=slots, product="metal plate")
+        for template in (settings.normal_template, settings.abnormal_template)
+    ]
+    with torch.no_grad():  # every prompt slot holds the placeholder word's own embedding
+        learner.text_ctx[0] = placeholder.expand(settings.n_text_ctx, -1)
+        learner.vision_to_text[0].weight.zero_()
+        learner.vision_to_text[0].bias.copy_(placeholder)
+        ours = text(learner)
+        theirs = F.normalize(clip.encode_text(tokenizer(templates)), dim=-1).reshape(1, 2, -1)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_template_without_the_slots_first_is_refused_saying_where_they_go(tiny_backbone: Backbone) -> None:
+    settings = AnoPLeSettings(normal_template="a photo of {ctx} {product}.")
+    with pytest.raises(ValueError, match="sit right after the start-of-text token"):
+        PromptedText(tiny_backbone.clip, tiny_backbone.tokenizer, settings, ["screw"])
+    with pytest.raises(ValueError, match="sit first \\(this tokenizer has no start token\\)"):
+        PromptedText(tiny_backbone.clip, _without_start_token(tiny_backbone.tokenizer), settings, ["screw"])
