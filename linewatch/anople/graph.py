@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from linewatch.anople.model import GLOBAL_VIEW, AnoPLe, harmonic_mean
-from linewatch.anople.prompts import encode_image
+from linewatch.anople.prompts import encode_image, plain_patch_tokens
 
 NO_SHOT_LEFT_OUT = -1
 # Cosine similarities lie in [-1, 1]: subtracting this from a masked shot's similarities puts them below
@@ -47,7 +47,8 @@ class ScoringGraph(nn.Module):
         self.grid = model.grid
         self.decoder_layers = model.decoder_layers
         self.memory_layers = model.memory_layers
-        self.keep = tuple(sorted({*model.decoder_layers, *model.memory_layers}))
+        self.plain_memory = model.settings.memory_features == "plain"
+        self.keep = tuple(sorted({*model.decoder_layers, *(() if self.plain_memory else model.memory_layers)}))
         # the vision tower's sequence: CLS, the patches, the view token and the prompts (see encode_image)
         self.tower_length = 1 + model.grid * model.grid + 1 + model.learner.n_prompt_tokens
         self.harmonic_eps = model.settings.harmonic_eps
@@ -96,6 +97,8 @@ class ScoringGraph(nn.Module):
         pooled, tokens = encode_image(
             self.visual_clip, self.learner, normalised, view_ids, self.keep, in_place=False
         )  # (B, e), per block (B, N, d_v)
+        if self.plain_memory:  # the plain tower's patch tokens, as the bank holds them
+            tokens = {**tokens, **plain_patch_tokens(self.visual_clip, normalised, self.memory_layers)}
         text = self.text[product_ids]  # (B, 2, e)
         global_logits = self.tau * torch.einsum("be,bke->bk", F.normalize(pooled, dim=-1), text)
         global_probability = global_logits.softmax(dim=-1)[:, 1]  # (B,)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from linewatch.anople.backbone import Backbone
 from linewatch.anople.decoder import Decoder
 from linewatch.anople.losses import alignment_loss, dice_loss, focal_loss, image_loss
-from linewatch.anople.prompts import PromptedText, PromptLearner, encode_image
+from linewatch.anople.prompts import PromptedText, PromptLearner, encode_image, plain_patch_tokens
 from linewatch.anople.settings import AnoPLeSettings, layer_indices
 from linewatch.anople.simulate import make_views, simulate_anomalies
 
@@ -190,7 +190,11 @@ class AnoPLe(nn.Module):
         """shots (k, 3, S, S) in [0, 1]: their prompted patch tokens become the product's memory bank."""
         self.product_index(product)
         view_ids = torch.full((shots.shape[0],), GLOBAL_VIEW, device=self.device)
-        _, tokens = encode_image(self.clip, self.learner, self._normalise(shots), view_ids, self.memory_layers)
+        normalised = self._normalise(shots)
+        if self.settings.memory_features == "prompted":
+            _, tokens = encode_image(self.clip, self.learner, normalised, view_ids, self.memory_layers)
+        else:
+            tokens = plain_patch_tokens(self.clip, normalised, self.memory_layers)
         self.memory[product] = {
             layer: F.normalize(tokens[layer], dim=-1).reshape(-1, tokens[layer].shape[-1]).contiguous()
             for layer in self.memory_layers
@@ -247,8 +251,12 @@ class AnoPLe(nn.Module):
         product_ids = product_ids.to(self.device)
         batch = images.shape[0]
         view_ids = torch.full((batch,), GLOBAL_VIEW, device=self.device)
-        keep = tuple(sorted({*self.decoder_layers, *self.memory_layers}))
-        pooled, tokens = encode_image(self.clip, self.learner, self._normalise(images), view_ids, keep)
+        normalised = self._normalise(images)
+        prompted_memory = self.settings.memory_features == "prompted"
+        keep = tuple(sorted({*self.decoder_layers, *(self.memory_layers if prompted_memory else ())}))
+        pooled, tokens = encode_image(self.clip, self.learner, normalised, view_ids, keep)
+        if not prompted_memory:  # the plain tower's patch tokens, as the bank holds them
+            tokens = {**tokens, **plain_patch_tokens(self.clip, normalised, self.memory_layers)}
         text = text_all[product_ids].float()  # (B, 2, e)
         tau = self.tau()
         # Under bf16/fp16 autocast only the towers run in reduced precision: the cosines (global, decoder,

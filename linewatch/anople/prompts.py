@@ -118,6 +118,29 @@ def _pool_index(tower: nn.Module, token_ids: Tensor) -> Tensor:
     raise ValueError(f"text pooling {pool_type!r} is not supported by AnoPLe prompts")
 
 
+def _stem(visual: nn.Module, images: Tensor) -> Tensor:
+    """images (B, 3, S, S) normalised -> [CLS, N patches] with positions, after ln_pre: (B, 1+N, d_v)."""
+    x = visual.conv1(images)  # (B, d_v, g, g)
+    x = x.flatten(2).transpose(1, 2)  # (B, N, d_v)
+    cls = visual.class_embedding.to(x.dtype).expand(images.shape[0], 1, -1)  # (B, 1, d_v)
+    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+N, d_v)
+    return visual.ln_pre(x)
+
+
+def plain_patch_tokens(clip: nn.Module, images: Tensor, keep: tuple[int, ...]) -> dict[int, Tensor]:
+    """The frozen tower without prompts, run only as deep as ``keep`` needs: per block in ``keep`` its patch
+    tokens (B, N, d_v), as :func:`encode_image` without a learner gives them. Memory blocks sit at 1/4 and 2/3
+    of the depth, so the plain memory features cost two thirds of a pass, not a whole one."""
+    visual = clip.visual
+    x = _stem(visual, images)  # (B, 1+N, d_v)
+    kept: dict[int, Tensor] = {}
+    for index, block in enumerate(visual.transformer.resblocks[: max(keep) + 1]):
+        x = block(x)
+        if index in keep:
+            kept[index] = x[:, 1:]  # (B, N, d_v)
+    return kept
+
+
 def encode_image(
     clip: nn.Module,
     learner: PromptLearner | None,
@@ -138,12 +161,8 @@ def encode_image(
     """
     visual = clip.visual
     batch = images.shape[0]
-    x = visual.conv1(images)  # (B, d_v, g, g)
-    x = x.flatten(2).transpose(1, 2)  # (B, N, d_v)
-    n_patches = x.shape[1]
-    cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)  # (B, 1, d_v)
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (B, 1+N, d_v)
-    x = visual.ln_pre(x)
+    x = _stem(visual, images)  # (B, 1+N, d_v)
+    n_patches = x.shape[1] - 1
     n_prompts, depth = 0, 0
     if learner is not None:
         if view_ids is None:

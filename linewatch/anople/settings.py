@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 VIEWS_PER_IMAGE = 5  # the whole image and its four 2x-zoomed quadrants (anople.md; simulate.make_views)
+MEMORY_FEATURES = ("prompted", "plain")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class AnoPLeSettings:
     prompt_depth: int = 9
     decoder_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
     memory_fractions: tuple[float, ...] = (0.25, 2 / 3)
+    # "prompted": the memory bank and the queries are patch tokens of the prompted tower (one pass per image);
+    # "plain": of the frozen tower without prompts (a second pass up to the deepest memory block). anople.md
+    # is silent; eval compares them (docs/model.md).
+    memory_features: str = "prompted"
     decoder_width: int = 128
     decoder_heads: int = 4
     decoder_mlp_ratio: float = 2.0
@@ -63,6 +68,10 @@ class AnoPLeSettings:
             raise ValueError(
                 f"n_views must be {VIEWS_PER_IMAGE} (the whole image and its four quadrants, each with its own view "
                 f"token); another view layout is not implemented, got {self.n_views}"
+            )
+        if self.memory_features not in MEMORY_FEATURES:
+            raise ValueError(
+                f"memory_features must be one of {', '.join(MEMORY_FEATURES)}, got {self.memory_features!r}"
             )
         if not 0.0 <= self.anomaly_probability <= 1.0:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from linewatch.anople.files import RANDOM_WEIGHTS
-from linewatch.anople.settings import AnoPLeSettings
+from linewatch.anople.settings import MEMORY_FEATURES, AnoPLeSettings
 from linewatch.model import DEFAULT_MODELS_DIR
 
 # ValueError covers the errors of bad input that every layer raises (ConfigError, ImageError, TrainingError,
@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="ViT-B-16-plus-240", help="open_clip model name")
     train.add_argument("--pretrained", default="laion400m_e32", help=f"pretrained tag, or {RANDOM_WEIGHTS!r}")
     train.add_argument("--hflip", action="store_true", help="augment with horizontal flips")
+    train.add_argument(
+        "--memory-features",
+        default=AnoPLeSettings.memory_features,
+        choices=MEMORY_FEATURES,
+        help="memory bank from the prompted tower (one pass) or the plain one (2/3 of a pass more)",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.set_defaults(func=lazy("linewatch.cli.model", "cmd_train"))
 
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--shots", nargs="+", type=positive_int, default=[1, 2, 4], help="k values")
     evaluate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     evaluate.add_argument("--steps", type=positive_int, default=AnoPLeSettings.steps)
+    evaluate.add_argument("--memory-features", default=AnoPLeSettings.memory_features, choices=MEMORY_FEATURES)
     evaluate.add_argument("--multi-class", action="store_true", help="one model for all classes per (k, seed)")
     evaluate.add_argument("--limit-test", type=positive_int, help="score at most N test images per class (smoke runs)")
     evaluate.add_argument("--eval-size", type=positive_int, default=256, help="maps and masks compared at this size")

@@ -15,11 +15,13 @@ from linewatch.model.preprocess import to_model_tensor
 from tests.conftest import PRODUCT
 
 
-@pytest.fixture(scope="module")
-def two_products(tiny_backbone: Backbone, normal_images: list[np.ndarray]) -> AnoPLe:
-    """Two products with banks of 4 and 2 shots, so the stacked bank pads the second."""
+@pytest.fixture(scope="module", params=["prompted", "plain"])
+def two_products(tiny_backbone: Backbone, normal_images: list[np.ndarray], request: pytest.FixtureRequest) -> AnoPLe:
+    """Two products with banks of 4 and 2 shots, so the stacked bank pads the second; memory features from the
+    prompted and from the plain tower."""
     torch.manual_seed(1)
-    model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=1), ["plate", "screw"]).eval()
+    settings = AnoPLeSettings(steps=1, memory_features=request.param)
+    model = AnoPLe(tiny_backbone, settings, ["plate", "screw"]).eval()
     size = model.input_size
     model.build_memory("plate", to_model_tensor(normal_images[:4], size))
     model.build_memory("screw", to_model_tensor(normal_images[4:6], size).flip(-1))

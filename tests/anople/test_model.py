@@ -191,3 +191,24 @@ def test_cosines_stay_in_fp32_under_bf16_autocast(trained_model: AnoPLe, normal_
         reduced = trained_model.predict(images, ids)
     assert (reduced.memory_map - exact.memory_map).abs().max() < 1.5e-3
     assert reduced.image_score.dtype == reduced.global_probability.dtype == torch.float32
+
+
+def test_plain_memory_features_come_from_the_tower_without_prompts(
+    tiny_backbone: Backbone, normal_images: list[np.ndarray]
+) -> None:
+    """The bank holds the plain tower's patch tokens, and a query is compared in the same space: a shot scored
+    against a bank holding itself is at memory distance ~0 in both settings, while the banks differ."""
+    shots = to_model_tensor(normal_images[:2], 224)
+    banks, distances = {}, {}
+    for features in ("prompted", "plain"):
+        torch.manual_seed(0)
+        model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=1, memory_features=features), [PRODUCT]).eval()
+        model.build_memory(PRODUCT, shots)
+        banks[features] = model.memory[PRODUCT]
+        distances[features] = model.predict(shots, torch.zeros(2, dtype=torch.long)).memory_map
+    for features in banks:
+        assert distances[features].abs().max() < 1e-5
+    layer = next(iter(banks["plain"]))
+    assert not torch.allclose(banks["plain"][layer], banks["prompted"][layer])
+    with pytest.raises(ValueError, match="memory_features must be one of prompted, plain"):
+        AnoPLeSettings(memory_features="both")

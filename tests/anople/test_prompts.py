@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from linewatch.anople.backbone import Backbone
 from linewatch.anople.model import AnoPLe
-from linewatch.anople.prompts import _PLACEHOLDER, PromptedText, PromptLearner, encode_image
+from linewatch.anople.prompts import _PLACEHOLDER, PromptedText, PromptLearner, encode_image, plain_patch_tokens
 from linewatch.anople.settings import AnoPLeSettings
 
 
@@ -115,3 +115,13 @@ def test_a_template_without_the_slots_first_is_refused_saying_where_they_go(tiny
         PromptedText(tiny_backbone.clip, tiny_backbone.tokenizer, settings, ["screw"])
     with pytest.raises(ValueError, match="sit first \\(this tokenizer has no start token\\)"):
         PromptedText(tiny_backbone.clip, _without_start_token(tiny_backbone.tokenizer), settings, ["screw"])
+
+
+def test_plain_patch_tokens_are_the_plain_towers_and_stop_at_the_deepest_kept_block(untrained_model: AnoPLe) -> None:
+    clip = untrained_model.clip
+    images = torch.randn(2, 3, untrained_model.input_size, untrained_model.input_size)
+    with torch.inference_mode():
+        _, whole_pass = encode_image(clip, None, images, None, (0, 1))
+        plain = plain_patch_tokens(clip, images, (0,))
+    assert list(plain) == [0]
+    torch.testing.assert_close(plain[0], whole_pass[0], rtol=0, atol=0)
