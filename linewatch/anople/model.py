@@ -239,6 +239,13 @@ class AnoPLe(nn.Module):
             self._spread_cache[key] = matrix
         return matrix
 
+    def spread(self, maps: Tensor, out_size: int) -> Tensor:
+        """(B, g, g) patch-grid maps -> (B, H, H) at ``out_size``, upsampled and blurred as the pixel map is
+        (in fp32 even under bf16/fp16 autocast); eval spreads each term's map the same way to compare them."""
+        matrix = self._upsample_blur(out_size)  # (H, g): upsampled to out_size and blurred, per axis
+        with torch.autocast(self.device.type, enabled=False):
+            return matrix @ maps.float() @ matrix.T
+
     @torch.inference_mode()
     def predict(self, images: Tensor, product_ids: Tensor, out_size: int | None = None) -> Prediction:
         """images (B, 3, S, S) in [0, 1], product_ids (B,) -> Prediction with maps at ``out_size``."""
@@ -270,9 +277,7 @@ class AnoPLe(nn.Module):
         memory_map = self._memory_map(tokens, product_ids)  # (B, N)
         eps = self.settings.harmonic_eps
         fused = harmonic_mean(decoder_map.float(), memory_map, eps).view(batch, self.grid, self.grid)
-        spread = self._upsample_blur(out_size)  # (H, g): upsampled to out_size and blurred, per axis
-        with torch.autocast(self.device.type, enabled=False):  # in fp32 even under bf16/fp16 autocast
-            pixel_map = spread @ fused @ spread.T  # (B, H, W)
+        pixel_map = self.spread(fused, out_size)  # (B, H, W)
         image_score = harmonic_mean(global_probability, pixel_map.flatten(1).amax(dim=1), eps)
         return Prediction(
             image_score=image_score,

@@ -212,7 +212,7 @@ def _name_overrides(pairs: list[str]) -> dict[str, str]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from linewatch.eval.datasets import read_dataset
     from linewatch.eval.protocol import EvalSettings, run_protocol
-    from linewatch.eval.report import text_tables, write_outputs
+    from linewatch.eval.report import term_lines, text_tables, write_outputs
 
     splits = read_dataset(args.dataset, args.root, args.classes, _name_overrides(args.name))
     if args.weights is not None and args.pretrained == RANDOM_WEIGHTS:
@@ -260,5 +260,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     table = write_outputs(args.out, results, run_info)
     print(f"runtime {settings.runtime} {settings.precision}")
     print(text_tables(table))
+    print(term_lines(results))
     print(f"{cached} cell(s) from the cache; results, tables and heatmaps in {args.out}")
     return 0

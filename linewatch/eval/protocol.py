@@ -72,6 +72,8 @@ class ClassResult:
     n_anomalous: int
     shot_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # per fusion term ("global probability", "decoder map", "memory map", "fusion"): image and pixel AUROC
+    terms: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 def fingerprint(backbone: Backbone, model_settings: AnoPLeSettings, settings: EvalSettings, split: ClassSplit) -> str:
@@ -109,10 +111,13 @@ class _Scored:
     samples: list[TestSample]
     scores: np.ndarray  # (N,)
     maps: np.ndarray  # (N, E, E) float32
+    terms: Terms  # each fusion term alone (PyTorch runtime only)
 
 
-# (B, 3, S, S) images, (B,) product ids -> image scores (B,), maps (B, E, E) at the eval size
-Predict = Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray]]
+# Each term of the fusion on its own: its image scores (B,) and its map (B, E, E) at the eval size, or None
+Terms = dict[str, tuple[np.ndarray, np.ndarray | None]]
+# (B, 3, S, S) images, (B,) product ids -> fused image scores (B,), fused maps (B, E, E), the terms
+Predict = Callable[[torch.Tensor, torch.Tensor], tuple[np.ndarray, np.ndarray, Terms]]
 
 
 def _predictor(model: AnoPLe, shots: dict[str, list[np.ndarray]], settings: EvalSettings) -> Predict:
@@ -123,17 +128,21 @@ def _predictor(model: AnoPLe, shots: dict[str, list[np.ndarray]], settings: Eval
         tensors = {name: to_model_tensor(images, model.input_size) for name, images in shots.items()}
         run = openvino_runner(model.to("cpu"), settings.precision, tensors, settings.eval_size)
 
-        def compiled(images: torch.Tensor, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        def compiled(images: torch.Tensor, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, Terms]:
             score, _, pixel_map = run(images.numpy(), ids.numpy(), np.full(ids.shape, -1, dtype=np.int64))
-            return score, pixel_map
+            return score, pixel_map, {}  # the compiled graph gives the fused outputs only
 
         return compiled
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
 
-    def eager(images: torch.Tensor, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def eager(images: torch.Tensor, ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray, Terms]:
         with torch.autocast(model.device.type, dtype=dtype, enabled=dtype is not None):
             prediction = model.predict(images, ids, out_size=settings.eval_size)
-        return prediction.image_score.float().cpu().numpy(), prediction.pixel_map.float().cpu().numpy()
+        terms: Terms = {"global probability": (prediction.global_probability.float().cpu().numpy(), None)}
+        for name, grid in (("decoder map", prediction.decoder_map), ("memory map", prediction.memory_map)):
+            spread = model.spread(grid, settings.eval_size).cpu().numpy()
+            terms[name] = (spread.reshape(spread.shape[0], -1).max(axis=1), spread)
+        return prediction.image_score.float().cpu().numpy(), prediction.pixel_map.float().cpu().numpy(), terms
 
     return eager
 
@@ -141,14 +150,22 @@ def _predictor(model: AnoPLe, shots: dict[str, list[np.ndarray]], settings: Eval
 def _score_split(
     predict: Predict, product_id: int, size: int, samples: list[TestSample], settings: EvalSettings
 ) -> _Scored:
-    scores, maps = [], []
+    scores, maps, batches = [], [], []
     for start in range(0, len(samples), settings.batch_size):
         chunk = samples[start : start + settings.batch_size]
         images = to_model_tensor([read_rgb(sample.path) for sample in chunk], size)
-        score, pixel_map = predict(images, torch.full((len(chunk),), product_id))
+        score, pixel_map, terms = predict(images, torch.full((len(chunk),), product_id))
         scores.append(score)
         maps.append(pixel_map)
-    return _Scored(samples, np.concatenate(scores), np.concatenate(maps))
+        batches.append(terms)
+    joined: Terms = {
+        name: (
+            np.concatenate([terms[name][0] for terms in batches]),
+            None if batches[0][name][1] is None else np.concatenate([terms[name][1] for terms in batches]),
+        )
+        for name in batches[0]
+    }
+    return _Scored(samples, np.concatenate(scores), np.concatenate(maps), joined)
 
 
 def _measure(split: ClassSplit, scored: _Scored, size: int) -> dict[str, Any]:
@@ -170,6 +187,15 @@ def _measure(split: ClassSplit, scored: _Scored, size: int) -> dict[str, Any]:
         )
         result["pixel_auroc"] = pixel_auroc(masks, scored.maps)
         result["aupro"] = aupro(masks, scored.maps)
+    if scored.terms:  # which part carries the result (issue 18, item 2)
+        result["terms"] = {
+            name: {
+                "image_auroc": image_auroc(labels, term_scores),
+                "pixel_auroc": pixel_auroc(masks, term_maps) if split.has_masks and term_maps is not None else None,
+            }
+            for name, (term_scores, term_maps) in scored.terms.items()
+        }
+        result["terms"]["fusion"] = {"image_auroc": result["image_auroc"], "pixel_auroc": result["pixel_auroc"]}
     return result
 
 

@@ -89,6 +89,24 @@ def markdown_tables(table: dict[int, dict[str, dict[str, tuple[float, float] | N
     return "\n".join(lines)
 
 
+def term_lines(results: list[ClassResult]) -> str:
+    """Image and pixel AUROC of each fusion term alone and of the fusion, mean over every class and seed of a
+    k: which part carries the result. Empty when no cell measured its terms (OpenVINO scores fused only)."""
+    lines = []
+    for shots in sorted({result.shots for result in results}):
+        cells = [result.terms for result in results if result.shots == shots and result.terms]
+        if not cells:
+            continue
+        lines.append(f"k = {shots}, each term alone (mean over classes and seeds): image / pixel AUROC")
+        for term in cells[0]:
+            parts = []
+            for metric in ("image_auroc", "pixel_auroc"):
+                values = [cell[term][metric] for cell in cells if cell.get(term, {}).get(metric) is not None]
+                parts.append(f"{100 * sum(values) / len(values):.1f}" if values else "-")
+            lines.append(f"  {term:<20} {parts[0]:>6} / {parts[1]:>6}")
+    return "\n".join(lines)
+
+
 def write_outputs(out: Path, results: list[ClassResult], run_info: dict[str, Any]) -> dict[int, Any]:
     """results.json (run info, every cell, the summary), results.csv (one row per class and cell),
     results.md (the tables). Returns the summary."""
@@ -112,5 +130,6 @@ def write_outputs(out: Path, results: list[ClassResult], run_info: dict[str, Any
             writer.writerow(
                 [r.class_name, r.shots, r.seed, *(getattr(r, m) for m in METRICS), r.n_test, r.n_anomalous, r.seconds]
             )
-    (out / "results.md").write_text(markdown_tables(table))
+    terms = term_lines(results)
+    (out / "results.md").write_text(markdown_tables(table) + (f"\n```\n{terms}\n```\n" if terms else ""))
     return table

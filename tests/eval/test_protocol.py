@@ -139,6 +139,13 @@ def test_eval_on_openvino_reports_per_runtime_and_precision(dataset: Path, tmp_p
         assert document["run"]["eval"]["runtime"] == runtime and document["run"]["eval"]["precision"] == precision
         (results[runtime, precision],) = document["cells"]
     torch_cell, fp32_cell, int8_cell = results.values()
+    # PyTorch scores each fusion term alone too, so a user sees which part carries the result
+    terms = torch_cell["terms"]
+    assert list(terms) == ["global probability", "decoder map", "memory map", "fusion"]
+    assert terms["fusion"] == {"image_auroc": torch_cell["image_auroc"], "pixel_auroc": torch_cell["pixel_auroc"]}
+    assert terms["global probability"]["pixel_auroc"] is None  # one number per image: no map
+    assert all(0.0 <= value <= 1.0 for term in terms.values() for value in term.values() if value is not None)
+    assert fp32_cell["terms"] == {}  # the compiled graph gives the fused outputs only
     assert fp32_cell["image_auroc"] == torch_cell["image_auroc"]  # the same scores up to float rounding
     assert fp32_cell["pixel_auroc"] == pytest.approx(torch_cell["pixel_auroc"], abs=1e-3)
     assert all(0.0 <= int8_cell[key] <= 1.0 for key in ("image_auroc", "pixel_auroc", "aupro"))
