@@ -44,7 +44,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, Select, and_, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, exists, func, or_, select, true
 
 from linewatch.sinks.db import masked, require_aware, require_one_of, translated
 from linewatch.sinks.db_schema import LABEL_TARGETS, VERDICTS, DefectEvent, Inspection, LabelRecord
@@ -105,6 +105,38 @@ def review_queue(
       nothing to judge) scored within ``band * |threshold|`` of their threshold, except defect frames inside
       an episode of their camera (the episode's label covers them).
     """
+    with translated(masked(engine.url), "reading the review queue"), engine.connect() as conn:
+        return _read_queue(conn, engine, now, window, band, limit, after)
+
+
+def review_page(
+    engine: Engine,
+    now: datetime,
+    window: timedelta,
+    band: float,
+    limit: int = 50,
+    after: ReviewCursor | None = None,
+) -> tuple[list[ReviewItem], int]:
+    """A page of :func:`review_queue` and the whole queue's size, read from one snapshot. Read one after the
+    other, the count could miss items the page showed: the newest defect frame of an open episode is a close
+    call until the episode's next update covers it, and the page said "17 waiting; showing 1-20"."""
+    with translated(masked(engine.url), "reading the review queue"), engine.connect() as conn:
+        if engine.dialect.name == "postgresql":  # SQLite: one transaction is one snapshot already (WAL)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            items = _read_queue(conn, engine, now, window, band, limit, after)
+            return items, _count_queue(conn, engine, now, window, band)
+
+
+def _read_queue(
+    conn: Connection,
+    engine: Engine,
+    now: datetime,
+    window: timedelta,
+    band: float,
+    limit: int,
+    after: ReviewCursor | None,
+) -> list[ReviewItem]:
     _check_limit(limit)
     events, close_calls = _review_queries(engine, now, window, band)
     if after is not None:
@@ -117,19 +149,22 @@ def review_queue(
         )
     events = events.order_by(DefectEvent.started_at.desc(), DefectEvent.event_id.desc()).limit(limit)
     close_calls = close_calls.order_by(Inspection.frame_ts.desc(), Inspection.id.desc()).limit(limit)
-    with translated(masked(engine.url), "reading the review queue"), engine.connect() as conn:
-        items = [_event_item(row) for row in conn.execute(events)]
-        items += [_inspection_item(row) for row in conn.execute(close_calls)]
+    items = [_event_item(row) for row in conn.execute(events)]
+    items += [_inspection_item(row) for row in conn.execute(close_calls)]
     items.sort(key=lambda item: (item.ts, item.target_id, item.target), reverse=True)
     return items[:limit]
 
 
 def review_count(engine: Engine, now: datetime, window: timedelta, band: float) -> int:
     """How many items the whole review queue holds (all pages)."""
+    with translated(masked(engine.url), "counting the review queue"), engine.connect() as conn:
+        return _count_queue(conn, engine, now, window, band)
+
+
+def _count_queue(conn: Connection, engine: Engine, now: datetime, window: timedelta, band: float) -> int:
     events, close_calls = _review_queries(engine, now, window, band)
     counts = [select(func.count()).select_from(query.subquery()) for query in (events, close_calls)]
-    with translated(masked(engine.url), "counting the review queue"), engine.connect() as conn:
-        return sum(int(conn.scalar(query) or 0) for query in counts)
+    return sum(int(conn.scalar(query) or 0) for query in counts)
 
 
 def _review_queries(engine: Engine, now: datetime, window: timedelta, band: float) -> tuple[Select[Any], Select[Any]]:

@@ -65,13 +65,12 @@ class ReviewDesk:
         """``position``: how many items came before (the page's own ``first`` is one more)."""
         with self._lock:
             judged = set(self._judged)
-        found = queries.review_queue(
+        found, waiting = queries.review_page(
             self._engine, now, self._window, self._band, limit=PAGE_ITEMS + 1 + len(judged), after=after
         )
         items = [item for item in found if (item.target, item.target_id) not in judged]
         more = len(items) > PAGE_ITEMS
         items = items[:PAGE_ITEMS]
-        waiting = queries.review_count(self._engine, now, self._window, self._band)
         older = cursor_text(items[-1]) if more else None
         return ReviewPage(items, waiting, position + 1 if items else 0, older)
 

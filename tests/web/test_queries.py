@@ -11,13 +11,21 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, event, insert, inspect
+from sqlalchemy import Engine, event, insert, inspect, update
 
 from linewatch.cli.main import main
 from linewatch.sinks.db import DatabaseError, make_engine, write_transaction
 from linewatch.sinks.db_migrate import alembic_config, database_revision, upgrade_database
 from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, LabelRecord
-from linewatch.web.queries import history_page, label_history, review_count, review_item, review_queue, score_series
+from linewatch.web.queries import (
+    history_page,
+    label_history,
+    review_count,
+    review_item,
+    review_page,
+    review_queue,
+    score_series,
+)
 from linewatch.web.rows import HistoryFilter, InspectionRow, ReviewItem, ScorePoint
 from tests.services.ports import free_port
 from tests.services.postgres import PASSWORD
@@ -627,3 +635,25 @@ def test_a_store_without_the_schema_is_a_database_error(store_url: str, name: st
             call(engine)
     finally:
         engine.dispose()
+
+
+def test_a_review_page_and_its_count_come_from_one_snapshot(engine: Engine) -> None:
+    """The count and the items were read one after the other: an episode update landing in between covered a
+    close call the page had shown, and the page said "17 waiting; showing 1-20"."""
+    add_events(engine, [{"event_id": "ev-open", "started_at": at(-20), "last_at": at(-15)}])
+    add_inspections(engine, [{"id": "after-update", "frame_ts": at(-14), "verdict": "defect", "score": 0.52}])
+    reads: list[int] = []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def move_the_episode_on(*_args: Any) -> None:
+        reads.append(1)
+        if len(reads) == 2:  # the page's two item reads are done: the episode's next update lands now
+            with engine.begin() as writer:
+                writer.execute(update(DefectEvent).where(DefectEvent.event_id == "ev-open").values(last_at=at(-13)))
+
+    try:
+        items, waiting = review_page(engine, at(0), HOUR, 0.1)
+    finally:
+        event.remove(engine, "after_cursor_execute", move_the_episode_on)
+    assert ids(items) == ["after-update", "ev-open"] and waiting == len(items) == 2
+    assert review_count(engine, at(0), HOUR, 0.1) == 1  # afterwards the update covers the frame
