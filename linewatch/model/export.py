@@ -45,7 +45,6 @@ from linewatch.images import ImageError, read_rgb
 from linewatch.model.preprocess import to_model_tensor
 from linewatch.model.training import MAX_CALIBRATION_IMAGES, augmented_shots
 
-RUNTIMES = ("torch", "openvino")
 EXPORT_PRECISIONS = ("fp32", "bf16", "int8")
 EXPORTS_DIR = "exports"
 RECORD = "export.json"

@@ -152,7 +152,6 @@ class CompiledGraph:
             raise OpenVinoError(f"{where}: OpenVINO could not compile it for this CPU ({error})") from error
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()
-        self.precision = precision
 
     def run(
         self, images: np.ndarray, product_ids: np.ndarray, left_out_shot: np.ndarray | None = None
