@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from linewatch.cli.main import main
-from linewatch.config import Config, ConfigError, DemoSection, ModelSection, cron_trigger, load_config
+from linewatch.config import Config, ConfigError, DemoSection, ModelSection, load_config
+from linewatch.cron import cron_trigger
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config.toml"
 

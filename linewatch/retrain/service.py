@@ -28,7 +28,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from linewatch.backoff import backoff_delay
-from linewatch.config import RetrainSection, cron_trigger
+from linewatch.config import RetrainSection
+from linewatch.cron import cron_trigger
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
 
 log = logging.getLogger(__name__)
