@@ -74,12 +74,16 @@ def defect_images(defect_samples: list[SyntheticSample]) -> list[np.ndarray]:
 
 @pytest.fixture(scope="session")
 def trained_model(tiny_backbone: Backbone, normal_images: list[np.ndarray]) -> AnoPLe:
-    """AnoPLe trained for TRAINED_STEPS on 4 synthetic normal shots, memory built. Treat as read-only."""
+    """AnoPLe trained for TRAINED_STEPS on 4 synthetic normal shots, memory built, fusion scales fitted on
+    the shots left out one at a time. Treat as read-only."""
+    from linewatch.model.training import calibration_terms
+
     torch.manual_seed(0)
     model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=TRAINED_STEPS), [PRODUCT])
     shots = normal_images[:4]
     train(model, {PRODUCT: to_model_tensor(shots, 2 * model.input_size)}, seed=0)
     model.build_memory(PRODUCT, to_model_tensor(shots, model.input_size))
+    model.fit_fusion_scales(PRODUCT, calibration_terms(model.eval(), PRODUCT, [], shots, seed=0)[2])
     return model
 
 
@@ -144,11 +148,17 @@ def exportable_artifact(
     root = tmp_path_factory.mktemp("exportable")
     folder = image_folder(root / "normals", normal_images)
     records = [{"file": p.name, "path": str(p), "sha256": sha256_of(p)} for p in sorted(folder.glob("*.png"))]
-    calibration = calibrate_product(trained_model, PRODUCT, normal_images[4:], normal_images[:4], 0.05, seed=0)
+    # The seed draws the simulated anomalies of the calibration and of the export's parity gate. This random
+    # tiny model sits at the INT8 gate's edge (99 % verdict agreement): 3 of 217 verdicts flip at seed 0, 1 of 214 at
+    # seed 1. Seed 1 keeps the accepted INT8 path under test; a refused export has its own test.
+    seed = 1
+    scales = dict(trained_model.fusion_scales)  # calibrating refits them: the shared model must not change
+    calibration = calibrate_product(trained_model, PRODUCT, normal_images[4:], normal_images[:4], 0.05, seed=seed)
     info = ArtifactInfo(
         products={PRODUCT: ProductRecord(PRODUCT, calibration, records[:4], records[4:])},
-        training={"seed": 0, "steps": TRAINED_STEPS},
+        training={"seed": seed, "steps": TRAINED_STEPS},
         linewatch_version=__version__,
     )
     save_artifact(trained_model, info, root / "model")
+    trained_model.fusion_scales = scales
     return root / "model"

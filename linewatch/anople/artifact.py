@@ -3,7 +3,7 @@
 Layout of an artifact directory::
 
     anople.json          format version, backbone (name, tag, sha256, preprocessing), settings,
-                         products with thresholds and calibration, training record, metrics
+                         products with thresholds, calibration and fusion scales, training record, metrics
     learned.safetensors  prompts, couplers, view tokens, decoder
     memory.safetensors   per product and memory block, the shots' normalised patch tokens
 """
@@ -11,6 +11,7 @@ Layout of an artifact directory::
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from linewatch.anople.backbone import Backbone, BackboneSpec
 from linewatch.anople.calibrate import Calibration
 from linewatch.anople.files import FORMAT, FORMAT_VERSION, LEARNED, MANIFEST, MEMORY
-from linewatch.anople.model import AnoPLe
+from linewatch.anople.model import FUSION_SCALES, AnoPLe
 from linewatch.anople.settings import AnoPLeSettings
 
 BackboneLoader = Callable[[BackboneSpec], Backbone]
@@ -85,6 +87,11 @@ def _manifest(model: AnoPLe, info: ArtifactInfo) -> dict[str, Any]:
                 "name": name,
                 "prompt_words": model.prompt_words[name],
                 "calibration": record.calibration.to_dict(),
+                **(
+                    {"fusion_scales": dict(zip(FUSION_SCALES, model.fusion_scales[name].tolist(), strict=True))}
+                    if name in model.fusion_scales
+                    else {}
+                ),
                 "shots": record.shots,
                 "calibration_images": record.calibration_images,
             }
@@ -97,9 +104,14 @@ def _manifest(model: AnoPLe, info: ArtifactInfo) -> dict[str, Any]:
 
 def save_artifact(model: AnoPLe, info: ArtifactInfo, directory: Path, overwrite: bool = False) -> None:
     """Write to a temporary sibling directory, then rename, so readers never see half an artifact."""
-    missing = [p for p in model.products if p not in info.products or p not in model.memory]
+    scaled = model.settings.fusion == "scaled_mean"
+    missing = [
+        p
+        for p in model.products
+        if p not in info.products or p not in model.memory or (scaled and p not in model.fusion_scales)
+    ]
     if missing:
-        raise ArtifactError(f"{directory}: products {missing} lack a calibration or a memory bank")
+        raise ArtifactError(f"{directory}: products {missing} lack a calibration, a memory bank or fusion scales")
     if directory.exists() and not overwrite:
         raise ArtifactError(f"{directory}: already exists; choose another name or pass overwrite")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +210,20 @@ def _products(entries: Any, manifest_path: Path) -> tuple[dict[str, ProductRecor
     return products, words
 
 
+def _fusion_scales(value: Any, where: str) -> torch.Tensor | None:
+    """A product's recorded fusion scales, checked: every name of FUSION_SCALES, each finite and positive
+    (they divide the terms); None when the product has none (artifacts of the harmonic fusion)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(FUSION_SCALES):
+        raise ArtifactError(f"{where}: fusion_scales must be an object with exactly {', '.join(FUSION_SCALES)}")
+    for name in FUSION_SCALES:
+        number = value[name]
+        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number) or number <= 0:
+            raise ArtifactError(f"{where}: fusion_scales.{name} must be a finite number above 0, got {number!r}")
+    return torch.tensor([float(value[name]) for name in FUSION_SCALES])
+
+
 def _load_tensors(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{path}: missing from the model directory")
@@ -280,6 +306,15 @@ def load_artifact(directory: Path, load_backbone: BackboneLoader) -> tuple[AnoPL
                     f"shape (patches, {width}), got {tuple(tensor.shape)}"
                 )
         model.memory[product] = bank
+    for entry in manifest["products"]:
+        scales = _fusion_scales(entry.get("fusion_scales"), f"{directory / MANIFEST}: product {entry['name']!r}")
+        if scales is not None:
+            model.fusion_scales[entry["name"]] = scales
+        elif settings.fusion == "scaled_mean":
+            raise ArtifactError(
+                f"{directory / MANIFEST}: product {entry['name']!r} has no fusion_scales, which the "
+                f"scaled_mean fusion needs (retrain the model)"
+            )
     model.eval()
     model.refresh_text_cache()
     return model, _info(manifest, products)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linewatch.anople.model import GLOBAL_VIEW, AnoPLe, harmonic_mean
+from linewatch.anople.model import GLOBAL_VIEW, AnoPLe, fuse
 from linewatch.anople.prompts import encode_image, plain_patch_tokens
 
 NO_SHOT_LEFT_OUT = -1
@@ -33,7 +33,7 @@ class ScoringGraph(nn.Module):
     ``out_size`` H (default: the input size S, what the daemon draws heatmaps at).
 
     Shares the frozen tower, prompts and decoder with ``model`` (no copy); snapshots its text embeddings,
-    temperature and memory banks, so a retrained ``model`` needs a new graph.
+    temperature, memory banks and fusion scales, so a retrained ``model`` needs a new graph.
     """
 
     def __init__(self, model: AnoPLe, out_size: int | None = None) -> None:
@@ -52,12 +52,15 @@ class ScoringGraph(nn.Module):
         # the vision tower's sequence: CLS, the patches, the view token and the prompts (see encode_image)
         self.tower_length = 1 + model.grid * model.grid + 1 + model.learner.n_prompt_tokens
         self.harmonic_eps = model.settings.harmonic_eps
+        self.fusion = model.settings.fusion
         text = model.text_cache if model.text_cache is not None else model.refresh_text_cache()
         self.register_buffer("text", text.detach().float().clone())  # (P, 2, e)
         self.register_buffer("tau", model.tau().detach().float().clone())  # ()
         self.register_buffer("mean", model.mean.clone())  # (1, 3, 1, 1)
         self.register_buffer("std", model.std.clone())
         self.register_buffer("spread", model._upsample_blur(out_size or model.input_size).clone())  # (H, g)
+        all_products = torch.arange(len(model.products), device=model.device)
+        self.register_buffer("fusion_scales", model.scales_of(all_products).float().clone())  # (P, 5)
         patches = self.grid * self.grid
         shots = [model.memory[product][self.memory_layers[0]].shape[0] // patches for product in model.products]
         self.max_shots = max(shots)
@@ -104,7 +107,13 @@ class ScoringGraph(nn.Module):
         global_probability = global_logits.softmax(dim=-1)[:, 1]  # (B,)
         decoder_map, _ = self.decoder([tokens[i] for i in self.decoder_layers], text, self.tau)  # (B, N)
         memory_map = self._memory_map(tokens, product_ids, left_out_shot)  # (B, N)
-        fused = harmonic_mean(decoder_map, memory_map, self.harmonic_eps).view(batch, self.grid, self.grid)
-        pixel_map = self.spread @ fused @ self.spread.T  # (B, H, H)
-        image_score = harmonic_mean(global_probability, pixel_map.flatten(1).amax(dim=1), self.harmonic_eps)
+        image_score, pixel_map = fuse(
+            global_probability,
+            decoder_map.view(batch, self.grid, self.grid),
+            memory_map.view(batch, self.grid, self.grid),
+            self.fusion_scales[product_ids],
+            self.spread,
+            self.fusion,
+            self.harmonic_eps,
+        )  # (B,), (B, H, H)
         return image_score, global_probability, pixel_map

@@ -24,12 +24,25 @@ GLOBAL_VIEW = 0
 
 
 @dataclass(frozen=True)
+class Terms:
+    """What the fusion combines, of one batch, before fusing. Detached, on the model's device, fp32."""
+
+    global_probability: Tensor  # (B,) p_abnormal from the global embedding
+    decoder_map: Tensor  # (B, g, g) abnormal-patch probability from the decoder
+    memory_map: Tensor  # (B, g, g) nearest-shot patch distance (1 - cos) / 2
+
+    @staticmethod
+    def cat(batches: list[Terms]) -> Terms:
+        return Terms(*(torch.cat([getattr(b, name) for b in batches]) for name in Terms.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
 class Prediction:
     """Scores of one batch. All tensors are detached and on the model's device."""
 
-    image_score: Tensor  # (B,) harmonic mean of global probability and pixel-map max
+    image_score: Tensor  # (B,) in [0, 1): the terms fused (see fuse)
     global_probability: Tensor  # (B,) p_abnormal from the global embedding
-    pixel_map: Tensor  # (B, H, W) fused, upsampled and blurred anomaly map
+    pixel_map: Tensor  # (B, H, W) fused, upsampled and blurred anomaly map, in [0, 1)
     decoder_map: Tensor  # (B, g, g) abnormal-patch probability from the decoder
     memory_map: Tensor  # (B, g, g) nearest-shot patch distance (1 - cos) / 2
 
@@ -37,6 +50,61 @@ class Prediction:
 def harmonic_mean(a: Tensor, b: Tensor, eps: float) -> Tensor:
     """Elementwise 2ab / (a + b); eps keeps it finite where both are exactly zero."""
     return 2 * a * b / (a + b + eps)
+
+
+# The "scaled_mean" fusion's per-product scales, in this order: the mean over calibration normals of the
+# global probability, of the decoder and memory maps' maxima (spread like the pixel map), and of their patches.
+FUSION_SCALES = ("global", "decoder_image", "memory_image", "decoder_patch", "memory_patch")
+# A term whose calibration normals all sit at 0 (a memory map of the shots themselves) would divide by zero.
+_SCALE_FLOOR = 1e-6
+
+
+def _spread(matrix: Tensor, maps: Tensor) -> Tensor:
+    """(B, g, g) -> (B, H, H) through the (H, g) upsample+blur matrix, on both axes."""
+    return matrix @ maps @ matrix.T
+
+
+def fusion_scales(terms: Terms, spread: Tensor) -> Tensor:
+    """The terms of a product's calibration normals -> its (5,) scales (FUSION_SCALES order), ``spread``
+    the (H, g) upsample+blur matrix of :func:`fuse`."""
+    decoder_max = _spread(spread, terms.decoder_map).flatten(1).amax(dim=1)  # (n,)
+    memory_max = _spread(spread, terms.memory_map).flatten(1).amax(dim=1)
+    means = [terms.global_probability, decoder_max, memory_max, terms.decoder_map, terms.memory_map]
+    return torch.stack([values.float().mean() for values in means]).clamp(min=_SCALE_FLOOR)
+
+
+def fuse(
+    global_probability: Tensor,
+    decoder_map: Tensor,
+    memory_map: Tensor,
+    scales: Tensor,
+    spread: Tensor,
+    fusion: str,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """(B,), (B, g, g), (B, g, g), scales (B, 5), spread (H, g) -> image score (B,), pixel map (B, H, H).
+
+    "scaled_mean": each term in multiples of its mean on the product's calibration normals, so 1 is what
+    a normal part typically reaches on every term; the pixel map averages the two maps so rescaled, the
+    image score the global probability and each map's maximum. A mean, unlike the harmonic mean, lets no
+    term silence another: the memory map flags a defect the decoder misses. u / (1 + u) then maps the
+    averages to [0, 1) without changing their order, so a typical normal scores about 0.5.
+
+    "harmonic": anople.md as written (the scales are not used; ``eps`` keeps it finite at zero). Both are
+    pure tensor code, shared by ``AnoPLe.predict`` and the exported graph.
+    """
+    if fusion == "harmonic":
+        pixel_map = _spread(spread, harmonic_mean(decoder_map, memory_map, eps))
+        return harmonic_mean(global_probability, pixel_map.flatten(1).amax(dim=1), eps), pixel_map
+    decoder_spread = _spread(spread, decoder_map)  # (B, H, H)
+    memory_spread = _spread(spread, memory_map)
+    pixel = (decoder_spread / scales[:, 3, None, None] + memory_spread / scales[:, 4, None, None]) / 2
+    image = (
+        global_probability / scales[:, 0]
+        + decoder_spread.flatten(1).amax(dim=1) / scales[:, 1]
+        + memory_spread.flatten(1).amax(dim=1) / scales[:, 2]
+    ) / 3
+    return image / (1 + image), pixel / (1 + pixel)
 
 
 def upsample_blur_matrix(grid: int, size: int, sigma: float) -> Tensor:
@@ -109,6 +177,7 @@ class AnoPLe(nn.Module):
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("text_cache", None, persistent=False)
         self.memory: dict[str, dict[int, Tensor]] = {}
+        self.fusion_scales: dict[str, Tensor] = {}  # product -> (5,), see fuse; set with the calibration
 
     # ---- shared pieces -------------------------------------------------------------------------
     @property
@@ -201,9 +270,10 @@ class AnoPLe(nn.Module):
         }  # per layer (k * N, d_v)
 
     def _apply(self, fn, recurse=True):
-        """Move/cast the memory banks with the module (they are not buffers: their count varies)."""
+        """Move/cast the memory banks and fusion scales with the module (they are not buffers: their count varies)."""
         super()._apply(fn, recurse)
         self.memory = {p: {k: fn(v) for k, v in bank.items()} for p, bank in self.memory.items()}
+        self.fusion_scales = {p: fn(scales) for p, scales in self.fusion_scales.items()}
         return self
 
     def _memory_map(self, tokens: dict[int, Tensor], product_ids: Tensor) -> Tensor:
@@ -244,16 +314,30 @@ class AnoPLe(nn.Module):
         (in fp32 even under bf16/fp16 autocast); eval spreads each term's map the same way to compare them."""
         matrix = self._upsample_blur(out_size)  # (H, g): upsampled to out_size and blurred, per axis
         with torch.autocast(self.device.type, enabled=False):
-            return matrix @ maps.float() @ matrix.T
+            return _spread(matrix, maps.float())
+
+    def scales_of(self, product_ids: Tensor) -> Tensor:
+        """(B,) product ids -> (B, 5) fusion scales; ones under the harmonic fusion, which has none."""
+        if self.settings.fusion == "harmonic":
+            return torch.ones(product_ids.shape[0], len(FUSION_SCALES), device=self.device)
+        named = [self.products[index] for index in product_ids.unique().tolist()]
+        missing = [product for product in named if product not in self.fusion_scales]
+        if missing:
+            raise KeyError(f"no fusion scales for product(s) {missing}; calibrate them first (fit_fusion_scales)")
+        return torch.stack([self.fusion_scales[self.products[i]] for i in product_ids.tolist()])
+
+    def fit_fusion_scales(self, product: str, normals: Terms) -> None:
+        """Set a product's fusion scales from the terms of its calibration normals (see :func:`fuse`)."""
+        self.product_index(product)
+        self.fusion_scales[product] = fusion_scales(normals, self._upsample_blur(self.input_size))
 
     @torch.inference_mode()
-    def predict(self, images: Tensor, product_ids: Tensor, out_size: int | None = None) -> Prediction:
-        """images (B, 3, S, S) in [0, 1], product_ids (B,) -> Prediction with maps at ``out_size``."""
+    def terms(self, images: Tensor, product_ids: Tensor) -> Terms:
+        """images (B, 3, S, S) in [0, 1], product_ids (B,) -> the unfused Terms."""
         if images.ndim != 4 or images.shape[1:] != (3, self.input_size, self.input_size):
             raise ValueError(
                 f"expected images of shape (B, 3, {self.input_size}, {self.input_size}), got {tuple(images.shape)}"
             )
-        out_size = out_size or self.input_size
         text_all = self.text_cache if self.text_cache is not None else self.refresh_text_cache()
         product_ids = product_ids.to(self.device)
         batch = images.shape[0]
@@ -275,14 +359,30 @@ class AnoPLe(nn.Module):
         global_probability = global_logits.softmax(dim=-1)[:, 1]  # (B,)
         decoder_map, _ = self.decoder([tokens[i] for i in self.decoder_layers], text, tau)  # (B, N)
         memory_map = self._memory_map(tokens, product_ids)  # (B, N)
-        eps = self.settings.harmonic_eps
-        fused = harmonic_mean(decoder_map.float(), memory_map, eps).view(batch, self.grid, self.grid)
-        pixel_map = self.spread(fused, out_size)  # (B, H, W)
-        image_score = harmonic_mean(global_probability, pixel_map.flatten(1).amax(dim=1), eps)
-        return Prediction(
-            image_score=image_score,
-            global_probability=global_probability,
-            pixel_map=pixel_map,
+        return Terms(
+            global_probability=global_probability.float(),
             decoder_map=decoder_map.float().view(batch, self.grid, self.grid),
             memory_map=memory_map.view(batch, self.grid, self.grid),
         )
+
+    @torch.inference_mode()
+    def fuse(self, terms: Terms, product_ids: Tensor, out_size: int | None = None) -> Prediction:
+        """Terms of a batch -> Prediction with maps at ``out_size`` (default: the input size)."""
+        scales = self.scales_of(product_ids.to(self.device))
+        spread = self._upsample_blur(out_size or self.input_size)
+        with torch.autocast(self.device.type, enabled=False):
+            image_score, pixel_map = fuse(
+                terms.global_probability,
+                terms.decoder_map,
+                terms.memory_map,
+                scales,
+                spread,
+                self.settings.fusion,
+                self.settings.harmonic_eps,
+            )
+        return Prediction(image_score, terms.global_probability, pixel_map, terms.decoder_map, terms.memory_map)
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor, product_ids: Tensor, out_size: int | None = None) -> Prediction:
+        """images (B, 3, S, S) in [0, 1], product_ids (B,) -> Prediction with maps at ``out_size``."""
+        return self.fuse(self.terms(images, product_ids), product_ids, out_size)

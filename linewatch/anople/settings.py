@@ -11,6 +11,11 @@ from typing import Any
 
 VIEWS_PER_IMAGE = 5  # the whole image and its four 2x-zoomed quadrants (anople.md; simulate.make_views)
 MEMORY_FEATURES = ("prompted", "plain")
+# How the terms become one score (model.fuse): "scaled_mean" puts each term in multiples of its mean on the
+# calibration normals and averages them; "harmonic" is anople.md's harmonic mean of the raw terms.
+FUSIONS = ("scaled_mean", "harmonic")
+# Artifacts written before ``fusion`` was a setting fused with the harmonic mean; reading one keeps that.
+FUSION_BEFORE_THE_SETTING = "harmonic"
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,10 @@ class AnoPLeSettings:
     tau_max: float = 100.0
     focal_gamma: float = 2.0
     blur_sigma_at_400px: float = 4.0
+    # anople.md fuses with harmonic means, which the smaller term rules: at tau = 100 a confident global
+    # probability (about 1e-4) makes the image score about twice that whatever the maps say, and a defect the
+    # decoder misses stays dark even where the memory map flags it (issue 18, item 2). See model.fuse.
+    fusion: str = "scaled_mean"
     harmonic_eps: float = 1e-6
     normal_template: str = "{ctx} {product}."
     abnormal_template: str = "{ctx} abnormal {product}."
@@ -73,6 +82,8 @@ class AnoPLeSettings:
             raise ValueError(
                 f"memory_features must be one of {', '.join(MEMORY_FEATURES)}, got {self.memory_features!r}"
             )
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if not 0.0 <= self.anomaly_probability <= 1.0:
             raise ValueError(f"anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
 
@@ -90,6 +101,7 @@ class AnoPLeSettings:
         if unknown:
             raise ValueError(f"unknown AnoPLe settings {sorted(unknown)}; known: {sorted(known)}")
         values = dict(data)
+        values.setdefault("fusion", FUSION_BEFORE_THE_SETTING)
         for key in ("decoder_fractions", "memory_fractions"):
             if key in values:
                 values[key] = tuple(values[key])

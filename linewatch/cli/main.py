@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from linewatch.anople.files import RANDOM_WEIGHTS
-from linewatch.anople.settings import MEMORY_FEATURES, AnoPLeSettings
+from linewatch.anople.settings import FUSIONS, MEMORY_FEATURES, AnoPLeSettings
 from linewatch.model import DEFAULT_MODELS_DIR
 
 # ValueError covers the errors of bad input that every layer raises (ConfigError, ImageError, TrainingError,
 # ArtifactError, BackboneError subclass it), so this module need not import the modules that define them.
 USER_ERRORS = (KeyError, ValueError)
+FUSION_HELP = (
+    "scaled_mean: each term in multiples of its mean on the calibration normals, averaged; harmonic: the paper's "
+    "harmonic mean, which the smaller term rules"
+)
 
 
 def positive_int(text: str) -> int:
@@ -138,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MEMORY_FEATURES,
         help="memory bank from the prompted tower (one pass) or the plain one (2/3 of a pass more)",
     )
+    train.add_argument("--fusion", default=AnoPLeSettings.fusion, choices=FUSIONS, help=FUSION_HELP)
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.set_defaults(func=lazy("linewatch.cli.model", "cmd_train"))
 
@@ -201,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     evaluate.add_argument("--steps", type=positive_int, default=AnoPLeSettings.steps)
     evaluate.add_argument("--memory-features", default=AnoPLeSettings.memory_features, choices=MEMORY_FEATURES)
+    evaluate.add_argument("--fusion", default=AnoPLeSettings.fusion, choices=FUSIONS, help=FUSION_HELP)
     evaluate.add_argument("--multi-class", action="store_true", help="one model for all classes per (k, seed)")
     evaluate.add_argument("--limit-test", type=positive_int, help="score at most N test images per class (smoke runs)")
     evaluate.add_argument("--eval-size", type=positive_int, default=256, help="maps and masks compared at this size")

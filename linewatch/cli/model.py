@@ -41,7 +41,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         ProductSource(product, collect_images([spec])) for spec, product in zip(args.normals, args.product, strict=True)
     ]
     settings = AnoPLeSettings(
-        steps=args.steps, batch_size=args.batch_size, hflip=args.hflip, memory_features=args.memory_features
+        steps=args.steps,
+        batch_size=args.batch_size,
+        hflip=args.hflip,
+        memory_features=args.memory_features,
+        fusion=args.fusion,
     )
     if args.weights is not None and args.pretrained == RANDOM_WEIGHTS:
         raise BackboneError("--weights and --pretrained none contradict each other; give one of them")
@@ -220,7 +224,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pretrained = "file" if args.weights is not None else args.pretrained
     backbone = load_backbone(args.backbone, pretrained, args.models_dir, args.weights, 0)
     announce_random(backbone.spec.is_random)
-    model_settings = AnoPLeSettings(steps=args.steps, memory_features=args.memory_features)
+    model_settings = AnoPLeSettings(steps=args.steps, memory_features=args.memory_features, fusion=args.fusion)
     settings = EvalSettings(
         shots=tuple(args.shots),
         seeds=tuple(args.seeds),

@@ -28,7 +28,7 @@ from linewatch.eval.datasets import ClassSplit, TestSample
 from linewatch.eval.metrics import aupro, f1_max, image_auroc, pixel_auroc
 from linewatch.images import heatmap_overlay, read_rgb, write_image
 from linewatch.model.preprocess import to_model_tensor
-from linewatch.model.training import draw_shots
+from linewatch.model.training import calibration_terms, draw_shots
 
 CELLS = "cells"
 EXAMPLES_PER_KIND = 2
@@ -242,6 +242,10 @@ def _train_cell(
     train(model, {name: to_model_tensor(batch, 2 * model.input_size) for name, batch in images.items()}, seed)
     for name, batch in images.items():
         model.build_memory(name, to_model_tensor(batch, model.input_size))
+        # The k shots are all a cell has: the fusion scales come from them, as training without held-out
+        # normals takes them (left out one at a time, or augmented for a single shot).
+        _, _, terms = calibration_terms(model.eval(), name, [], batch, seed)
+        model.fit_fusion_scales(name, terms)
     return model.eval(), chosen, images
 
 

@@ -66,11 +66,13 @@ def quantize_int8(
     """NNCF post-training INT8 of ``model`` on ``calibration`` (input batches in INPUTS order).
 
     Only the vision tower's matrix products are quantised: those whose input runs over the tower's whole
-    token sequence (``tower_length`` = CLS, patches, view token and prompts). The decoder, the memory-bank
-    comparison, the projection to the joint space and the fusion stay in floating point: they are a small
-    share of the work, and the global probability (a softmax at temperature 100) and a cosine distance
+    token sequence (``tower_length`` = CLS, patches, view token and prompts). The patch embedding (a
+    convolution), the decoder, the memory-bank comparison, the projection to the joint space and the fusion
+    stay in floating point: they are a small share of the work (the patch embedding 0.4 % of
+    ViT-B-16-plus-240's), and the global probability (a softmax at temperature 100) and a cosine distance
     near 0 are exactly what 8 bits would round away. Measured on the tiny test model: rank correlation
-    with fp32 0.9952 quantising everything, 0.9983 the tower only.
+    with fp32 0.9952 quantising everything, 0.9983 the tower's matrix products only; with the scaled-mean
+    fusion, largest score error 0.0054 with the patch embedding quantised, 0.0029 without.
     """
     import nncf  # seconds of imports that only an INT8 export needs
 
@@ -82,7 +84,8 @@ def quantize_int8(
     outside_tower = [
         op.get_friendly_name()
         for op in model.get_ordered_ops()
-        if op.get_type_name() == "MatMul" and tower_length not in _static_dims(op)
+        if (op.get_type_name() == "MatMul" and tower_length not in _static_dims(op))
+        or op.get_type_name() == "Convolution"
     ]
     with contextlib.redirect_stdout(sys.stderr):  # its progress bars: stdout is the commands' output
         return nncf.quantize(

@@ -21,7 +21,7 @@ from linewatch import __version__
 from linewatch.anople.artifact import ArtifactInfo, ProductRecord, save_artifact
 from linewatch.anople.backbone import Backbone, file_sha256
 from linewatch.anople.calibrate import Calibration, calibrate
-from linewatch.anople.model import AnoPLe
+from linewatch.anople.model import AnoPLe, Terms
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.anople.simulate import simulate_anomalies
 from linewatch.anople.train import ProgressCallback, train
@@ -79,6 +79,30 @@ def score_tensors(model: AnoPLe, images: torch.Tensor, product: str) -> tuple[np
     return np.concatenate(scores), np.concatenate(maxima)
 
 
+def term_tensors(model: AnoPLe, images: torch.Tensor, product: str) -> Terms:
+    """The unfused terms of (N, 3, S, S) images, in batches."""
+    product_id = model.product_index(product)
+    return Terms.cat(
+        [model.terms(chunk, torch.full((chunk.shape[0],), product_id)) for chunk in images.split(SCORE_BATCH)]
+    )
+
+
+def calibration_terms(
+    model: AnoPLe, product: str, held_out: list[np.ndarray], shots: list[np.ndarray], seed: int
+) -> tuple[str, torch.Tensor, Terms]:
+    """The normals a product calibrates on, what they are, and their unfused terms: held-out normals; without
+    any, the shots left out one at a time (:func:`leave_one_out_terms`); with a single shot and nothing held
+    out, mild augmentations of it, which say little. The memory bank must hold all the shots; it does after."""
+    if held_out:
+        normals = to_model_tensor(held_out[:MAX_CALIBRATION_IMAGES], model.input_size)
+        return "held-out normals", normals, term_tensors(model, normals, product)
+    if len(shots) >= 2:
+        normals = to_model_tensor(shots, model.input_size)
+        return "leave-one-out shots", normals, leave_one_out_terms(model, product, normals)
+    normals = to_model_tensor(augmented_shots(shots, seed), model.input_size)
+    return "augmented shots", normals, term_tensors(model, normals, product)
+
+
 def calibrate_product(
     model: AnoPLe,
     product: str,
@@ -87,37 +111,29 @@ def calibrate_product(
     target_frr: float,
     seed: int,
 ) -> Calibration:
-    """The product's thresholds from held-out normals; without any, from the shots left out one at a time
-    (:func:`leave_one_out_scores`); with a single shot and nothing held out, from mild augmentations of it,
-    which say little. The product's memory bank must be built from all the shots; it is again afterwards."""
-    if held_out:
-        source, normals = "held-out normals", to_model_tensor(held_out[:MAX_CALIBRATION_IMAGES], model.input_size)
-        scores, maxima = score_tensors(model, normals, product)
-    elif len(shots) >= 2:
-        source, normals = "leave-one-out shots", to_model_tensor(shots, model.input_size)
-        scores, maxima = leave_one_out_scores(model, product, normals)
-    else:
-        source, normals = "augmented shots", to_model_tensor(augmented_shots(shots, seed), model.input_size)
-        scores, maxima = score_tensors(model, normals, product)
+    """The product's fusion scales and thresholds, both from the normals of :func:`calibration_terms`."""
+    source, normals, terms = calibration_terms(model, product, held_out, shots, seed)
+    model.fit_fusion_scales(product, terms)
+    fused = model.fuse(terms, torch.full((normals.shape[0],), model.product_index(product)))
+    scores = fused.image_score.cpu().numpy()
+    maxima = fused.pixel_map.flatten(1).amax(dim=1).cpu().numpy()
     generator = torch.Generator().manual_seed(seed)
     simulated, _, labels = simulate_anomalies(normals, 1.0, generator)
     simulated_scores, _ = score_tensors(model, simulated[labels == 1], product)
     return calibrate(scores, maxima, target_frr, source, simulated_scores)
 
 
-def leave_one_out_scores(model: AnoPLe, product: str, shots: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Each shot (k, 3, S, S) scored against a memory bank of the OTHER shots: how an unseen normal scores,
-    as far as k images can tell. Augmented copies of the shots scored against a bank holding the shots
-    themselves have a memory distance near 0, so a threshold from them sat low: on real images with 4
-    shots, 9 % of unseen normals scored above a threshold set for 1 %. The full bank is rebuilt after."""
-    scores, maxima = [], []
+def leave_one_out_terms(model: AnoPLe, product: str, shots: torch.Tensor) -> Terms:
+    """Each shot (k, 3, S, S) against a memory bank of the OTHER shots: how an unseen normal scores, as far
+    as k images can tell. Augmented copies of the shots scored against a bank holding the shots themselves
+    have a memory distance near 0, so a threshold from them sat low: on real images with 4 shots, 9 % of
+    unseen normals scored above a threshold set for 1 %. The full bank is rebuilt after."""
+    terms = []
     for index in range(shots.shape[0]):
         model.build_memory(product, torch.cat([shots[:index], shots[index + 1 :]]))
-        score, maximum = score_tensors(model, shots[index : index + 1], product)
-        scores.append(score)
-        maxima.append(maximum)
+        terms.append(term_tensors(model, shots[index : index + 1], product))
     model.build_memory(product, shots)
-    return np.concatenate(scores), np.concatenate(maxima)
+    return Terms.cat(terms)
 
 
 def few_normals_warning(calibration: Calibration) -> str | None:

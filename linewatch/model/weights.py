@@ -31,6 +31,7 @@ from linewatch.anople.backbone import (
     tag_normalisation,
 )
 from linewatch.anople.files import MANIFEST, RANDOM_WEIGHTS
+from linewatch.anople.settings import FUSION_BEFORE_THE_SETTING
 
 BACKBONES = "backbones"
 
@@ -195,12 +196,14 @@ def describe_artifact(directory: Path) -> dict[str, Any]:
     return {
         "path": str(directory),
         "backbone": manifest["backbone"],
+        "fusion": manifest["settings"].get("fusion", FUSION_BEFORE_THE_SETTING),
         "products": {
             entry["name"]: {
                 "threshold": entry["calibration"]["threshold"],
                 "target_frr": entry["calibration"]["target_frr"],
                 "calibration_source": entry["calibration"]["source"],
                 "shots": len(entry.get("shots", [])),
+                **({"fusion_scales": entry["fusion_scales"]} if "fusion_scales" in entry else {}),
             }
             for entry in manifest["products"]
         },

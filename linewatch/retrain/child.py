@@ -123,7 +123,9 @@ def _train(spec: ChildSpec, backbone: Backbone, active: AnoPLe, active_info: Art
         if held_out:
             calibration = calibrate_product(model, product, held_out, [], spec.target_frr, spec.seed)
             calibrations[product] = replace(calibration, source="held-out confirmed normals")
-        else:  # nothing of this product to calibrate on: its threshold stays (the gate cannot judge it either)
+        else:  # nothing of this product to calibrate on: its threshold and scales stay (nor can the gate judge it)
+            if product in active.fusion_scales:
+                model.fusion_scales[product] = active.fusion_scales[product].clone()
             kept = active_info.products[product].calibration
             calibrations[product] = replace(kept, source="kept from the previous version (no held-out normals)")
     duration = time.monotonic() - started

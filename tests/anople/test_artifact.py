@@ -20,7 +20,7 @@ from linewatch.anople.artifact import (
 from linewatch.anople.backbone import Backbone, BackboneSpec, load_random_backbone
 from linewatch.anople.calibrate import Calibration
 from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
-from linewatch.anople.model import AnoPLe
+from linewatch.anople.model import FUSION_SCALES, AnoPLe, harmonic_mean
 from linewatch.model.preprocess import to_model_tensor
 from tests.conftest import PRODUCT
 
@@ -68,6 +68,7 @@ def test_round_trip_gives_identical_scores_and_state(
         assert torch.equal(tensor, reloaded.learned_parameters()[name]), name
     for layer, bank in trained_model.memory[PRODUCT].items():
         assert torch.equal(bank, reloaded.memory[PRODUCT][layer])
+    assert torch.equal(reloaded.fusion_scales[PRODUCT], trained_model.fusion_scales[PRODUCT])
     assert reloaded.settings == trained_model.settings
     assert info.products[PRODUCT].calibration == CALIBRATION
     assert info.products[PRODUCT].shots == _info().products[PRODUCT].shots
@@ -105,6 +106,45 @@ def test_failed_save_leaves_nothing_behind(tmp_path: Path, trained_model: AnoPLe
     with pytest.raises(ArtifactError, match="lack a calibration"):
         save_artifact(trained_model, info, tmp_path / "broken")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_artifact_from_before_the_fusion_setting_keeps_scoring_with_the_harmonic_mean(
+    saved: Path, tiny_backbone: Backbone, normal_images: list[np.ndarray], defect_images: list[np.ndarray]
+) -> None:
+    """Its settings have no ``fusion`` and its products no scales: it must score as it did when it was made."""
+    manifest = json.loads((saved / MANIFEST).read_text())
+    del manifest["settings"]["fusion"]
+    del manifest["products"][0]["fusion_scales"]
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    old, _ = load_artifact(saved, _loader(tiny_backbone))
+    assert old.settings.fusion == "harmonic" and old.fusion_scales == {}
+    images = to_model_tensor([*normal_images[4:6], *defect_images[:2]], old.input_size)
+    prediction = old.predict(images, torch.zeros(4, dtype=torch.long))
+    eps = old.settings.harmonic_eps
+    pixel = old.spread(harmonic_mean(prediction.decoder_map, prediction.memory_map, eps), old.input_size)
+    torch.testing.assert_close(prediction.pixel_map, pixel)
+    torch.testing.assert_close(
+        prediction.image_score, harmonic_mean(prediction.global_probability, pixel.flatten(1).amax(dim=1), eps)
+    )
+
+
+@pytest.mark.parametrize(
+    ("scales", "message"),
+    [
+        (None, "has no fusion_scales, which the scaled_mean fusion needs"),
+        ({"global": 0.1}, "fusion_scales must be an object with exactly global, decoder_image"),
+        ({**dict.fromkeys(FUSION_SCALES, 0.1), "memory_patch": 0}, "fusion_scales.memory_patch must be a finite"),
+        ({**dict.fromkeys(FUSION_SCALES, 0.1), "global": float("nan")}, "fusion_scales.global must be a finite"),
+    ],
+)
+def test_missing_or_lying_fusion_scales_are_refused(
+    saved: Path, tiny_backbone: Backbone, scales: object, message: str
+) -> None:
+    manifest = json.loads((saved / MANIFEST).read_text())
+    manifest["products"][0]["fusion_scales"] = scales
+    (saved / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=f"product '{PRODUCT}'.*{message}"):
+        load_artifact(saved, _loader(tiny_backbone))
 
 
 def test_backbone_mismatch_is_named(saved: Path) -> None:

@@ -14,17 +14,23 @@ from linewatch.anople.settings import AnoPLeSettings
 from linewatch.model.preprocess import to_model_tensor
 from tests.conftest import PRODUCT
 
+VARIANTS = [("prompted", "scaled_mean"), ("plain", "scaled_mean"), ("prompted", "harmonic")]
 
-@pytest.fixture(scope="module", params=["prompted", "plain"])
+
+@pytest.fixture(scope="module", params=VARIANTS)
 def two_products(tiny_backbone: Backbone, normal_images: list[np.ndarray], request: pytest.FixtureRequest) -> AnoPLe:
-    """Two products with banks of 4 and 2 shots, so the stacked bank pads the second; memory features from the
-    prompted and from the plain tower."""
+    """Two products with banks of 4 and 2 shots, so the stacked bank pads the second, and their own fusion
+    scales; memory features from the prompted and from the plain tower; both fusions."""
     torch.manual_seed(1)
-    settings = AnoPLeSettings(steps=1, memory_features=request.param)
+    memory_features, fusion = request.param
+    settings = AnoPLeSettings(steps=1, memory_features=memory_features, fusion=fusion)
     model = AnoPLe(tiny_backbone, settings, ["plate", "screw"]).eval()
     size = model.input_size
     model.build_memory("plate", to_model_tensor(normal_images[:4], size))
     model.build_memory("screw", to_model_tensor(normal_images[4:6], size).flip(-1))
+    calibration = to_model_tensor(normal_images[12:16], size)
+    for index, product in enumerate(model.products):
+        model.fit_fusion_scales(product, model.terms(calibration, torch.full((4,), index)))
     return model
 
 

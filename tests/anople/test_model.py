@@ -73,6 +73,10 @@ def test_products_select_their_own_text_and_memory(untrained_model: AnoPLe) -> N
     untrained_model.build_memory(PRODUCT, torch.rand(2, 3, size, size, generator=generator))
     untrained_model.build_memory("screw", torch.rand(2, 3, size, size, generator=generator))
     untrained_model.refresh_text_cache()
+    calibration = torch.rand(2, 3, size, size, generator=generator)
+    for index, product in enumerate(untrained_model.products):
+        untrained_model.fit_fusion_scales(product, untrained_model.terms(calibration, torch.full((2,), index)))
+    assert not torch.allclose(untrained_model.fusion_scales[PRODUCT], untrained_model.fusion_scales["screw"])
     images = torch.rand(2, 3, size, size, generator=generator)
     as_plate = untrained_model.predict(images, torch.tensor([0, 0]))
     as_screw = untrained_model.predict(images, torch.tensor([1, 1]))
@@ -144,7 +148,7 @@ def test_training_teaches_the_decoder_and_separates_defects_from_held_out_normal
     defects = to_model_tensor([sample.image for sample in defect_samples], size)
     ids = torch.zeros(len(defect_samples), dtype=torch.long)
     trained_prediction = trained_model.predict(defects, ids)
-    untrained_prediction = untrained.predict(defects, ids)
+    untrained_prediction = untrained.terms(defects, ids)
     decoder_before = _pixel_auroc(_upsampled(untrained_prediction.decoder_map, size), defect_samples)
     decoder_after = _pixel_auroc(_upsampled(trained_prediction.decoder_map, size), defect_samples)
     fused_after = _pixel_auroc(trained_prediction.pixel_map, defect_samples)
@@ -177,7 +181,7 @@ def test_products_can_share_prompt_words_but_keep_their_own_memory(tiny_backbone
     for name in words:
         model.build_memory(name, torch.rand(1, 3, size, size, generator=generator))
     images = torch.rand(2, 3, size, size, generator=generator)
-    first, second = model.predict(images, torch.tensor([0, 0])), model.predict(images, torch.tensor([1, 1]))
+    first, second = model.terms(images, torch.tensor([0, 0])), model.terms(images, torch.tensor([1, 1]))
     assert not torch.allclose(first.memory_map, second.memory_map)
 
 
@@ -205,7 +209,7 @@ def test_plain_memory_features_come_from_the_tower_without_prompts(
         model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=1, memory_features=features), [PRODUCT]).eval()
         model.build_memory(PRODUCT, shots)
         banks[features] = model.memory[PRODUCT]
-        distances[features] = model.predict(shots, torch.zeros(2, dtype=torch.long)).memory_map
+        distances[features] = model.terms(shots, torch.zeros(2, dtype=torch.long)).memory_map
     for features in banks:
         assert distances[features].abs().max() < 1e-5
     layer = next(iter(banks["plain"]))

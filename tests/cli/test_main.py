@@ -15,6 +15,7 @@ import torch
 
 from linewatch.anople.artifact import read_manifest
 from linewatch.anople.files import LEARNED, MANIFEST, MEMORY
+from linewatch.anople.model import FUSION_SCALES
 from linewatch.cli.console import RANDOM_BANNER
 from linewatch.cli.main import main
 from linewatch.images import read_rgb
@@ -455,14 +456,17 @@ def test_model_info_on_a_trained_model(run: Run, model: Path, models_dir: Path) 
     calibration = manifest["products"][0]["calibration"]
     assert info["path"] == str(model)
     assert info["backbone"] == manifest["backbone"]
+    assert info["fusion"] == "scaled_mean"
     assert info["products"] == {
         "plate": {
             "threshold": calibration["threshold"],
             "target_frr": 0.2,
             "calibration_source": "held-out normals",
             "shots": 4,
+            "fusion_scales": manifest["products"][0]["fusion_scales"],
         }
     }
+    assert set(info["products"]["plate"]["fusion_scales"]) == set(FUSION_SCALES)
     assert info["training"]["steps"] == 3
 
 

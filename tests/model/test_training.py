@@ -25,7 +25,7 @@ from linewatch.model.training import (
     draw_shots,
     expected_frr,
     few_normals_warning,
-    leave_one_out_scores,
+    leave_one_out_terms,
     score_tensors,
     train_artifact,
 )
@@ -193,7 +193,8 @@ def test_exactly_shots_images_calibrate_on_the_shots_left_out_one_at_a_time(
     # Each shot's score is its score against a bank of the other three; the saved bank holds all four.
     model, _ = load_artifact(tmp_path / "out", lambda _spec: tiny_backbone)
     shots = to_model_tensor([read_rgb(folder / shot["file"]) for shot in info.products["plate"].shots], 224)
-    expected_scores, _ = leave_one_out_scores(model, "plate", shots)
+    left_out = model.fuse(leave_one_out_terms(model, "plate", shots), torch.zeros(4, dtype=torch.long))
+    expected_scores = left_out.image_score.numpy()
     assert calibration.threshold > float(expected_scores.max())  # nothing rejected: the top score + margin
     full_bank, _ = score_tensors(model, shots, "plate")
     assert (full_bank < expected_scores).all()  # a shot in the bank is closer to it than to the others
@@ -373,6 +374,6 @@ def test_unreadable_normal_image_is_named_and_nothing_is_written(tiny_backbone: 
 def test_save_refuses_a_model_without_memory(untrained_model, tmp_path: Path) -> None:
     from linewatch.anople.artifact import ArtifactInfo, save_artifact
 
-    with pytest.raises(ArtifactError, match="lack a calibration or a memory bank"):
+    with pytest.raises(ArtifactError, match="lack a calibration, a memory bank or fusion scales"):
         save_artifact(untrained_model, ArtifactInfo(products={}, training={}), tmp_path / "m")
     assert _listing(tmp_path) == []
