@@ -107,6 +107,14 @@ def fuse(
     return image / (1 + image), pixel / (1 + pixel)
 
 
+def upsample_matrix(grid: int, size: int) -> Tensor:
+    """(size, grid) float64: linear upsampling (align_corners=False) along one axis, so ``U @ map @ U.T`` is
+    the bilinear upsampling of a (g, g) map. Its backward is two matmuls, deterministic on CUDA, where
+    ``F.interpolate``'s bilinear backward accumulates with atomics in no fixed order."""
+    impulses = torch.eye(grid, dtype=torch.float64).view(grid, 1, grid)  # each row: a unit impulse
+    return F.interpolate(impulses, size=size, mode="linear", align_corners=False).view(grid, size).T
+
+
 def upsample_blur_matrix(grid: int, size: int, sigma: float) -> Tensor:
     """(size, grid) float64: bilinear upsampling (align_corners=False) from ``grid`` to ``size`` followed by
     a Gaussian blur with replicated edges, as ONE linear map along an axis.
@@ -115,8 +123,7 @@ def upsample_blur_matrix(grid: int, size: int, sigma: float) -> Tensor:
     exactly (up to float rounding). Two tiny matmuls replace a 2-D resize and two single-channel
     convolutions over the full output, which cost about 15% of the tiny model's whole predict on the CPU.
     """
-    impulses = torch.eye(grid, dtype=torch.float64).view(grid, 1, grid)  # each row: a unit impulse
-    upsample = F.interpolate(impulses, size=size, mode="linear", align_corners=False).view(grid, size).T
+    upsample = upsample_matrix(grid, size)
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
@@ -231,8 +238,8 @@ class AnoPLe(nn.Module):
         anomaly_map, patches = self.decoder([tokens[i] for i in self.decoder_layers], text, tau)  # (V, N)
         # The pixel loss runs at 4x the patch grid: finer adds cost, not information (the map is 15x15).
         loss_size = 4 * self.grid
-        grid_map = anomaly_map.view(-1, 1, self.grid, self.grid)
-        prob = F.interpolate(grid_map, size=(loss_size, loss_size), mode="bilinear", align_corners=False)
+        upsample = upsample_matrix(self.grid, loss_size).to(self.device, anomaly_map.dtype)  # (L, g)
+        prob = (upsample @ anomaly_map.view(-1, self.grid, self.grid) @ upsample.T).unsqueeze(1)  # (V, 1, L, L)
         masks = (F.interpolate(masks, size=(loss_size, loss_size), mode="area") > 0.25).float()
 
         normal = labels == 0

@@ -5,7 +5,8 @@ No early stopping and no test data: the only inputs are the normal shots of each
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,30 @@ def _stack_shots(model: AnoPLe, shots: Mapping[str, Tensor]) -> tuple[Tensor, Te
     return torch.cat(images), torch.cat(product_ids)
 
 
+@contextlib.contextmanager
+def deterministic_on(device: torch.device) -> Iterator[None]:
+    """On CUDA, PyTorch's deterministic algorithms and cuDNN settings for the span of a training run, restored
+    after (the scorer in the same process keeps its fast kernels). An op without a deterministic CUDA kernel
+    warns, naming itself, rather than stopping a retrain. cuBLAS needs CUBLAS_WORKSPACE_CONFIG as well, which
+    the CLI sets at start. The CPU is deterministic already."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+
+
 def train(
     model: AnoPLe,
     shots: Mapping[str, Tensor],
@@ -42,9 +67,10 @@ def train(
     """Train prompts and decoder on ``shots`` (product -> (k, 3, H, W) in [0, 1], ideally at twice the
     input size so the quadrant views stay sharp).
 
-    Steps, batch size and learning rate come from ``model.settings``. Deterministic on the CPU for a
-    given seed. The memory banks are built afterwards by the caller with ``model.build_memory`` from
-    the shots preprocessed exactly as scored images are, so bank and queries match.
+    Steps, batch size and learning rate come from ``model.settings``. Deterministic for a given seed: on the
+    CPU as is, on CUDA through :func:`deterministic_on`. The memory banks are built afterwards by the caller
+    with ``model.build_memory`` from the shots preprocessed exactly as scored images are, so bank and
+    queries match.
     """
     settings = model.settings
     images, product_ids = _stack_shots(model, shots)
@@ -55,6 +81,25 @@ def train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, settings.steps))
     model.learner.train()
     model.decoder.train()
+    with deterministic_on(model.device):
+        last = _steps(model, images, product_ids, generator, optimizer, scheduler, progress)
+    model.learner.eval()
+    model.decoder.eval()
+    model.refresh_text_cache()
+    return TrainingSummary(steps=settings.steps, seed=seed, final_losses=last)
+
+
+def _steps(
+    model: AnoPLe,
+    images: Tensor,
+    product_ids: Tensor,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: ProgressCallback | None,
+) -> dict[str, float]:
+    """The optimisation loop of :func:`train`; returns the last step's losses."""
+    settings = model.settings
     last: dict[str, float] = {}
     for step in range(settings.steps):
         picks = torch.randint(images.shape[0], (settings.batch_size,), generator=generator)
@@ -70,7 +115,4 @@ def train(
         last = {name: float(value.detach()) for name, value in losses.items()}
         if progress is not None:
             progress(step + 1, settings.steps, last)
-    model.learner.eval()
-    model.decoder.eval()
-    model.refresh_text_cache()
-    return TrainingSummary(steps=settings.steps, seed=seed, final_losses=last)
+    return last

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -271,6 +272,10 @@ def add_operating_commands(commands: argparse._SubParsersAction) -> None:  # typ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # cuBLAS is only deterministic with a fixed workspace, read when CUDA first creates a cuBLAS handle: it must
+    # be set before any command touches CUDA. Training on CUDA asks for deterministic algorithms (anople.train);
+    # a retrain child inherits it from the daemon. A CPU-only run never reads it.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse already printed the usage error; callers get the code
