@@ -27,6 +27,48 @@ CAMERA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
+class TopicSpec:
+    """One topic of linewatch's MQTT interface: the registry :class:`Topics` builds names from, the
+    subscriptions come from, and ``docs/mqtt.md``'s table is written from (``python -m linewatch.mqtt_reference``)."""
+
+    suffix: str  # under the prefix; "<camera>" stands for a camera's name
+    published: bool  # True: linewatch publishes it; False: linewatch subscribes to it
+    qos: int
+    retained: bool
+    payload: str  # what a message holds, in a sentence
+    fields: tuple[str, ...] = ()  # the keys of its JSON object, in order, where they are fixed
+
+
+EVENT_FIELDS = (
+    "event_id", "type", "seq", "site", "line", "camera", "product", "frame_ts", "score", "threshold", "verdict",
+    "model_version", "inspection_id", "part_id", "snapshot", "heatmap", "end_reason",
+)  # fmt: skip
+VERDICT_FIELDS = (
+    "inspection_id", "site", "line", "camera", "product", "frame_ts", "score", "threshold", "verdict",
+    "model_version", "snapshot", "heatmap",
+)  # fmt: skip
+MODEL_STATE_FIELDS = (
+    "version", "path", "backbone", "pretrained", "backbone_sha256", "random_weights", "runtime", "thresholds",
+    "calibration_warnings", "trained_at", "status", "retrain",
+)  # fmt: skip
+TOPIC_SPECS = (
+    TopicSpec("available", True, 1, True, "`online` on every connect, `offline` as the last will, `stopped` on a "
+              "clean exit"),
+    TopicSpec("model/state", True, 1, True, "the model in service and the latest retraining news", MODEL_STATE_FIELDS),
+    TopicSpec("retrain/state", True, 1, True, "the answer to `retrain/set`: `status` (`started`, `busy`, `disabled` "
+              "or `refused`), `trigger`, `requested`, and a `reason` when it did not start"),
+    TopicSpec("<camera>/status", True, 1, True, "`online`, `offline`, `stalled` or `disabled`"),
+    TopicSpec("<camera>/defect", True, 1, False, "a defect episode's `new`, `update` and `end` messages", EVENT_FIELDS),
+    TopicSpec("<camera>/verdict", True, 1, True, "the camera's latest verdict, for HMI tiles", VERDICT_FIELDS),
+    TopicSpec("<camera>/enabled", True, 1, True, "`true` or `false`: the echo of `<camera>/enabled/set`"),
+    TopicSpec("<camera>/feedback/set", False, 1, False, 'an operator\'s label: `{"inspection_id" or "event_id": ..., '
+              '"label": "normal"|"defect", "user": ...}`'),
+    TopicSpec("<camera>/enabled/set", False, 1, False, '`true`, `false` or `{"enabled": true|false}`'),
+    TopicSpec("retrain/set", False, 1, False, '`{}` or `{"reason": "..."}`: retrain now'),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Topics:
     """Every topic name under ``prefix``. ``subscriptions`` are the only ones linewatch listens to, so its
     own retained state and echoes never come back to it."""
@@ -59,7 +101,10 @@ class Topics:
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
-        return (f"{self.prefix}/+/feedback/set", f"{self.prefix}/+/enabled/set", f"{self.prefix}/retrain/set")
+        """The TOPIC_SPECS linewatch listens to, a camera's name as the ``+`` wildcard."""
+        return tuple(
+            f"{self.prefix}/{spec.suffix.replace('<camera>', '+')}" for spec in TOPIC_SPECS if not spec.published
+        )
 
 
 # --- incoming ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from linewatch.daemon.app import App
 from linewatch.retrain.store import list_runs
 from linewatch.retrain.versions import model_version
 from linewatch.sinks.db_schema import Inspection
+from linewatch.sinks.mqtt_payloads import MODEL_STATE_FIELDS
 from tests.daemon.test_app import (
     _assert_no_frame_lost,
     _wait_for,
@@ -136,6 +137,7 @@ recalibrate = false
         try:
             first = watcher.wait_for(lambda seen: seen.topic == state_topic, timeout=30)
             assert json.loads(first.payload)["version"] == model_version(daemon_model)
+            assert tuple(json.loads(first.payload)) == MODEL_STATE_FIELDS  # what docs/mqtt.md lists
             watcher.publish(f"{mqtt_prefix}/retrain/set", json.dumps({"reason": "shift change"}))
             echo = watcher.wait_for(lambda seen: seen.topic == echo_topic, timeout=30)
             assert json.loads(echo.payload) == {
