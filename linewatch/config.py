@@ -288,6 +288,9 @@ class WebSection(_Section):
     review_hours: Number = Field(24.0, gt=0.0, le=3650 * 24.0)  # the review queue shows this many hours
     session_hours: Number = Field(12.0, gt=0.0, le=30 * 24.0)  # a login (with [http] token set) lasts this long
     timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # times shown; default: local
+    # "Save as normal sample" on the live view writes the frame here, named as `linewatch collect` names its
+    # files, for `linewatch train --normals`; default: <data_dir>/samples
+    samples_dir: Path | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -403,6 +406,10 @@ class Config(_Section):
     @property
     def evidence_dir(self) -> Path:
         return self.evidence.dir or self.site.data_dir / "evidence"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.web.samples_dir or self.site.data_dir / "samples"
 
     @property
     def versions_dir(self) -> Path:

@@ -13,7 +13,6 @@ Only parts known to be good belong in the folder: look through it before trainin
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
@@ -22,9 +21,10 @@ import numpy as np
 
 from linewatch.config import CameraSection, load_config
 from linewatch.daemon.cameras import make_source
-from linewatch.images import read_rgb, write_image
+from linewatch.images import read_rgb
 from linewatch.pipeline.camera.reader import crop_and_rotate
 from linewatch.pipeline.camera.sources import EndOfStream, SourceError
+from linewatch.samples import save_sample
 
 THUMBNAIL = (32, 24)  # width, height of the grey thumbnails compared for near-duplicates
 IDLE_SLEEP_S = 0.02  # between polls of a source that has no frame right now
@@ -38,13 +38,6 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
 
 def near_duplicate(candidate: np.ndarray, kept: list[np.ndarray], min_change: float) -> bool:
     return any(float(np.mean(np.abs(candidate - other))) < min_change for other in kept)
-
-
-def next_index(out: Path, camera: str) -> int:
-    """One past the highest ``<camera>-NNNN.png`` already in ``out`` (1 for an empty or new folder)."""
-    pattern = re.compile(rf"^{re.escape(camera)}-(\d+)\.png$")
-    numbers = [int(m.group(1)) for p in out.glob(f"{camera}-*.png") if (m := pattern.match(p.name))]
-    return max(numbers, default=0) + 1
 
 
 def find_camera(cameras: list[CameraSection], name: str) -> CameraSection:
@@ -67,7 +60,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
         hint = " (is the daemon using it? stop the daemon or disable the camera first)" if busy else ""
         raise ValueError(f"camera {camera.name}: cannot open {source.description}: {error}{hint}") from None
     out: Path = args.out
-    index = next_index(out, camera.name)
     earlier = [thumbnail(read_rgb(path)) for path in sorted(out.glob(f"{camera.name}-*.png"))]
     kept: list[np.ndarray] = []
     duplicates = 0
@@ -95,10 +87,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
             if near_duplicate(small, earlier + kept, args.min_change):
                 duplicates += 1
                 continue
-            path = out / f"{camera.name}-{index:04d}.png"
-            write_image(path, image)
+            path = save_sample(out, camera.name, image)
             kept.append(small)
-            index += 1
             last_kept = now
             print(f"{len(kept)}/{args.count} {path} ({image.shape[1]}x{image.shape[0]})", flush=True)
     finally:

@@ -117,6 +117,7 @@ def build_site(config: Config, backend: AppWeb) -> Site:
         review_window=timedelta(hours=config.web.review_hours),
         close_call_band=config.evidence.close_call_band,
         timezone=ZoneInfo(config.web.timezone) if config.web.timezone else _local_zone(),
+        samples_dir=config.samples_dir,
     )
     return Site(backend, keeper, settings)
 

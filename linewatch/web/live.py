@@ -66,6 +66,13 @@ class LiveFrames:
                 pinned.popitem(last=False)
         return shot.verdict
 
+    def frame(self, camera: str, inspection_id: str) -> np.ndarray | None:
+        """A shown inspection's frame as scored (after ROI and rotation, full size); None when no longer kept.
+        The array is shared: read it, do not change it."""
+        with self._lock:
+            shot = self._pinned.get(camera, {}).get(inspection_id)
+        return None if shot is None else shot.image
+
     def jpeg(self, camera: str, kind: LiveKind, inspection_id: str) -> bytes | None:
         """The JPEG of a shown inspection's frame or heatmap; None when it is no longer kept."""
         with self._lock:

@@ -5,9 +5,8 @@ a few lines of our own JavaScript for keyboard shortcuts; every page also works 
 the page needs from the running daemon comes through :class:`WebBackend` (linewatch/daemon/web_mount.py implements
 it), so this module reads the store and the journal only through that and linewatch/web/queries.py.
 
-Safety: see linewatch/web/auth.py for logins and CSRF. Evidence is served only from paths of the evidence
-layout (``<camera>/<YYYY-MM-DD>/<inspection id>-<verdict>[-heatmap].jpg``) that resolve inside the
-evidence folder; static files from a fixed list. A strict Content-Security-Policy allows scripts, styles
+Safety: see linewatch/web/auth.py for logins and CSRF, linewatch/web/files.py for the evidence paths
+served; static files come from a fixed list. A strict Content-Security-Policy allows scripts, styles
 and images from this site only, so even a markup mistake cannot run a script from a product name.
 """
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,8 +33,8 @@ from starlette.routing import Route
 
 from linewatch.feedback import FeedbackError, FeedbackRequest
 from linewatch.pipeline.journal.records import JournalError
+from linewatch.samples import save_sample
 from linewatch.sinks.db import DatabaseError
-from linewatch.sinks.evidence import DATE_FORMAT, parse_evidence_name, safe_segment
 from linewatch.sinks.http import bearer_ok
 from linewatch.types import Label, LabelTarget, VerdictLabel
 from linewatch.web import queries
@@ -50,6 +48,7 @@ from linewatch.web.auth import (
     safe_next,
     same_origin,
 )
+from linewatch.web.files import NoEvidence, evidence_bytes, evidence_url
 from linewatch.web.live import LIVE_KINDS, LiveFrames
 from linewatch.web.params import (
     VERSION,
@@ -83,7 +82,6 @@ PAGE_WORKERS = 8  # threads for page handlers, apart from the JSON routes' (a sl
 HISTORY_PAGE_ROWS = 100
 PLOT_POINTS = 2000
 RUNS_SHOWN = 30
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class WebBackend(Protocol):
@@ -110,6 +108,7 @@ class WebSettings:
     review_window: timedelta
     close_call_band: float
     timezone: tzinfo
+    samples_dir: Path  # where "Save as normal sample" writes (config.samples_dir)
 
 
 Handler = Callable[[Request, Session | None, FormData | None], Response]
@@ -137,6 +136,7 @@ class Site:
             Route("/", self._page(self.live_page)),
             Route("/live/panel", self._page(self.live_panel)),
             Route("/live/{camera}/{kind}.jpg", self._page(self.live_image)),
+            Route("/live/{camera}/sample", self._page(self.live_sample, post=True), methods=["POST"]),
             Route("/review", self._page(self.review_page)),
             Route("/review/label", self._page(self.review_label, post=True), methods=["POST"]),
             Route("/history", self._page(self.history_page)),
@@ -289,7 +289,7 @@ class Site:
             tiles.append(
                 {"name": name, "product": product, "state": status["cameras"].get(name, "-"), "verdict": verdict}
             )
-        return {"status": status, "tiles": tiles}
+        return {"status": status, "tiles": tiles, "samples_dir": self.settings.samples_dir}
 
     def live_image(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
         camera, kind = request.path_params["camera"], request.path_params["kind"]
@@ -300,6 +300,25 @@ class Site:
         if data is None:
             return PlainTextResponse("that frame is no longer kept; the view refreshes", status_code=404)
         return Response(data, media_type="image/jpeg", headers={"X-Inspection-Id": inspection_id})
+
+    def live_sample(self, request: Request, session: Session | None, form: FormData | None) -> Response:
+        """The shown frame (as scored: after ROI and rotation, full size) saved for training, named as
+        ``linewatch collect`` names its files."""
+        assert form is not None
+        camera = request.path_params["camera"]
+        if camera not in {name for name, _product in self.backend.cameras}:
+            return self._refuse(request, 404, f"no camera {camera!r}")
+        inspection_id = identifier(form, "inspection_id")
+        image = self.backend.live.frame(camera, inspection_id)
+        if image is None:
+            return self._refuse(request, 409, "that frame is no longer kept (the view moved on): save the next one")
+        path = save_sample(self.settings.samples_dir, camera, image)
+        who = session.user if session is not None else None
+        log.info("web: %s saved frame %s of %s as a normal sample: %s", who or "someone", inspection_id, camera, path)
+        message = f"saved as {path}: train on the folder with linewatch train --normals {path.parent}"
+        if not request.headers.get("hx-request"):
+            return RedirectResponse("/", status_code=303)
+        return self._render("_message.html", {"message": message, "error": False})
 
     # ---- review queue --------------------------------------------------------------------------------
     def review_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
@@ -427,22 +446,10 @@ class Site:
     # ---- files ---------------------------------------------------------------------------------------
     def evidence(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
         camera, day, name = (request.path_params[key] for key in ("camera", "day", "name"))
-        root = self.backend.evidence_dir.resolve()
         try:
-            safe_segment(camera, "camera")
-            if not _DAY.match(day) or parse_evidence_name(name) is None:
-                raise ValueError("not an evidence file name")
-            datetime.strptime(day, DATE_FORMAT)
-            path = (root / camera / day / name).resolve()
-        except (ValueError, OSError):
-            return PlainTextResponse("no such evidence", status_code=404)
-        gone = PlainTextResponse("no such evidence (retention may have removed it)", status_code=404)
-        if not path.is_relative_to(root):
-            return gone
-        try:  # read whole (a JPEG is small): retention may remove the file at any moment
-            data = path.read_bytes()
-        except OSError:
-            return gone
+            data = evidence_bytes(self.backend.evidence_dir, camera, day, name)
+        except NoEvidence as missing:
+            return PlainTextResponse(str(missing), status_code=404)
         return Response(data, media_type="image/jpeg")  # not cached: a shared line PC keeps nothing after a logout
 
     async def static(self, request: Request) -> Response:
@@ -483,8 +490,3 @@ class Site:
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
-
-
-def evidence_url(path: str | None) -> str | None:
-    """The page URL of an evidence path from the store (already in the layout's POSIX form)."""
-    return None if not path else "/evidence/" + path

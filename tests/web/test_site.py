@@ -17,17 +17,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
 import linewatch.daemon.web_mount
 import linewatch.web
 from linewatch.feedback import FeedbackRequest
+from linewatch.images import read_rgb
 from linewatch.pipeline.journal.records import JournalError
 from linewatch.retrain.versions import model_version
 from linewatch.sinks.db_schema import RetrainRun
 from linewatch.types import Label
 from linewatch.web.site import CSP, MAX_FORM_BYTES
+from tests.daemon.test_app import HEIGHT, WIDTH
 from tests.web.daemon import (  # noqa: F401  (fixtures)
     CAMERA,
     PRODUCT,
@@ -109,6 +112,34 @@ def test_live_images_are_those_of_the_verdict_the_tile_shows(web_daemon: WebDaem
     assert reply.header("cache-control") == "no-store"
     never_shown = client.get(f"/live/{CAMERA}/{kind}.jpg?i={CAMERA}-x-1")
     assert never_shown.status == 404 and "no longer kept" in never_shown.text
+
+
+def test_a_shown_frame_is_saved_as_a_normal_sample_named_as_collect_names_them(web_daemon: WebDaemon) -> None:  # noqa: F811
+    web_daemon.wait_for_events()
+    client = web_daemon.client()
+    csrf = client.csrf("/")
+    fragment = client.get("/live/panel").text
+    shown = re.search(r'name="inspection_id" value="([^"]+)"', fragment)
+    assert shown is not None and f'action="/live/{CAMERA}/sample"' in fragment
+    folder = web_daemon.config.samples_dir
+    saved = []
+    for _ in range(2):
+        reply = client.post(
+            f"/live/{CAMERA}/sample", {"csrf": csrf, "inspection_id": shown.group(1)}, {"HX-Request": "true"}
+        )
+        assert reply.status == 200, reply.text[:300]
+        saved.append(folder / f"{CAMERA}-{len(saved) + 1:04d}.png")
+        assert f"saved as {saved[-1]}" in reply.text
+    assert sorted(folder.iterdir()) == saved
+    assert read_rgb(saved[0]).shape == (HEIGHT, WIDTH, 3)  # the frame as scored, not the tile's smaller JPEG
+    assert np.array_equal(read_rgb(saved[0]), read_rgb(saved[1]))  # the shown inspection's frame, both times
+    gone = client.post(f"/live/{CAMERA}/sample", {"csrf": csrf, "inspection_id": f"{CAMERA}-x-1"}, {"HX-Request": "1"})
+    assert gone.status == 409 and "no longer kept" in gone.text
+    unknown = client.post("/live/nocam/sample", {"csrf": csrf, "inspection_id": shown.group(1)}, {"HX-Request": "1"})
+    assert unknown.status == 404
+    forged = client.post(f"/live/{CAMERA}/sample", {"csrf": "forged", "inspection_id": shown.group(1)})
+    assert forged.status == 403
+    assert sorted(folder.iterdir()) == saved  # refusals write nothing
 
 
 @pytest.mark.parametrize(
