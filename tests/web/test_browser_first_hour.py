@@ -86,3 +86,23 @@ def test_the_review_queue_pages_through_every_item_once(
             browser.locator("a.older").first.click()
     assert len(seen) == len(set(seen)) >= 7  # newest first, no item twice across pages
     assert problems.messages == []
+
+
+def test_save_as_normal_sample_from_a_live_tile(
+    page: tuple[Page, BrowserProblems],  # noqa: F811
+    web_daemon: WebDaemon,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The button posts through htmx with the page's CSRF header and shows where the frame went, while the
+    panel keeps refreshing around it."""
+    browser, problems = page
+    web_daemon.wait_for_events()
+    browser.goto(f"{web_daemon.base_url}/")
+    button = browser.locator(f'article[data-camera="{CAMERA}"] form.sample button')
+    expect(button).to_have_text("Save as normal sample")
+    button.click()
+    message = browser.locator("#messages p.message.ok")
+    expect(message).to_contain_text(f"saved as {web_daemon.config.samples_dir / f'{CAMERA}-0001.png'}")
+    save_screenshot(browser, "live-sample", tmp_path)
+    assert sorted(path.name for path in web_daemon.config.samples_dir.iterdir()) == [f"{CAMERA}-0001.png"]
+    assert problems.messages == []
