@@ -303,7 +303,7 @@ class Site:
 
     def live_sample(self, request: Request, session: Session | None, form: FormData | None) -> Response:
         """The shown frame (as scored: after ROI and rotation, full size) saved for training, named as
-        ``linewatch collect`` names its files."""
+        ``linewatch collect`` names its files, and its inspection labelled normal by whoever pressed it."""
         assert form is not None
         camera = request.path_params["camera"]
         if camera not in {name for name, _product in self.backend.cameras}:
@@ -316,6 +316,10 @@ class Site:
         who = session.user if session is not None else None
         log.info("web: %s saved frame %s of %s as a normal sample: %s", who or "someone", inspection_id, camera, path)
         message = f"saved as {path}: train on the folder with linewatch train --normals {path.parent}"
+        try:  # the file is the point; the label records the judgement, and a retrain uses it if evidence was kept
+            self.backend.label(FeedbackRequest(LabelTarget.INSPECTION, inspection_id, VerdictLabel.NORMAL, who))
+        except (FeedbackError, JournalError) as problem:
+            message += f" (not labelled normal: {problem})"
         if not request.headers.get("hx-request"):
             return RedirectResponse("/", status_code=303)
         return self._render("_message.html", {"message": message, "error": False})

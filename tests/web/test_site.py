@@ -140,6 +140,7 @@ def test_a_shown_frame_is_saved_as_a_normal_sample_named_as_collect_names_them(w
     forged = client.post(f"/live/{CAMERA}/sample", {"csrf": "forged", "inspection_id": shown.group(1)})
     assert forged.status == 403
     assert sorted(folder.iterdir()) == saved  # refusals write nothing
+    web_daemon.wait_until(lambda: any(row.label == "normal" for row in stored_labels(web_daemon, shown.group(1))))
 
 
 @pytest.mark.parametrize(
