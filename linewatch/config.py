@@ -269,15 +269,30 @@ class HttpSection(_Section):
     host: StrictStr = "127.0.0.1"  # metrics, health and feedback; loopback by default
     port: StrictInt = Field(9108, ge=0, le=65535)  # 0 = any free port (tests)
     token: StrictStr | None = None  # required beyond loopback; or token_file / token_env
+    # a second bearer token that may only GET /metrics and /healthz (a Prometheus scraper cannot retrain or
+    # roll back with it); needs token; or scrape_token_file / scrape_token_env
+    scrape_token: StrictStr | None = None
+    cert_file: Path | None = None  # TLS on this port (HTTPS) with this certificate chain (PEM), with key_file
+    key_file: Path | None = None  # the certificate's private key (PEM); login cookies are then Secure
 
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpSection:
         if self.token is None and not is_loopback(self.host):
             raise ValueError(f"host {self.host!r} is reachable beyond this machine: set token (or token_file)")
-        token = self.token
-        if token is not None and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
-            raise ValueError("token must be at least 16 characters, printable, without spaces")
+        for name in ("token", "scrape_token"):
+            token = getattr(self, name)
+            if token is not None and (len(token) < 16 or not token.isprintable() or any(c.isspace() for c in token)):
+                raise ValueError(f"{name} must be at least 16 characters, printable, without spaces")
+        if self.scrape_token is not None and (self.token is None or self.scrape_token == self.token):
+            raise ValueError("scrape_token needs token set, and must differ from it")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
         return self
+
+    @property
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(cert_file, key_file) when the port serves HTTPS."""
+        return None if self.cert_file is None or self.key_file is None else (self.cert_file, self.key_file)
 
 
 class WebSection(_Section):
@@ -424,7 +439,7 @@ class Config(_Section):
         return self.mqtt.client_id or f"linewatch-{self.site.site}-{self.site.line}"
 
 
-SECRET_KEYS = frozenset({"url", "password", "token"})  # values that may carry credentials
+SECRET_KEYS = frozenset({"url", "password", "token", "scrape_token"})  # values that may carry credentials
 
 
 def _resolve_secrets(node: object, where: str, environ: Mapping[str, str]) -> object:

@@ -225,6 +225,10 @@ CAMERA = '[[cameras]]\nname = "cam1"\nproduct = "p"\n'
         ('[http]\nhost = "0.0.0.0"\n', ["http", "reachable beyond this machine", "token"]),
         ('[http]\ntoken = "short"\n', ["http", "at least 16 characters"]),
         ('[http]\nhost = "::1"\nport = 99999\n', ["http.port"]),
+        ('[http]\nscrape_token = "scrape-0123456789abcd"\n', ["http", "scrape_token needs token"]),
+        ('[http]\ntoken = "same-0123456789abcdef"\nscrape_token = "same-0123456789abcdef"\n', ["must differ"]),
+        ('[http]\ntoken = "line-0123456789abcdef"\nscrape_token = "short"\n', ["scrape_token must be at least"]),
+        ('[http]\ncert_file = "server.crt"\n', ["http", "cert_file and key_file go together"]),
     ],
 )
 def test_daemon_sections_name_the_bad_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
@@ -240,6 +244,7 @@ def test_example_plant_config_is_valid(tmp_path: Path) -> None:
         "store.url": "postgresql+psycopg://linewatch:pw@db.plant/linewatch",
         "mqtt.password": "mqtt-pw",
         "http.token": "0123456789abcdef0123",
+        "http.scrape-token": "scrape-0123456789abcdef",
     }
     for name, value in secrets.items():
         (tmp_path / name).write_text(value + "\n")
@@ -248,6 +253,7 @@ def test_example_plant_config_is_valid(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.store_url == secrets["store.url"] and config.mqtt.password == "mqtt-pw"
     assert config.http.token == "0123456789abcdef0123" and config.mqtt.tls
+    assert config.http.scrape_token == "scrape-0123456789abcdef" and config.http.tls_files is not None
     assert config.cameras[0].url == "rtsp://inspect:pw@10.20.3.11:554/stream1"
     assert [c.source for c in config.cameras] == ["url", "url", "device"]
     assert config.cameras[0].roi == (320, 0, 1280, 1080) and config.cameras[1].rotate == 90

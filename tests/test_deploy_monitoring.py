@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from linewatch.daemon.metrics import METRIC_NAMES, RETRAIN_RESULTS, PipelineMetrics, StateCollector
 from linewatch.types import Event, EventType, VerdictLabel
 from tests.daemon.test_metrics import FakeComponents, verdict  # the same stand-ins as the exporter's own tests
+from tests.services.certs import make_pki
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (installed with huggingface_hub and timm) reads the rules")
 
@@ -240,6 +241,7 @@ def test_the_scrape_config_scrapes_with_the_token_and_loads_the_rules() -> None:
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "linewatch"]
     assert job["metrics_path"] == "/metrics"
     assert job["authorization"]["credentials_file"]
+    assert job["scheme"] == "https" and job["tls_config"]["ca_file"]  # the daemons' [http] cert_file and key_file
     assert all(":" in target for group in job["static_configs"] for target in group["targets"])
     # The daemon labels its series with `line`; a target label of that name would rename it exported_line.
     assert all("line" not in group.get("labels", {}) for group in job["static_configs"])
@@ -267,8 +269,10 @@ def test_promtool_accepts_the_config(tmp_path: Path) -> None:
     config = yaml.safe_load(CONFIG.read_text())
     token = tmp_path / "linewatch.token"
     token.write_text("a-token-of-sixteen-chars\n")
+    pki = make_pki(tmp_path)
     for job in config["scrape_configs"]:
         job["authorization"]["credentials_file"] = str(token)
+        job["tls_config"]["ca_file"] = str(pki.ca.cert)
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     shutil.copy(RULES, tmp_path / RULES.name)
     result = subprocess.run(
@@ -446,6 +450,13 @@ RULE_CASES: dict[str, dict[str, Any]] = {
                 ({**L1, "forwarder": "db"}, 2500),
             )
         ],
+    },
+    "token guessing locks an address out": {
+        "input_series": [
+            series("linewatch_http_auth_refused_total", {**L1, "kind": "login", "outcome": "throttled"}, "0 0 1+1x10"),
+            series("linewatch_http_auth_refused_total", {**L1, "kind": "bearer", "outcome": "wrong"}, "0+1x12"),
+        ],
+        "promql_expr_test": [holds("LinewatchTokenGuessing", "5m", ({**L1, "kind": "login"}, 4))],  # 0 to 4 in 5 min
     },
     "disk below 5 GiB": {
         "input_series": [

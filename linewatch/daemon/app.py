@@ -184,7 +184,7 @@ class App:
                 backend = AppWeb(
                     self.config, self, self.journal, self.clock, self.outputs.engine, self.registry, self.live
                 )
-                site = build_site(self.config, backend)
+                site = build_site(self.config, backend, self.outputs.http.throttle)
                 self.outputs.http.set_site(site.app)
         self._shutdown_thread = threading.Thread(target=self._stop_capture_on_signal, name="shutdown")
         self._shutdown_thread.start()

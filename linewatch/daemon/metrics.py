@@ -57,6 +57,7 @@ METRIC_NAMES = (
     "linewatch_evidence_dropped_total",
     "linewatch_journal_dropped_total",
     "linewatch_disk_free_bytes",
+    "linewatch_http_auth_refused_total",
     "linewatch_retrain_runs_total",
     "linewatch_retrain_last_success_timestamp_seconds",
     "linewatch_model_info",
@@ -186,6 +187,8 @@ class Components(Protocol):
 
     def disk_free(self) -> dict[str, int]: ...  # volume ("journal", "evidence") -> free bytes
 
+    def auth_attempts(self) -> dict[tuple[str, str], int]: ...  # (kind, outcome) -> refused token attempts
+
 
 class StateCollector(Collector):
     """Reads the components' counters at scrape time (see the module docstring)."""
@@ -274,6 +277,15 @@ class StateCollector(Collector):
         for volume, free in sorted(parts.disk_free().items()):
             disk.add_metric([line, volume], free)
         yield disk
+
+        auth = CounterMetricFamily(
+            "linewatch_http_auth_refused",
+            "HTTP token attempts refused: wrong, or throttled after repeated wrong ones; kind bearer or login",
+            labels=["line", "kind", "outcome"],
+        )
+        for (kind, outcome), count in sorted(parts.auth_attempts().items()):
+            auth.add_metric([line, kind, outcome], count)
+        yield auth
 
 
 def _gauge(name: str, documentation: str, line: str, value: float) -> GaugeMetricFamily:

@@ -208,9 +208,11 @@ class Outputs:
             target=self.keeper.run, args=(self._sweeper_stop, config.journal.prune_interval_s), name="journal-keeper"
         )
         self._keeper_thread.start()
-        self.http = HttpServer(config.http.host, config.http.port, config.http.token, self._routes())
+        http = config.http
+        self.http = HttpServer(http.host, http.port, http.token, self._routes(), http.scrape_token, http.tls_files)
         self.http.start()
-        log.info("HTTP port %s:%d (metrics, health, feedback, retraining)", config.http.host, self.http.port)
+        scheme = "HTTPS" if http.tls_files else "HTTP"
+        log.info("%s port %s:%d (metrics, health, feedback, retraining)", scheme, http.host, self.http.port)
 
     def _start_runner(
         self, forwarder: Forwarder, retry_min_s: float, retry_max_s: float, start_at_head: bool = False

@@ -44,8 +44,9 @@ class StartingPort:
         self._stage = "starting"
         self._fraction: float | None = None
         self._since = time.monotonic()
+        http = config.http
         self._server = HttpServer(
-            config.http.host, config.http.port, config.http.token, {("GET", "/healthz"): self._health}
+            http.host, http.port, http.token, {("GET", "/healthz"): self._health}, http.scrape_token, http.tls_files
         )
         self._server.set_site(self._page)
 

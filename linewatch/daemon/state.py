@@ -88,6 +88,15 @@ class AppState:
     def disk_free(self) -> dict[str, int]:
         return self._app.outputs.disk_free() if self._app.outputs is not None else {}
 
+    def auth_attempts(self) -> dict[tuple[str, str], int]:
+        http = self._app.outputs.http if self._app.outputs is not None else None
+        if http is None:
+            return {}
+        throttle = http.throttle
+        counts = {(kind, "wrong"): count for kind, count in throttle.failures.items()}
+        counts.update({(kind, "throttled"): count for kind, count in throttle.refused.items()})
+        return counts
+
     def health(self) -> Health:
         """The cameras, the broker, the store, the backlog, the model, and whether scoring makes progress."""
         app = self._app

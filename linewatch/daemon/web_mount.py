@@ -26,6 +26,7 @@ from linewatch.pipeline.journal.outbox import Journal
 from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry, RegistryError
 from linewatch.sinks.db import DatabaseError
+from linewatch.sinks.throttle import AuthThrottle
 from linewatch.types import Label
 from linewatch.web.auth import SessionKeeper, load_secret
 from linewatch.web.live import LiveFrames
@@ -107,8 +108,9 @@ class AppWeb:
         return False, f"not started: {answer.get('reason') or answer['status']}"
 
 
-def build_site(config: Config, backend: AppWeb) -> Site:
-    """The page for this daemon, its sessions signed with a secret kept in the data folder."""
+def build_site(config: Config, backend: AppWeb, throttle: AuthThrottle) -> Site:
+    """The page for this daemon, its sessions signed with a secret kept in the data folder; ``throttle`` is the
+    HTTP port's, so wrong tokens count alike on the JSON routes and the page."""
     keeper = SessionKeeper(
         load_secret(config.site.data_dir / SECRET_FILE), config.http.token, config.web.session_hours * 3600
     )
@@ -119,7 +121,7 @@ def build_site(config: Config, backend: AppWeb) -> Site:
         timezone=ZoneInfo(config.web.timezone) if config.web.timezone else _local_zone(),
         samples_dir=config.samples_dir,
     )
-    return Site(backend, keeper, settings)
+    return Site(backend, keeper, settings, throttle)
 
 
 def _local_zone() -> tzinfo:

@@ -26,11 +26,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -39,11 +42,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from linewatch.sinks.throttle import AuthThrottle
+
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 START_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 100  # beyond it new requests get 503: a flood cannot take the daemon's file descriptors
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+SCRAPE_ROUTES = frozenset({("GET", "/metrics"), ("GET", "/healthz")})  # all the scrape token may do
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),  # no URL (ids, filters) leaks to another site
@@ -84,6 +90,14 @@ def bearer_ok(authorization: str | None, token: str) -> bool:
     return hmac.compare_digest((authorization or "").encode(), b"Bearer " + token.encode())
 
 
+def too_many_tries(wait_s: float) -> HttpResponse:
+    seconds = max(1, math.ceil(wait_s))
+    return HttpResponse(
+        429, {"error": f"too many wrong tokens from this address; try again in {seconds} s"},
+        headers={"Retry-After": str(seconds)},
+    )  # fmt: skip
+
+
 def unauthorized() -> HttpResponse:
     return HttpResponse(401, {"error": "missing or wrong bearer token"}, headers={"WWW-Authenticate": "Bearer"})
 
@@ -93,8 +107,21 @@ class HttpServer:
     one (read it back from :attr:`port`). JSON handlers run on worker threads and must be safe to call
     concurrently."""
 
-    def __init__(self, host: str, port: int, token: str | None, routes: dict[tuple[str, str], Route]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        routes: dict[tuple[str, str], Route],
+        scrape_token: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self._token = token
+        self._scrape_token = scrape_token
+        self._tls = tls
+        if tls is not None:
+            _check_tls(*tls)
+        self.throttle = AuthThrottle()
         self._routes = dict(routes)
         self._site: ASGIApp | None = None
         self._socket = _listen(host, port)
@@ -126,6 +153,8 @@ class HttpServer:
             server_header=False,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,
+            ssl_certfile=None if self._tls is None else str(self._tls[0]),
+            ssl_keyfile=None if self._tls is None else str(self._tls[1]),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -173,8 +202,11 @@ class HttpServer:
 
     async def _json(self, request: Request, routes: dict[tuple[str, str], Route]) -> HttpResponse:
         method, path = request.method, request.url.path
-        if self._token is not None and not bearer_ok(request.headers.get("authorization"), self._token):
-            return unauthorized()
+        client = request.client.host if request.client is not None else ""
+        if self._token is not None:
+            refusal = self._check_bearer(request.headers.get("authorization"), client, method, path)
+            if refusal is not None:
+                return refusal
         route = routes.get((method, path))
         if route is None:
             allowed = sorted(m for m, p in routes if p == path)
@@ -186,8 +218,25 @@ class HttpServer:
             problem, body = await read_json_body(request, MAX_BODY_BYTES)
             if problem is not None:
                 return problem
-        client = request.client.host if request.client is not None else ""
         return await run_in_threadpool(route, HttpRequest(method, path, body, client))
+
+    def _check_bearer(self, authorization: str | None, client: str, method: str, path: str) -> HttpResponse | None:
+        """None when the request may go on; else the answer: 429 while the client is locked out for wrong
+        tokens (see linewatch/sinks/throttle.py), 401 for a wrong one, 403 for the scrape token off its routes."""
+        wait = self.throttle.retry_after(client, "bearer")
+        if wait > 0:
+            return too_many_tries(wait)
+        assert self._token is not None
+        if bearer_ok(authorization, self._token):
+            self.throttle.succeeded(client)
+            return None
+        if self._scrape_token is not None and bearer_ok(authorization, self._scrape_token):
+            self.throttle.succeeded(client)
+            if (method, path) in SCRAPE_ROUTES:
+                return None
+            return error(403, "the scrape token may only GET /metrics and /healthz")
+        self.throttle.failed(client, "bearer")
+        return unauthorized()
 
 
 async def read_json_body(request: Request, limit: int) -> tuple[HttpResponse | None, bytes]:
@@ -229,6 +278,15 @@ def _with_security_headers(send: Send) -> Send:
         await send(message)
 
     return sending
+
+
+def _check_tls(cert_file: Path, key_file: Path) -> None:
+    """Load the pair once at start, so a missing file, a wrong key or a passphrase-protected one is an error
+    naming the files now, not a server thread that dies."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file, password=b"")
+    except (OSError, ssl.SSLError) as exc:
+        raise OSError(f"[http] cannot serve TLS with cert_file {cert_file} and key_file {key_file}: {exc}") from exc
 
 
 def _listen(host: str, port: int) -> socket.socket:

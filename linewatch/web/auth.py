@@ -4,8 +4,10 @@ Decisions:
 
 - One signed cookie per browser (``linewatch_session``): a random nonce, the operator's name (recorded with
   every label), whether the browser logged in, and an expiry. It is HMAC-signed, never encrypted: it holds
-  nothing secret. HttpOnly and SameSite=Strict, so scripts cannot read it and other sites' requests do not
-  carry it.
+  nothing secret. HttpOnly, so scripts cannot read it; SameSite=Lax, so other sites' posts do not carry it
+  (a link from an HMI still arrives logged in, see linewatch/web/login.py); Secure under HTTPS.
+- Wrong tokens, at the login and in bearer headers, are throttled per client address
+  (linewatch/sinks/throttle.py), with the JSON routes' attempts in the same count.
 - With ``[http] token`` set (required beyond loopback), the page asks for that token once per session at
   ``/login``; scripts may send it as a bearer header instead. Without a token (loopback), anyone on the
   machine may use the page, as they may use the JSON routes; the login form then only asks for a name.

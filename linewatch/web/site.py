@@ -36,6 +36,7 @@ from linewatch.pipeline.journal.records import JournalError
 from linewatch.samples import save_sample
 from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.http import bearer_ok
+from linewatch.sinks.throttle import AuthThrottle
 from linewatch.types import Label, LabelTarget, VerdictLabel
 from linewatch.web import queries
 from linewatch.web.auth import (
@@ -44,12 +45,11 @@ from linewatch.web.auth import (
     SESSION_COOKIE,
     Session,
     SessionKeeper,
-    operator_name,
-    safe_next,
     same_origin,
 )
 from linewatch.web.files import NoEvidence, evidence_bytes, evidence_url
 from linewatch.web.live import LIVE_KINDS, LiveFrames
+from linewatch.web.login import LoginPages
 from linewatch.web.params import (
     VERSION,
     BadInput,
@@ -114,13 +114,16 @@ class WebSettings:
 Handler = Callable[[Request, Session | None, FormData | None], Response]
 
 
-class Site:
+class Site(LoginPages):
     """Builds the Starlette app; one instance per daemon."""
 
-    def __init__(self, backend: WebBackend, keeper: SessionKeeper, settings: WebSettings) -> None:
+    def __init__(
+        self, backend: WebBackend, keeper: SessionKeeper, settings: WebSettings, throttle: AuthThrottle
+    ) -> None:
         self.backend = backend
         self.keeper = keeper
         self.settings = settings
+        self.throttle = throttle  # the port's: wrong tokens count the same on the JSON routes and here
         self.env = Environment(
             loader=PackageLoader("linewatch.web", "templates"), autoescape=select_autoescape(default=True)
         )
@@ -163,9 +166,18 @@ class Site:
         async def endpoint(request: Request) -> Response:
             now = time.time()
             session = self.keeper.decode(request.cookies.get(SESSION_COOKIE), now)
-            by_bearer = self.keeper.token is not None and bearer_ok(
-                request.headers.get("authorization"), self.keeper.token
-            )
+            authorization = request.headers.get("authorization")
+            by_bearer = False
+            if self.keeper.token is not None and authorization is not None:  # a script's bearer: throttled
+                client = request.client.host if request.client is not None else ""
+                wait = self.throttle.retry_after(client, "bearer")
+                if wait > 0:
+                    return self._too_many_tries(request, wait)
+                by_bearer = bearer_ok(authorization, self.keeper.token)
+                if by_bearer:
+                    self.throttle.succeeded(client)
+                else:
+                    self.throttle.failed(client, "bearer")
             fresh = session is None and not by_bearer
             if fresh:
                 session = self.keeper.issue(None, False, now)
@@ -230,20 +242,6 @@ class Site:
             response = self._render("error.html", {**self._common(request, None), "message": message}, status)
         response.headers["content-security-policy"] = CSP
         return response
-
-    def _set_cookie(self, response: Response, request: Request, session: Session) -> None:
-        response.set_cookie(
-            SESSION_COOKIE,
-            self.keeper.encode(session),
-            max_age=max(1, session.expires - int(time.time())),
-            path="/",
-            httponly=True,
-            # Lax, not Strict: a link from an HMI or an e-mail must arrive logged in (a Strict cookie is left
-            # out of such a navigation, and the fresh session issued then would log the operator out). Posts
-            # from elsewhere still carry no cookie, and need the CSRF token besides.
-            samesite="lax",
-            secure=request.url.scheme == "https",
-        )
 
     # ---- rendering helpers ---------------------------------------------------------------------------
     def _render(self, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
@@ -463,34 +461,3 @@ class Site:
             return PlainTextResponse("no such file", status_code=404)
         # Cached for a day: the pages ask for ?v=<content hash>, so an upgrade's new files are fetched at once.
         return Response(self._static[name], media_type=media_type, headers={"Cache-Control": "public, max-age=86400"})
-
-    # ---- login ---------------------------------------------------------------------------------------
-    def login_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
-        context = {
-            **self._common(request, session),
-            "next": safe_next(request.query_params.get("next")),
-            "problem": None,
-        }
-        return self._render("login.html", context)
-
-    def login(self, request: Request, session: Session | None, form: FormData | None) -> Response:
-        assert form is not None
-        target = safe_next(field(form, "next"))
-        try:
-            name = operator_name(field(form, "name"))
-        except ValueError as problem:
-            return self._login_again(request, session, target, str(problem))
-        if self.keeper.token_required and not self.keeper.token_ok(field(form, "token") or ""):
-            return self._login_again(request, session, target, "wrong token")
-        response = RedirectResponse(target, status_code=303)
-        self._set_cookie(response, request, self.keeper.issue(name, True, time.time()))
-        return response
-
-    def _login_again(self, request: Request, session: Session | None, target: str, problem: str) -> Response:
-        context = {**self._common(request, session), "next": target, "problem": problem}
-        return self._render("login.html", context, 400 if problem != "wrong token" else 401)
-
-    def logout(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
-        return response

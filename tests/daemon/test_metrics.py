@@ -122,6 +122,9 @@ class FakeComponents:
     def disk_free(self) -> dict[str, int]:
         return {"journal": 10_000, "evidence": 20_000}
 
+    def auth_attempts(self) -> dict[tuple[str, str], int]:
+        return {("bearer", "wrong"): 12, ("login", "throttled"): 3}
+
 
 def test_the_state_collector_reads_the_components_counters() -> None:
     registry = CollectorRegistry()
@@ -144,6 +147,8 @@ def test_the_state_collector_reads_the_components_counters() -> None:
     assert got[("linewatch_journal_dropped_total", (("kind", "normal_verdict"), line))] == 940
     assert got[("linewatch_journal_dropped_total", (("kind", "event"), line))] == 2
     assert got[("linewatch_disk_free_bytes", (line, ("volume", "evidence")))] == 20_000
+    assert got[("linewatch_http_auth_refused_total", (("kind", "bearer"), line, ("outcome", "wrong")))] == 12
+    assert got[("linewatch_http_auth_refused_total", (("kind", "login"), line, ("outcome", "throttled")))] == 3
 
 
 @pytest.mark.parametrize(

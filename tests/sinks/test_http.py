@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Iterator
 from email.message import Message
+from pathlib import Path
 
 import pytest
 
 from linewatch.sinks.http import MAX_BODY_BYTES, HttpRequest, HttpResponse, HttpServer
+from linewatch.sinks.throttle import FREE_FAILURES
+from tests.services.certs import make_pki
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -124,3 +128,72 @@ def test_with_a_token_any_host_name_may_be_used(server: HttpServer) -> None:
         server.port, "GET", "/echo", headers={"Host": "linepc.plant.example", "Authorization": f"Bearer {TOKEN}"}
     )
     assert status == 200
+
+
+# ---- wrong-token throttling, the scrape token, TLS (issue 22) -----------------------------------------------
+SCRAPE_TOKEN = "scrape-only-token-0123456789"
+
+
+def _metrics(_request: HttpRequest) -> HttpResponse:
+    return HttpResponse(200, {"metrics": "here"})
+
+
+@pytest.fixture
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    routes = {("GET", "/metrics"): _metrics, ("GET", "/healthz"): _metrics, ("POST", "/retrain"): echo}
+    instance = HttpServer("127.0.0.1", 0, TOKEN, routes, scrape_token=SCRAPE_TOKEN)
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_wrong_tokens_lock_the_address_out_even_for_the_right_token(guarded: HttpServer) -> None:
+    for _ in range(FREE_FAILURES):
+        assert call(guarded.port, "GET", "/metrics", headers=_bearer("guess-0123456789abcdef"))[0] == 401
+    assert call(guarded.port, "GET", "/metrics", headers=_bearer("guess-0123456789abcdef"))[0] == 401  # locks
+    status, headers, document = call(guarded.port, "GET", "/metrics", headers=_bearer(TOKEN))
+    assert status == 429 and headers["Retry-After"] == "1" and "try again in 1 s" in document["error"]
+    assert guarded.throttle.failures["bearer"] == FREE_FAILURES + 1 and guarded.throttle.refused["bearer"] == 1
+
+
+def test_the_scrape_token_reads_metrics_and_health_only(guarded: HttpServer) -> None:
+    assert call(guarded.port, "GET", "/metrics", headers=_bearer(SCRAPE_TOKEN))[0] == 200
+    assert call(guarded.port, "GET", "/healthz", headers=_bearer(SCRAPE_TOKEN))[0] == 200
+    status, _, document = call(guarded.port, "POST", "/retrain", b"{}", {**JSON, **_bearer(SCRAPE_TOKEN)})
+    assert status == 403 and "may only GET /metrics and /healthz" in document["error"]
+    assert call(guarded.port, "POST", "/retrain", b"{}", {**JSON, **_bearer(TOKEN)})[0] == 200
+    assert guarded.throttle.failures["bearer"] == 0  # a right token off its routes is not a guess
+
+
+def test_tls_serves_https_to_a_client_that_trusts_the_ca(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    server = HttpServer(
+        "127.0.0.1", 0, TOKEN, {("GET", "/metrics"): _metrics}, SCRAPE_TOKEN, (pki.server.cert, pki.server.key)
+    )
+    server.start()
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        connection = http.client.HTTPSConnection("localhost", server.port, timeout=5, context=context)
+        connection.request("GET", "/metrics", headers=_bearer(SCRAPE_TOKEN))
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read()) == {"metrics": "here"}
+        connection.close()
+        plain = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):  # plain HTTP gets no answer
+            plain.request("GET", "/metrics", headers=_bearer(SCRAPE_TOKEN))
+            plain.getresponse()
+        plain.close()
+    finally:
+        server.stop()
+
+
+def test_a_key_that_does_not_fit_the_certificate_is_named_at_start(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    with pytest.raises(OSError, match=r"cannot serve TLS with cert_file .*server\.crt and key_file .*client\.key"):
+        HttpServer("127.0.0.1", 0, TOKEN, {}, tls=(pki.server.cert, pki.client.key))
+    with pytest.raises(OSError, match=r"missing\.pem"):
+        HttpServer("127.0.0.1", 0, TOKEN, {}, tls=(tmp_path / "missing.pem", pki.server.key))
