@@ -302,6 +302,7 @@ class WebSection(_Section):
     refresh_s: Number = Field(2.0, ge=0.5, le=60.0)  # how often the live view and line status refresh
     review_hours: Number = Field(24.0, gt=0.0, le=3650 * 24.0)  # the review queue shows this many hours
     session_hours: Number = Field(12.0, gt=0.0, le=30 * 24.0)  # a login (with [http] token set) lasts this long
+    idle_minutes: Number = Field(30.0, gt=0.0, le=30 * 24 * 60.0)  # ... or ends this long after its last request
     timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # times shown; default: local
     # "Save as normal sample" on the live view writes the frame here, named as `linewatch collect` names its
     # files, for `linewatch train --normals`; default: <data_dir>/samples

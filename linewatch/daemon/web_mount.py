@@ -30,10 +30,12 @@ from linewatch.sinks.throttle import AuthThrottle
 from linewatch.types import Label
 from linewatch.web.auth import SessionKeeper, load_secret
 from linewatch.web.live import LiveFrames
+from linewatch.web.logins import LoginRegistry
 from linewatch.web.site import Site, WebSettings
 
 log = logging.getLogger(__name__)
 SECRET_FILE = "web-secret"
+LOGINS_FILE = "web-logins.sqlite3"  # the page's open logged-in sessions (linewatch/web/logins.py)
 
 
 class AppWeb:
@@ -111,8 +113,9 @@ class AppWeb:
 def build_site(config: Config, backend: AppWeb, throttle: AuthThrottle) -> Site:
     """The page for this daemon, its sessions signed with a secret kept in the data folder; ``throttle`` is the
     HTTP port's, so wrong tokens count alike on the JSON routes and the page."""
+    logins = LoginRegistry(config.site.data_dir / LOGINS_FILE, config.web.idle_minutes * 60)
     keeper = SessionKeeper(
-        load_secret(config.site.data_dir / SECRET_FILE), config.http.token, config.web.session_hours * 3600
+        load_secret(config.site.data_dir / SECRET_FILE), config.http.token, config.web.session_hours * 3600, logins
     )
     settings = WebSettings(
         refresh_s=config.web.refresh_s,

@@ -13,6 +13,9 @@ Decisions:
   machine may use the page, as they may use the JSON routes; the login form then only asks for a name.
 - The signing key is derived from a random secret kept in the data folder (0600, created once) and the
   token: sessions survive a daemon restart, and changing the token ends every session.
+- With a token, a logged-in session is also held open on the server (linewatch/web/logins.py): the logout
+  ends it there, and so does ``[web] idle_minutes`` without a request; ``session_hours`` is the absolute
+  limit. Each login starts a new session (a new nonce), never reusing one an attacker may have seen.
 - CSRF: every POST must carry the token derived from the session's nonce (HMAC, so a cookie planted by
   another local service cannot come with a matching token) in the ``X-CSRF-Token`` header or the ``csrf``
   form field, and must not be cross-site by ``Sec-Fetch-Site``/``Origin``. A script authenticated by the
@@ -32,6 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from linewatch.web.logins import LoginRegistry
 
 SESSION_COOKIE = "linewatch_session"
 CSRF_HEADER = "x-csrf-token"
@@ -74,9 +79,12 @@ def load_secret(path: Path) -> bytes:
 class SessionKeeper:
     """Issues, signs and checks sessions and their CSRF tokens."""
 
-    def __init__(self, secret: bytes, token: str | None, lifetime_s: float) -> None:
+    def __init__(
+        self, secret: bytes, token: str | None, lifetime_s: float, logins: LoginRegistry | None = None
+    ) -> None:
         self.token = token
         self.lifetime_s = lifetime_s
+        self.logins = logins  # with a token: logged-in sessions live only while it holds them open
         self._key = hmac.new(secret, b"linewatch-web|" + (token or "").encode(), hashlib.sha256).digest()
 
     @property
@@ -85,8 +93,16 @@ class SessionKeeper:
 
     def issue(self, user: str | None, authenticated: bool, now: float) -> Session:
         """A new session (a new nonce: a login never keeps the nonce an attacker may have seen before it)."""
-        authenticated = authenticated or not self.token_required
-        return Session(secrets.token_urlsafe(16), user, authenticated, int(now + self.lifetime_s))
+        nonce, expires = secrets.token_urlsafe(16), int(now + self.lifetime_s)
+        session = Session(nonce, user, authenticated or not self.token_required, expires)
+        if authenticated and self.token_required and self.logins is not None:
+            self.logins.start(session.nonce, user, now, session.expires)
+        return session
+
+    def end(self, session: Session | None, now: float) -> None:
+        """The logout: the session is closed on the server, so its cookie no longer logs anyone in."""
+        if session is not None and self.logins is not None:
+            self.logins.end(session.nonce, now)
 
     def encode(self, session: Session) -> str:
         body = json.dumps([session.nonce, session.user, session.authenticated, session.expires], separators=(",", ":"))
@@ -113,6 +129,8 @@ class SessionKeeper:
         )
         if not valid or expires <= now:
             return None
+        if authenticated and self.token_required and self.logins is not None and not self.logins.alive(nonce, now):
+            return None  # logged out, idle too long, or from before the registry: log in again
         return Session(nonce, user, authenticated or not self.token_required, expires)
 
     def csrf_token(self, session: Session) -> str:

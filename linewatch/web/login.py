@@ -79,7 +79,8 @@ class LoginPages:
         context = {**self._common(request, session), "next": target, "problem": problem}
         return self._render("login.html", context, 400 if problem != "wrong token" else 401)
 
-    def logout(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
+    def logout(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
+        self.keeper.end(session, time.time())
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response

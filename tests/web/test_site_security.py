@@ -301,11 +301,14 @@ def test_token_json_routes_need_the_bearer_not_the_session(token_daemon: WebDaem
 def test_token_logout_ends_the_session(token_daemon: WebDaemon) -> None:  # noqa: F811
     client = operator(token_daemon, "Wyn")
     assert client.get("/models").status == 200
+    copied = dict(client.cookies)  # what a second browser, or someone who took the cookie, still holds
     assert client.post("/logout", {}).status == 403  # logging out needs the CSRF token too
     reply = client.post("/logout", {"csrf": client.csrf("/models")})
     assert reply.status == 303 and reply.header("location") == "/login"
     assert client.session is None  # the browser is told to drop the cookie
     assert client.get("/models").status == 303
+    client.cookies.update(copied)
+    assert client.get("/models").status == 303  # ended on the server: the kept cookie logs no one in
 
 
 # ---- the JSON routes beside the page ---------------------------------------------------------------------
