@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from linewatch.sinks.http_protocol import MAX_HEADER_BYTES, DeadlineH11Protocol
 from linewatch.sinks.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ class HttpServer:
             server_header=False,
             timeout_keep_alive=5,
             timeout_graceful_shutdown=5,
+            http=DeadlineH11Protocol,  # every request must arrive whole in time (see http_protocol)
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             ssl_certfile=None if self._tls is None else str(self._tls[0]),
             ssl_keyfile=None if self._tls is None else str(self._tls[1]),
         )
@@ -182,6 +185,10 @@ class HttpServer:
         if scope["type"] != "http":  # no websockets here; lifespan is off
             return
         send = _with_security_headers(send)
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            refusal = error(431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
+            await Response(refusal.encoded(), refusal.status, media_type=refusal.content_type)(scope, receive, send)
+            return
         if self._token is None and not _loopback_host(scope):
             refusal = error(421, "this port answers only to a loopback Host (127.0.0.1, localhost, [::1])")
             await Response(refusal.encoded(), refusal.status, media_type=refusal.content_type)(scope, receive, send)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
+import time
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
 import pytest
 
+from linewatch.sinks import http_protocol
 from linewatch.sinks.http import MAX_BODY_BYTES, HttpRequest, HttpResponse, HttpServer
+from linewatch.sinks.http_protocol import MAX_HEADER_BYTES
 from linewatch.sinks.throttle import FREE_FAILURES
 from tests.services.certs import make_pki
 
@@ -197,3 +201,66 @@ def test_a_key_that_does_not_fit_the_certificate_is_named_at_start(tmp_path: Pat
         HttpServer("127.0.0.1", 0, TOKEN, {}, tls=(pki.server.cert, pki.client.key))
     with pytest.raises(OSError, match=r"missing\.pem"):
         HttpServer("127.0.0.1", 0, TOKEN, {}, tls=(tmp_path / "missing.pem", pki.server.key))
+
+
+# ---- slow and idle connections, header limits (issue 22) -----------------------------------------------------
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (reads until EOF, ignoring what it answers)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_and_trickling_connections_are_closed_while_others_are_served(
+    server: HttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_protocol, "REQUEST_READ_TIMEOUT_S", 1.0)
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]  # connect, send nothing
+    trickler = socket.create_connection(("127.0.0.1", server.port))
+    started = time.monotonic()
+    for byte in b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n":  # never finishes its headers
+        try:
+            trickler.send(bytes([byte]))
+        except OSError:
+            break
+        if time.monotonic() - started > 3:
+            break
+        time.sleep(0.1)
+    assert call(server.port, "GET", "/echo")[0] == 200  # served while the others hang on
+    assert _closed_within(trickler, 3.0), "a request trickled in byte by byte must not hold its connection"
+    assert time.monotonic() - started < 4.5
+    assert all(_closed_within(sock, 3.0) for sock in idle)
+    for sock in [*idle, trickler]:
+        sock.close()
+
+
+def test_a_request_being_answered_is_not_cut_by_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_protocol, "REQUEST_READ_TIMEOUT_S", 0.5)
+
+    def slow(_request: HttpRequest) -> HttpResponse:
+        time.sleep(1.5)  # a slow store: the answer is late, the request was whole
+        return HttpResponse(200, {"done": True})
+
+    instance = HttpServer("127.0.0.1", 0, None, {("GET", "/slow"): slow})
+    instance.start()
+    try:
+        status, _, document = call(instance.port, "GET", "/slow")
+        assert status == 200 and document == {"done": True}
+    finally:
+        instance.stop()
+
+
+def test_an_oversized_header_block_is_refused(server: HttpServer) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.request("GET", "/echo", headers={"X-Padding": "x" * (MAX_HEADER_BYTES + 1024)})
+        response = connection.getresponse()
+        assert response.status == 431 and "larger than" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
