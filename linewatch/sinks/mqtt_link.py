@@ -98,6 +98,7 @@ class MqttLink:
         self._epoch = 0  # +1 per established session
         self._state_lock = threading.Lock()  # orders retained-state publishes against the on-connect replay
         self._retained: dict[str, bytes] = {}  # topic -> latest retained payload we own
+        self._cameras: set[str] = set()  # cameras whose status was published: set offline at stop
         # +1 at every accepted CONNACK and every disconnect: a command is acknowledged only on the connection it
         # came on, which may be before our SUBACK (a persistent session's redeliveries arrive right after CONNACK)
         self._connection = 0
@@ -162,14 +163,20 @@ class MqttLink:
         )  # fmt: skip
 
     def stop(self) -> None:
-        """Say ``stopped`` (retained; waits up to STOP_WAIT_S for the broker's ack when connected), disconnect
-        cleanly so the will is not published, and stop the network thread."""
+        """Set every camera's retained status to ``offline`` (nothing inspects them any more; an HMI that
+        shows the camera tiles must not keep showing ``online``), say ``stopped`` (retained; waits up to
+        STOP_WAIT_S for the broker's ack when connected), disconnect cleanly so the will is not published,
+        and stop the network thread."""
         if not self._started or self._stopping:
             return
         self._stopping = True
         self._commands.stop()  # still connected: what it finishes is acknowledged
         if self.connected:
             with self._state_lock:
+                for camera in sorted(self._cameras):
+                    topic = self.topics.status(camera)
+                    self._retained[topic] = str(CameraStatus.OFFLINE).encode()
+                    self._client.publish(topic, self._retained[topic], qos=1, retain=True)
                 info = self._client.publish(self.topics.available, "stopped", qos=1, retain=True)
             try:
                 info.wait_for_publish(STOP_WAIT_S)
@@ -198,6 +205,8 @@ class MqttLink:
     def publish_camera_status(self, camera: str, status: CameraStatus | str) -> None:
         if not CAMERA.match(camera):
             raise ValueError(f"camera name {camera!r} cannot be used in a topic")
+        with self._state_lock:
+            self._cameras.add(camera)  # stop() sets it offline
         self._publish_retained(self.topics.status(camera), str(CameraStatus(status)).encode())
 
     def publish_model_state(self, state: dict[str, Any]) -> None:

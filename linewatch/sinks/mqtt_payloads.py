@@ -57,7 +57,8 @@ TOPIC_SPECS = (
     TopicSpec("model/state", True, 1, True, "the model in service and the latest retraining news", MODEL_STATE_FIELDS),
     TopicSpec("retrain/state", True, 1, True, "the answer to `retrain/set`: `status` (`started`, `busy`, `disabled` "
               "or `refused`), `trigger`, `requested`, and a `reason` when it did not start"),
-    TopicSpec("<camera>/status", True, 1, True, "`online`, `offline`, `stalled` or `disabled`"),
+    TopicSpec("<camera>/status", True, 1, True, "`online`, `offline`, `stalled` or `disabled`; every camera goes "
+              "`offline` at a clean stop (after a crash read `P/available`, the will)"),
     TopicSpec("<camera>/defect", True, 1, False, "a defect episode's `new`, `update` and `end` messages", EVENT_FIELDS),
     TopicSpec("<camera>/verdict", True, 1, True, "the camera's latest verdict, for HMI tiles", VERDICT_FIELDS),
     TopicSpec("<camera>/enabled", True, 1, True, "`true` or `false`: the echo of `<camera>/enabled/set`"),

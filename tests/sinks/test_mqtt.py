@@ -82,6 +82,28 @@ def test_online_on_connect_and_stopped_on_clean_stop_without_the_will(
     link.stop()  # a second stop is harmless
 
 
+def test_a_clean_stop_sets_every_camera_offline_before_saying_stopped(
+    broker: MosquittoBroker, mqtt_prefix: str
+) -> None:
+    """An HMI tile must not keep showing a camera as online once nothing inspects it (issue 19)."""
+    topics = Topics(mqtt_prefix)
+    link = MqttLink(section(broker), mqtt_prefix, "lw-offline-at-stop", RecordingHandlers())
+    link.start()
+    assert link.wait_connected(5)
+    link.publish_camera_status("cam1", CameraStatus.ONLINE)
+    link.publish_camera_status("cam2", CameraStatus.DISABLED)
+    with MqttWatcher(broker, f"{mqtt_prefix}/+/status", topics.available) as watcher:
+        watcher.wait_for(lambda s: s.topic == topics.status("cam2") and s.text == "disabled")
+        link.stop()
+        watcher.wait_for(lambda s: s.topic == topics.available and s.text == "stopped")
+        order = [(s.topic, s.text) for s in list(watcher.messages) if s.text in ("offline", "stopped")]
+    cam1, cam2 = topics.status("cam1"), topics.status("cam2")
+    assert order == [(cam1, "offline"), (cam2, "offline"), (topics.available, "stopped")]
+    with MqttWatcher(broker, f"{mqtt_prefix}/+/status") as late:  # what a tile reads after the stop: retained
+        late.wait_for(lambda _s: {m.topic for m in list(late.messages)} >= {cam1, cam2})
+        assert {s.topic: s.text for s in list(late.messages)} == {cam1: "offline", cam2: "offline"}
+
+
 CHILD = """
 import sys, time
 from linewatch.config import MqttSection
