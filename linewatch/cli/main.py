@@ -265,6 +265,24 @@ def add_operating_commands(commands: argparse._SubParsersAction) -> None:  # typ
     upgrade.add_argument("--config", type=Path, default=Path("config.toml"))
     upgrade.set_defaults(func=lazy("linewatch.cli.ops", "cmd_db_upgrade"))
 
+    user = commands.add_parser("user", help="the operator page's accounts and roles, in the SQL store")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for action, text in (
+        ("add", "a new account (the password is asked for twice, or read from --password-stdin)"),
+        ("passwd", "set an account's password"),
+        ("remove", "delete an account; its sessions end at their next request"),
+        ("list", "every account with its role"),
+    ):
+        sub = user_commands.add_parser(action, help=text)
+        if action != "list":
+            sub.add_argument("name")
+        if action == "add":
+            sub.add_argument("--role", required=True, choices=["viewer", "operator", "engineer", "admin"])
+        if action in ("add", "passwd"):
+            sub.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+        sub.add_argument("--config", type=Path, default=Path("config.toml"))
+        sub.set_defaults(func=lazy("linewatch.cli.users", "cmd_user"))
+
     status = commands.add_parser("status", help="the running daemon's cameras, rates, backlog and model")
     status.add_argument("--interval", type=float, default=1.0, help="seconds between the two readings (rates)")
     status.add_argument("--config", type=Path, default=Path("config.toml"))

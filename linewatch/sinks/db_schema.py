@@ -55,6 +55,7 @@ LABEL_TARGETS = ("inspection", "event")
 EVENT_TYPES = ("new", "update", "end")
 END_REASONS = ("quiet", "stopped", "restarted")
 MODEL_STATUSES = ("active", "retired", "failed", "candidate")
+USER_ROLES = ("viewer", "operator", "engineer", "admin")  # each may do what the ones before it may
 # The rows of the partial index the review queue reads. The same text on both dialects, in the migration
 # too: SQLite uses a partial index only for a query whose WHERE has these very terms.
 REVIEWABLE = "label IS NULL AND snapshot IS NOT NULL"
@@ -223,3 +224,16 @@ class RetrainRun(Base):
     reason: Mapped[str | None]
     candidate_version: Mapped[str | None]
     metrics: Mapped[dict[str, Any] | None]
+
+
+class User(Base):
+    """Someone who logs in to the operator page (linewatch/sinks/users.py); the role says what they may do."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_one_of("role", USER_ROLES), name="role"),)
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    role: Mapped[str]
+    password_hash: Mapped[str]  # argon2id, with its parameters and salt (PHC string)
+    created_at: Mapped[datetime]
+    changed_at: Mapped[datetime]  # the last change of role or password

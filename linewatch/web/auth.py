@@ -31,11 +31,12 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from linewatch.sinks.db_schema import USER_ROLES
 from linewatch.web.logins import LoginRegistry
 
 SESSION_COOKIE = "linewatch_session"
@@ -49,8 +50,9 @@ MAX_NAME_LENGTH = 64
 class Session:
     nonce: str  # random per session; the CSRF token is derived from it
     user: str | None  # the operator's name, recorded with labels
-    authenticated: bool  # logged in with the token, or no token is configured
+    authenticated: bool  # logged in (token or account), or no login is required
     expires: int  # unix seconds
+    role: str = "admin"  # an account's role (linewatch/sinks/users.py); the token and an open port give all
 
 
 def load_secret(path: Path) -> bytes:
@@ -87,15 +89,24 @@ class SessionKeeper:
         self.logins = logins  # with a token: logged-in sessions live only while it holds them open
         self._key = hmac.new(secret, b"linewatch-web|" + (token or "").encode(), hashlib.sha256).digest()
 
+    # Whether the store holds accounts (then the page logs in by name and password); set by the site.
+    accounts: Callable[[], bool] = staticmethod(lambda: False)
+
     @property
     def token_required(self) -> bool:
         return self.token is not None
 
-    def issue(self, user: str | None, authenticated: bool, now: float) -> Session:
+    @property
+    def login_required(self) -> bool:
+        """A token is set, or accounts exist: the page is for those who log in."""
+        return self.token_required or self.accounts()
+
+    def issue(self, user: str | None, authenticated: bool, now: float, role: str = "admin") -> Session:
         """A new session (a new nonce: a login never keeps the nonce an attacker may have seen before it)."""
         nonce, expires = secrets.token_urlsafe(16), int(now + self.lifetime_s)
-        session = Session(nonce, user, authenticated or not self.token_required, expires)
-        if authenticated and self.token_required and self.logins is not None:
+        required = self.login_required
+        session = Session(nonce, user, authenticated or not required, expires, role)
+        if authenticated and required and self.logins is not None:
             self.logins.start(session.nonce, user, now, session.expires)
         return session
 
@@ -105,7 +116,8 @@ class SessionKeeper:
             self.logins.end(session.nonce, now)
 
     def encode(self, session: Session) -> str:
-        body = json.dumps([session.nonce, session.user, session.authenticated, session.expires], separators=(",", ":"))
+        fields = [session.nonce, session.user, session.authenticated, session.expires, session.role]
+        body = json.dumps(fields, separators=(",", ":"))
         payload = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
         return f"{payload}.{self._sign(payload)}"
 
@@ -118,7 +130,7 @@ class SessionKeeper:
             return None
         try:
             padded = payload + "=" * (-len(payload) % 4)
-            nonce, user, authenticated, expires = json.loads(base64.urlsafe_b64decode(padded))
+            nonce, user, authenticated, expires, role = json.loads(base64.urlsafe_b64decode(padded))
         except (ValueError, TypeError):
             return None
         valid = (
@@ -126,12 +138,14 @@ class SessionKeeper:
             and (user is None or isinstance(user, str))
             and isinstance(authenticated, bool)
             and isinstance(expires, int)
+            and role in USER_ROLES
         )
         if not valid or expires <= now:
             return None
-        if authenticated and self.token_required and self.logins is not None and not self.logins.alive(nonce, now):
+        required = self.login_required
+        if authenticated and required and self.logins is not None and not self.logins.alive(nonce, now):
             return None  # logged out, idle too long, or from before the registry: log in again
-        return Session(nonce, user, authenticated or not self.token_required, expires)
+        return Session(nonce, user, authenticated or not required, expires, role)
 
     def csrf_token(self, session: Session) -> str:
         return self._sign("csrf|" + session.nonce)

@@ -12,16 +12,28 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.throttle import AuthThrottle
+from linewatch.sinks.users import authenticate, has_accounts, role_of
 from linewatch.web.auth import SESSION_COOKIE, Session, SessionKeeper, operator_name, safe_next
 from linewatch.web.params import field
 
+ACCOUNTS_TTL_S = 10.0  # how long "are there accounts" and a user's role are taken as read from the store
+
 
 class LoginPages:
-    """``/login`` (GET and POST) and ``/logout``; the wrong-token throttle of the port applies to the login."""
+    """``/login`` (GET and POST) and ``/logout``; the wrong-token throttle of the port applies to the login.
+
+    With accounts in the store (``linewatch user add``) the login asks for a name and password and the
+    session carries the account's role; otherwise the ``[http] token`` (or nothing, on a loopback port
+    without one) opens everything, as before accounts existed. A user's current role is read from the
+    store at most every ACCOUNTS_TTL_S, so a removed or demoted account loses its rights within seconds."""
 
     keeper: SessionKeeper
     throttle: AuthThrottle
+    backend: Any  # a WebBackend (linewatch/web/site.py): its engine holds the accounts
+    _accounts_seen: tuple[float, bool] | None = None
+    _roles_seen: dict[str, tuple[float, str | None]]
     _render: Callable[..., HTMLResponse]
     _common: Callable[[Request, Session | None], dict[str, Any]]
     _refuse: Callable[[Request, int, str], Response]
@@ -46,6 +58,33 @@ class LoginPages:
             secure=request.url.scheme == "https",
         )
 
+    # ---- accounts ------------------------------------------------------------------------------------
+    def _accounts_active(self) -> bool:
+        """Whether the store holds accounts; the last answer stands while the store cannot be read, and
+        before any answer a store that cannot be read counts as holding them (the stricter login)."""
+        now = time.monotonic()
+        seen = self._accounts_seen
+        if seen is None or now - seen[0] > ACCOUNTS_TTL_S:
+            try:
+                self._accounts_seen = seen = (now, has_accounts(self.backend.engine))
+            except DatabaseError:
+                return True if seen is None else seen[1]
+        return seen[1]
+
+    def _current_role(self, user: str | None) -> str | None:
+        """The account's role now; None when it no longer exists (or the store cannot say, and never did)."""
+        if user is None:
+            return None
+        now = time.monotonic()
+        seen = self._roles_seen.get(user)
+        if seen is None or now - seen[0] > ACCOUNTS_TTL_S:
+            try:
+                seen = (now, role_of(self.backend.engine, user))
+            except DatabaseError:
+                return None if seen is None else seen[1]
+            self._roles_seen[user] = seen
+        return seen[1]
+
     # ---- login ---------------------------------------------------------------------------------------
     def login_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
         context = {
@@ -62,22 +101,32 @@ class LoginPages:
             name = operator_name(field(form, "name"))
         except ValueError as problem:
             return self._login_again(request, session, target, str(problem))
-        if self.keeper.token_required:
+        role = "admin"  # the token, or a loopback port without one, opens everything
+        accounts = self._accounts_active()
+        if accounts or self.keeper.token_required:
             client = request.client.host if request.client is not None else ""
             wait = self.throttle.retry_after(client, "login")
             if wait > 0:
                 return self._too_many_tries(request, wait)
-            if not self.keeper.token_ok(field(form, "token") or ""):
+            if accounts:
+                found = authenticate(self.backend.engine, name or "", field(form, "password") or "")
+                problem = "wrong name or password"
+            else:
+                found = "admin" if self.keeper.token_ok(field(form, "token") or "") else None
+                problem = "wrong token"
+            if found is None:
                 self.throttle.failed(client, "login")
-                return self._login_again(request, session, target, "wrong token")
+                return self._login_again(request, session, target, problem)
             self.throttle.succeeded(client)
+            role = found
+            self._roles_seen.pop(name or "", None)
         response = RedirectResponse(target, status_code=303)
-        self._set_cookie(response, request, self.keeper.issue(name, True, time.time()))
+        self._set_cookie(response, request, self.keeper.issue(name, True, time.time(), role))
         return response
 
     def _login_again(self, request: Request, session: Session | None, target: str, problem: str) -> Response:
         context = {**self._common(request, session), "next": target, "problem": problem}
-        return self._render("login.html", context, 400 if problem != "wrong token" else 401)
+        return self._render("login.html", context, 401 if problem.startswith("wrong") else 400)
 
     def logout(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
         self.keeper.end(session, time.time())

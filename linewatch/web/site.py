@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,7 @@ from linewatch.samples import save_sample
 from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.http import bearer_ok
 from linewatch.sinks.throttle import AuthThrottle
+from linewatch.sinks.users import role_allows
 from linewatch.types import Label, LabelTarget, VerdictLabel
 from linewatch.web import queries
 from linewatch.web.auth import (
@@ -124,6 +125,8 @@ class Site(LoginPages):
         self.keeper = keeper
         self.settings = settings
         self.throttle = throttle  # the port's: wrong tokens count the same on the JSON routes and here
+        self._roles_seen = {}
+        keeper.accounts = self._accounts_active  # accounts in the store: log in by name and password
         self.env = Environment(
             loader=PackageLoader("linewatch.web", "templates"), autoescape=select_autoescape(default=True)
         )
@@ -139,14 +142,14 @@ class Site(LoginPages):
             Route("/", self._page(self.live_page)),
             Route("/live/panel", self._page(self.live_panel)),
             Route("/live/{camera}/{kind}.jpg", self._page(self.live_image)),
-            Route("/live/{camera}/sample", self._page(self.live_sample, post=True), methods=["POST"]),
+            Route("/live/{camera}/sample", self._page(self.live_sample, post=True, role="operator"), methods=["POST"]),
             Route("/review", self._page(self.review_page)),
-            Route("/review/label", self._page(self.review_label, post=True), methods=["POST"]),
+            Route("/review/label", self._page(self.review_label, post=True, role="operator"), methods=["POST"]),
             Route("/history", self._page(self.history_page)),
             Route("/models", self._page(self.models_page)),
             Route("/models/state", self._page(self.models_state)),
-            Route("/models/rollback", self._page(self.models_rollback, post=True), methods=["POST"]),
-            Route("/models/retrain", self._page(self.models_retrain, post=True), methods=["POST"]),
+            Route("/models/rollback", self._page(self.models_rollback, post=True, role="engineer"), methods=["POST"]),
+            Route("/models/retrain", self._page(self.models_retrain, post=True, role="engineer"), methods=["POST"]),
             Route("/evidence/{camera}/{day}/{name}", self._page(self.evidence)),
             Route("/login", self._page(self.login_page, open_=True)),
             Route("/login", self._page(self.login, post=True, open_=True), methods=["POST"]),
@@ -158,10 +161,11 @@ class Site(LoginPages):
 
     # ---- the guard every page and button goes through -------------------------------------------------
     def _page(
-        self, handler: Handler, post: bool = False, open_: bool = False
+        self, handler: Handler, post: bool = False, open_: bool = False, role: str = "viewer"
     ) -> Callable[[Request], Awaitable[Response]]:
-        """Session (issued when missing), login when the token requires it, CSRF and origin checks on POSTs,
-        the form read with a size limit; the handler then runs on a worker thread (it may block on the store)."""
+        """Session (issued when missing), login when a token or accounts require it, the session's role at
+        least ``role`` (USER_ROLES; the bearer token passes), CSRF and origin checks on POSTs, the form read
+        with a size limit; the handler then runs on a worker thread (it may block on the store)."""
 
         async def endpoint(request: Request) -> Response:
             now = time.time()
@@ -181,8 +185,15 @@ class Site(LoginPages):
             fresh = session is None and not by_bearer
             if fresh:
                 session = self.keeper.issue(None, False, now)
+            signed_in = session is not None and session.authenticated and bool(session.user)
+            if not open_ and not by_bearer and signed_in and self.keeper.accounts():
+                assert session is not None  # the account's role now: a removed one is logged out
+                current = self._current_role(session.user)
+                session = replace(session, role=current) if current else replace(session, authenticated=False)
             if not open_ and not by_bearer and not (session is not None and session.authenticated):
                 response = self._to_login(request)
+            elif not open_ and not by_bearer and session is not None and not role_allows(session.role, role):
+                response = self._refuse(request, 403, f"as {session.role} you may not do this; it needs {role}")
             else:
                 response = await self._run(request, session, handler, post, by_bearer)
             if fresh and session is not None and SESSION_COOKIE not in response.headers.get("set-cookie", ""):
@@ -254,7 +265,10 @@ class Site(LoginPages):
             "path": request.url.path,
             "user": session.user if session is not None else None,
             "csrf": self.keeper.csrf_token(session) if session is not None else "",
-            "login_needed": self.keeper.token_required,
+            "login_needed": self.keeper.login_required,
+            "accounts": self.keeper.accounts(),
+            "role": session.role if session is not None else None,
+            "can": {need: session is not None and role_allows(session.role, need) for need in ("operator", "engineer")},
             "model": model,
             "refresh_ms": int(self.settings.refresh_s * 1000),
             "zone": getattr(self.settings.timezone, "key", None) or datetime.now(self.settings.timezone).tzname(),

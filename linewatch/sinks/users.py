@@ -1,0 +1,124 @@
+"""The operator page's accounts in the main store (table ``users``): names, roles and argon2id password
+hashes (argon2-cffi, the maintained binding of the Password Hashing Competition's winner, with its
+recommended parameters; the hash string carries them, so a later change of parameters still verifies old
+hashes and rehashes them at the next login).
+
+Roles, each allowed what the ones before it may (``USER_ROLES``): ``viewer`` looks; ``operator`` labels,
+saves normal samples (and will switch cameras and products); ``engineer`` retrains and rolls back;
+``admin`` manages the accounts (``linewatch user``). Once the store holds one account, the page logs in
+by name and password only; until then the ``[http] token`` login stays (see docs/http.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import Engine, delete, func, select, update
+
+from linewatch.sinks.db import masked, translated
+from linewatch.sinks.db_schema import USER_ROLES, User
+
+MIN_PASSWORD_LENGTH = 10
+MAX_NAME_LENGTH = 64
+_HASHER = PasswordHasher()
+# Verified when the name is unknown, so a wrong name costs as long as a wrong password (no name probing).
+_DUMMY_HASH = _HASHER.hash("linewatch: no such user")
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    role: str
+    created_at: datetime
+    changed_at: datetime
+
+
+def role_allows(role: str | None, needed: str) -> bool:
+    """Whether ``role`` may do what ``needed`` may (roles are ordered, USER_ROLES)."""
+    return role in USER_ROLES and USER_ROLES.index(role) >= USER_ROLES.index(needed)
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable():
+        raise AccountError(f"a user name is 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}")
+    return name
+
+
+def check_role(role: str) -> str:
+    if role not in USER_ROLES:
+        raise AccountError(f"role must be one of {', '.join(USER_ROLES)}, got {role!r}")
+    return role
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def add_user(engine: Engine, name: str, role: str, password: str, now: datetime | None = None) -> Account:
+    name, role = check_name(name), check_role(role)
+    digest = _HASHER.hash(check_password(password))
+    now = now or datetime.now(UTC)
+    with translated(masked(engine.url), "adding a user"), engine.begin() as conn:
+        if conn.execute(select(User.name).where(User.name == name)).first() is not None:
+            raise AccountError(f"user {name!r} exists already; use passwd or remove it first")
+        conn.execute(User.__table__.insert().values(name=name, role=role, password_hash=digest,
+                                                   created_at=now, changed_at=now))  # fmt: skip
+    return Account(name, role, now, now)
+
+
+def remove_user(engine: Engine, name: str) -> None:
+    with translated(masked(engine.url), "removing a user"), engine.begin() as conn:
+        if conn.execute(delete(User).where(User.name == name)).rowcount == 0:
+            raise AccountError(f"no user {name!r}")
+
+
+def set_password(engine: Engine, name: str, password: str, now: datetime | None = None) -> None:
+    digest = _HASHER.hash(check_password(password))
+    with translated(masked(engine.url), "changing a password"), engine.begin() as conn:
+        changed = conn.execute(
+            update(User).where(User.name == name).values(password_hash=digest, changed_at=now or datetime.now(UTC))
+        )
+        if changed.rowcount == 0:
+            raise AccountError(f"no user {name!r}")
+
+
+def list_users(engine: Engine) -> list[Account]:
+    with translated(masked(engine.url), "listing users"), engine.connect() as conn:
+        rows = conn.execute(select(User.name, User.role, User.created_at, User.changed_at).order_by(User.name))
+        return [Account(*row) for row in rows]
+
+
+def has_accounts(engine: Engine) -> bool:
+    with translated(masked(engine.url), "reading the users"), engine.connect() as conn:
+        return bool(conn.execute(select(func.count()).select_from(User)).scalar_one())
+
+
+def authenticate(engine: Engine, name: str, password: str) -> str | None:
+    """The user's role when ``password`` is theirs, else None (unknown names take as long as wrong passwords)."""
+    with translated(masked(engine.url), "checking a login"), engine.connect() as conn:
+        row = conn.execute(select(User.role, User.password_hash).where(User.name == name)).first()
+    try:
+        _HASHER.verify(row.password_hash if row is not None else _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    if row is None:
+        return None
+    if _HASHER.check_needs_rehash(row.password_hash):
+        set_password(engine, name, password)
+    return str(row.role)
+
+
+def role_of(engine: Engine, name: str) -> str | None:
+    """The user's role now (a removed user has none), so a change takes effect at the next request."""
+    with translated(masked(engine.url), "reading a role"), engine.connect() as conn:
+        return conn.execute(select(User.role).where(User.name == name)).scalar_one_or_none()

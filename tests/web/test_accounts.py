@@ -1,0 +1,108 @@
+"""Accounts and roles on the operator page (issue 22): with accounts in the store the page logs in by name and
+password, every route asks for its role, and a removed account is out within seconds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from linewatch.sinks.db import make_engine
+from linewatch.sinks.db_migrate import upgrade_database
+from linewatch.sinks.users import add_user, remove_user
+from linewatch.web import login as login_module
+from tests.web.daemon import CAMERA, WebClient, WebDaemon, daemon_model, running_daemon  # noqa: F401  (a fixture)
+
+PASSWORD = "correct horse battery"
+ROLES = ("viewer", "operator", "engineer", "admin")
+
+
+@pytest.fixture(scope="module")
+def accounts_daemon(daemon_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:  # noqa: F811
+    """A loopback daemon without a token whose store holds one account per role, named after it."""
+    root = tmp_path_factory.mktemp("accounts-daemon")
+    store = f"sqlite:///{root / 'data' / 'linewatch.sqlite3'}"
+    upgrade_database(store, root / "backups")
+    engine = make_engine(store)
+    for role in ROLES:
+        add_user(engine, role, role, PASSWORD)
+    engine.dispose()
+    with running_daemon(root, daemon_model) as daemon:
+        assert daemon.config.store_url == store
+        yield daemon
+
+
+def _login(daemon: WebDaemon, name: str, password: str = PASSWORD) -> tuple[WebClient, int]:
+    client = daemon.client()
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None and 'name="password"' in page.text and 'name="token"' not in page.text
+    reply = client.post("/login", {"csrf": csrf.group(1), "name": name, "password": password, "next": "/"})
+    return client, reply.status
+
+
+# route -> the least role that may use it
+ROUTES = {
+    ("GET", "/"): "viewer",
+    ("GET", "/review"): "viewer",
+    ("GET", "/history"): "viewer",
+    ("GET", "/models"): "viewer",
+    ("POST", "/review/label"): "operator",
+    ("POST", f"/live/{CAMERA}/sample"): "operator",
+    ("POST", "/models/retrain"): "engineer",
+    ("POST", "/models/rollback"): "engineer",
+}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_route_asks_for_its_role(accounts_daemon: WebDaemon, role: str) -> None:
+    client, status = _login(accounts_daemon, role)
+    assert status == 303
+    assert f"{role} ({role})" in client.get("/").text  # the header names the account and its role
+    csrf = client.csrf("/models")
+    for (method, path), needed in ROUTES.items():
+        allowed = ROLES.index(role) >= ROLES.index(needed)
+        if method == "GET":
+            reply = client.get(path)
+        else:  # fields that a handler refuses as bad input (400) only once the role let them through
+            reply = client.post(path, {"csrf": csrf, "target": "event", "target_id": "no-such-id", "label": "normal",
+                                       "inspection_id": "no-such-id", "version": "no-such-version"})  # fmt: skip
+        if allowed:
+            assert reply.status != 403, (role, method, path, reply.status)
+        else:
+            assert reply.status == 403 and f"it needs {needed}" in reply.text, (role, method, path, reply.status)
+
+
+def test_buttons_a_role_may_not_use_are_not_shown(accounts_daemon: WebDaemon) -> None:
+    viewer, _ = _login(accounts_daemon, "viewer")
+    operator, _ = _login(accounts_daemon, "operator")
+    assert (
+        "Retrain now" not in operator.get("/models").text
+        and "Retrain now" in _login(accounts_daemon, "engineer")[0].get("/models").text
+    )
+    accounts_daemon.wait_for_events()
+    assert "Save as normal sample" not in viewer.get("/live/panel").text
+    assert "Save as normal sample" in operator.get("/live/panel").text
+
+
+def test_wrong_passwords_and_unknown_names_are_refused_alike(accounts_daemon: WebDaemon) -> None:
+    _, wrong = _login(accounts_daemon, "operator", "not the password")
+    _, unknown = _login(accounts_daemon, "nobody", PASSWORD)
+    assert wrong == unknown == 401
+
+
+def test_a_removed_account_is_logged_out_at_its_next_request(
+    accounts_daemon: WebDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(login_module, "ACCOUNTS_TTL_S", 0.0)
+    engine = make_engine(accounts_daemon.config.store_url)
+    try:
+        add_user(engine, "temp", "operator", PASSWORD)
+        client, status = _login(accounts_daemon, "temp")
+        assert status == 303 and client.get("/review").status == 200
+        remove_user(engine, "temp")
+        assert client.get("/review").status == 303  # to the login
+    finally:
+        engine.dispose()
