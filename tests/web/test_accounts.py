@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, expect
 
 from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.users import add_user, remove_user
 from linewatch.web import login as login_module
+from tests.web.browser import chromium_page  # noqa: F401  (a fixture)
 from tests.web.daemon import CAMERA, WebClient, WebDaemon, daemon_model, running_daemon  # noqa: F401  (a fixture)
+from tests.web.test_browser import BrowserProblems, page  # noqa: F401  (a fixture)
 
 PASSWORD = "correct horse battery"
 ROLES = ("viewer", "operator", "engineer", "admin")
@@ -36,9 +39,9 @@ def accounts_daemon(daemon_model: Path, tmp_path_factory: pytest.TempPathFactory
 
 def _login(daemon: WebDaemon, name: str, password: str = PASSWORD) -> tuple[WebClient, int]:
     client = daemon.client()
-    page = client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert csrf is not None and 'name="password"' in page.text and 'name="token"' not in page.text
+    form = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf is not None and 'name="password"' in form.text and 'name="token"' not in form.text
     reply = client.post("/login", {"csrf": csrf.group(1), "name": name, "password": password, "next": "/"})
     return client, reply.status
 
@@ -106,3 +109,32 @@ def test_a_removed_account_is_logged_out_at_its_next_request(
         assert client.get("/review").status == 303  # to the login
     finally:
         engine.dispose()
+
+
+def test_an_operator_in_the_browser_labels_but_cannot_retrain(
+    page: tuple[Page, BrowserProblems],  # noqa: F811
+    accounts_daemon: WebDaemon,
+) -> None:
+    """Logged in as an operator in chromium: the Review page's buttons are there, the Models page has no
+    Retrain button, and a retrain posted by hand (as a script in the page would) is refused with 403."""
+    browser, problems = page
+    accounts_daemon.wait_for_events()
+    browser.goto(f"{accounts_daemon.base_url}/models")
+    assert browser.url == f"{accounts_daemon.base_url}/login?next=%2Fmodels"
+    browser.get_by_label("User name").fill("operator")
+    browser.get_by_label("Password").fill(PASSWORD)
+    browser.get_by_role("button", name="Log in").click()
+    expect(browser.locator("h1")).to_have_text("Models")
+    expect(browser.get_by_role("button", name="Retrain now")).to_have_count(0)
+    status = browser.evaluate(
+        """async () => {
+            const csrf = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRF-Token"];
+            const reply = await fetch("/models/retrain", {method: "POST", headers: {"X-CSRF-Token": csrf,
+                "Content-Type": "application/x-www-form-urlencoded"}, body: "reason=sneaky"});
+            return reply.status;
+        }"""
+    )
+    assert status == 403
+    browser.goto(f"{accounts_daemon.base_url}/review")
+    expect(browser.locator(".review-item button.normal").first).to_be_visible()
+    assert [m for m in problems.messages if "403 (Forbidden)" not in m] == []
