@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -54,3 +56,21 @@ def test_the_cli_fixes_the_cublas_workspace_before_any_command(monkeypatch) -> N
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     assert main(["--help"]) == 0
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (this project's CI machines have none)")
+def test_the_same_seed_trains_the_same_parameters_on_cuda(
+    tiny_backbone: Backbone, normal_images: list[np.ndarray]
+) -> None:
+    """The check for issue 18, item 7 where a GPU exists: two seeded CUDA runs give bit-identical prompts and
+    decoder, with no op warning that it lacks a deterministic kernel."""
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = AnoPLe(tiny_backbone, AnoPLeSettings(steps=3), [PRODUCT]).to("cuda")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*deterministic.*")  # warn_only's "... no deterministic ..."
+            train(model, {PRODUCT: to_model_tensor(normal_images[:2], 2 * model.input_size)}, seed=5)
+        runs.append({name: tensor.cpu() for name, tensor in model.learned_parameters().items()})
+    for name, tensor in runs[0].items():
+        assert torch.equal(tensor, runs[1][name]), name
