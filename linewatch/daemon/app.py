@@ -485,11 +485,11 @@ class App:
         # applies the commands in arrival order, so "false" then "true" ends enabled, as the echo says.
         self._control.submit(self.set_camera_enabled, camera, enabled)
 
-    def rollback(self, version: str | None) -> RetrainOutcome:
+    def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome:
         """Put a previous version back into service (``POST /model/rollback``, the operator page)."""
         if self.retrainer is None:
             raise RegistryError("the daemon is still starting")
-        return self.retrainer.rollback(version)
+        return self.retrainer.rollback(version, by)
 
     def retrain(self, reason: str | None, source: str = "mqtt") -> dict[str, object]:
         """Start a retraining in the background (MQTT ``retrain/set``, ``POST /retrain``); the answer is echoed."""

@@ -29,7 +29,7 @@ class DaemonControl(Protocol):
 
     def retrain(self, reason: str | None, source: str) -> dict[str, object]: ...  # the answer to echo
 
-    def rollback(self, version: str | None) -> RetrainOutcome: ...  # RegistryError: no such version
+    def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome: ...  # RegistryError: unknown
 
 
 def control_field(request: HttpRequest, key: str) -> str | None:
@@ -70,7 +70,7 @@ def control_routes(control: DaemonControl, metrics_registry: CollectorRegistry) 
         except ValueError as problem:
             return error(400, str(problem))
         try:
-            outcome = control.rollback(version)
+            outcome = control.rollback(version, "http")
         except RegistryError as problem:
             return error(404, str(problem))
         status = {"rolled_back": 200, "busy": 409}.get(outcome.status, 500)

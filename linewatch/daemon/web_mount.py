@@ -96,9 +96,9 @@ class AppWeb:
     def runs(self, limit: int) -> list[dict[str, Any]]:
         return list_runs(self.engine, limit)
 
-    def rollback(self, version: str) -> tuple[bool, str]:
+    def rollback(self, version: str, user: str | None) -> tuple[bool, str]:
         try:
-            outcome = self._control.rollback(version)
+            outcome = self._control.rollback(version, f"web: {user}" if user else "web")
         except RegistryError as problem:
             return False, str(problem)
         return outcome.status == "rolled_back", outcome.reason

@@ -50,6 +50,7 @@ MAX_NEW_NORMALS = 200  # per product and run, the newest; more adds time, not in
 MAX_GATE_DEFECTS = 200  # the newest confirmed defects judge a candidate
 MAX_REFERENCE_NORMALS = 32  # per product: calibration normals a version carries on to the next one
 
+
 @dataclass(frozen=True)
 class RetrainOutcome:
     status: str  # accepted | rejected | failed | skipped | recalibrated | busy | rolled_back
@@ -465,8 +466,9 @@ class Retrainer:
             keep_existing=keep_existing,
         )
 
-    def rollback(self, version: str | None) -> RetrainOutcome:
-        """Put a previous version back into service (the one before the active one by default)."""
+    def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome:
+        """Put a previous version back into service (the one before the active one by default); ``by`` says who
+        asked (``web: ana``, ``http``), for the record: the log, the news on ``model/state``, the answer."""
         try:
             with self.registry.training_lock():
                 target = self.registry.rollback_target(version)
@@ -475,9 +477,10 @@ class Retrainer:
             return RetrainOutcome("busy", "a retraining is running; roll back after it ends")
         except RunFailed as failure:
             return RetrainOutcome("failed", str(failure))
-        outcome = RetrainOutcome("rolled_back", f"{restored} is active again", version=restored)
+        asked = f" (rolled back by {by})" if by else ""
+        outcome = RetrainOutcome("rolled_back", f"{restored} is active again{asked}", version=restored)
         log.warning("model rolled back: %s", outcome.reason)
-        self._report("rollback", outcome)
+        self._report(f"rollback: {by}" if by else "rollback", outcome)
         return outcome
 
     def _report(self, trigger: str, outcome: RetrainOutcome) -> None:

@@ -99,7 +99,7 @@ class WebBackend(Protocol):
     def label(self, request: FeedbackRequest) -> Label: ...  # journaled like MQTT feedback; FeedbackError
     def versions(self) -> list[dict[str, Any]]: ...  # model versions, newest first, with the store's rows merged
     def runs(self, limit: int) -> list[dict[str, Any]]: ...  # retrain runs, newest first
-    def rollback(self, version: str) -> tuple[bool, str]: ...  # (done, what happened)
+    def rollback(self, version: str, user: str | None) -> tuple[bool, str]: ...  # (done, what happened)
     def retrain(self, reason: str | None) -> tuple[bool, str]: ...  # (started, what happened)
 
 
@@ -437,7 +437,8 @@ class Site(LoginPages):
     def models_rollback(self, request: Request, session: Session | None, form: FormData | None) -> Response:
         assert form is not None
         version = identifier(form, "version", pattern=VERSION)
-        return self._models_answer(request, session, self.backend.rollback(version))
+        who = session.user if session is not None else None
+        return self._models_answer(request, session, self.backend.rollback(version, who))
 
     def models_retrain(self, request: Request, session: Session | None, form: FormData | None) -> Response:
         assert form is not None

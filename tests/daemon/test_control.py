@@ -31,8 +31,8 @@ class StandIn:
         self.calls.append(("retrain", (reason, source)))
         return {"status": "started"}
 
-    def rollback(self, version: str | None) -> RetrainOutcome:
-        self.calls.append(("rollback", version))
+    def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome:
+        self.calls.append(("rollback", version, by))
         if version == "gone":
             raise RegistryError("no version 'gone'")
         return RetrainOutcome("rolled_back", "as asked", version=version or "v0")
@@ -76,6 +76,6 @@ def test_good_control_bodies_reach_the_daemon() -> None:
     assert daemon.calls == [
         ("retrain", ("new coil of steel", "http")),
         ("retrain", (None, "http")),
-        ("rollback", "v0"),
-        ("rollback", "gone"),
+        ("rollback", "v0", "http"),
+        ("rollback", "gone", "http"),
     ]

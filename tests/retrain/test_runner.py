@@ -249,8 +249,9 @@ def test_confirmed_normals_of_a_drift_make_a_version_that_stops_the_false_alarms
 
     # rollback: version 1 is back, scoring exactly as before
     original = Scorer.from_artifact(line.config.model.path, models_dir).score(stream, [PRODUCT] * len(stream))
-    rolled = line.retrainer().rollback(None)
-    assert rolled.status == "rolled_back"
+    rolled = line.retrainer().rollback(None, "web: ana")
+    assert rolled.status == "rolled_back" and rolled.reason.endswith("is active again (rolled back by web: ana)")
+    assert line.news[-1]["trigger"] == "rollback: web: ana"  # on model/state: who asked
     assert ModelRegistry(line.config.versions_dir, line.config.model.path).active() == line.config.model.path
     restored = Scorer.from_artifact(line.registry.active(), models_dir).score(stream, [PRODUCT] * len(stream))
     assert [r.score for r in restored] == [r.score for r in original]
