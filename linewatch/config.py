@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -35,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from linewatch.config_secrets import SecretError, resolve_secrets
 from linewatch.cron import cron_trigger
 
 
@@ -295,6 +297,13 @@ class HttpSection(_Section):
         return None if self.cert_file is None or self.key_file is None else (self.cert_file, self.key_file)
 
 
+def _check_public_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"public_url must be an http(s) address without query, got {value!r}")
+    return value if value.endswith("/") else value + "/"
+
+
 class WebSection(_Section):
     """The operator's page on the HTTP port (linewatch/web/): live view, review queue, history, models."""
 
@@ -307,6 +316,9 @@ class WebSection(_Section):
     # "Save as normal sample" on the live view writes the frame here, named as `linewatch collect` names its
     # files, for `linewatch train --normals`; default: <data_dir>/samples
     samples_dir: Path | None = None
+    # the page's address as MQTT consumers reach it (e.g. "https://press3.plant:9108/"): alerts and verdict tiles
+    # then carry snapshot_url and heatmap_url, absolute links to their evidence (null without it)
+    public_url: Annotated[StrictStr, AfterValidator(_check_public_url)] | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -440,42 +452,6 @@ class Config(_Section):
         return self.mqtt.client_id or f"linewatch-{self.site.site}-{self.site.line}"
 
 
-SECRET_KEYS = frozenset({"url", "password", "token", "scrape_token"})  # values that may carry credentials
-
-
-def _resolve_secrets(node: object, where: str, environ: Mapping[str, str]) -> object:
-    """Replace ``<key>_file = PATH`` and ``<key>_env = NAME`` by ``<key>`` read from the file (stripped)
-    or the environment, for the secret keys only, so credentials stay out of the config file (systemd's
-    LoadCredential= puts them in files). Errors name the key path, never the secret."""
-    if isinstance(node, list):
-        return [_resolve_secrets(item, f"{where}.{index}", environ) for index, item in enumerate(node)]
-    if not isinstance(node, dict):
-        return node
-    resolved = {}
-    for key, value in node.items():
-        path = f"{where}.{key}" if where else key
-        base, _, source = key.rpartition("_")
-        if source in ("file", "env") and base in SECRET_KEYS:
-            if base in node or (f"{base}_env" in node and f"{base}_file" in node):
-                raise ConfigError(f"{path}: give only one of {base}, {base}_file, {base}_env")
-            if not isinstance(value, str):
-                raise ConfigError(f"{path}: expected a string")
-            if source == "file":
-                try:
-                    resolved[base] = Path(value).read_text(encoding="utf-8").strip()
-                except OSError as error:
-                    raise ConfigError(f"{path}: cannot read {value} ({error.strerror})") from error
-                except UnicodeDecodeError:
-                    raise ConfigError(f"{path}: {value} is not UTF-8 text") from None
-            elif value in environ:
-                resolved[base] = environ[value]
-            else:
-                raise ConfigError(f"{path}: environment variable {value} is not set")
-        else:
-            resolved[key] = _resolve_secrets(value, path, environ)
-    return resolved
-
-
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -484,8 +460,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from error
     try:
-        data = _resolve_secrets(data, "", os.environ if environ is None else environ)
-    except ConfigError as error:
+        data = resolve_secrets(data, "", os.environ if environ is None else environ)
+    except SecretError as error:
         raise ConfigError(f"{path}: {error}") from None
     try:
         return Config.model_validate(data)

@@ -229,6 +229,8 @@ CAMERA = '[[cameras]]\nname = "cam1"\nproduct = "p"\n'
         ('[http]\ntoken = "same-0123456789abcdef"\nscrape_token = "same-0123456789abcdef"\n', ["must differ"]),
         ('[http]\ntoken = "line-0123456789abcdef"\nscrape_token = "short"\n', ["scrape_token must be at least"]),
         ('[http]\ncert_file = "server.crt"\n', ["http", "cert_file and key_file go together"]),
+        ('[web]\npublic_url = "ftp://press3/"\n', ["web.public_url", "http(s) address"]),
+        ('[web]\npublic_url = "https://press3/?x=1"\n', ["web.public_url", "without query"]),
     ],
 )
 def test_daemon_sections_name_the_bad_key(tmp_path: Path, text: str, fragments: list[str]) -> None:
@@ -461,3 +463,9 @@ def test_the_journal_watermark_may_not_exceed_the_evidence_watermark(tmp_path: P
     message = _error(tmp_path, "[journal]\nmin_free_mb = 4096\n\n[evidence]\nmin_free_mb = 2048\n")
     assert "journal.min_free_mb (4096) must not exceed evidence.min_free_mb (2048)" in message
     assert load_config(_config(tmp_path, "")).journal.min_free_mb is None  # the default fits the volume
+
+
+def test_the_public_url_is_kept_with_a_trailing_slash(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[web]\npublic_url = "https://press3.plant:9108"\n')
+    assert load_config(path).web.public_url == "https://press3.plant:9108/"

@@ -167,7 +167,9 @@ class Outputs:
             # Alerts are live: a new cursor starts at the head (no past episodes re-alerted). While the broker
             # is away a send fails at once without touching the network, so a short backoff is cheap and
             # delivery resumes within MQTT_RETRY_MAX_S of the reconnect.
-            mqtt_forwarder: Forwarder = MqttForwarder(self.link, config.site.site, config.site.line)
+            mqtt_forwarder: Forwarder = MqttForwarder(
+                self.link, config.site.site, config.site.line, config.web.public_url
+            )
             if self.on_alert_sent is not None:
                 mqtt_forwarder = AlertTimer(mqtt_forwarder, self.clock, self.on_alert_sent)
             self._start_runner(mqtt_forwarder, MQTT_RETRY_MIN_S, MQTT_RETRY_MAX_S, start_at_head=True)

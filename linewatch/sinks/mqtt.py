@@ -67,10 +67,11 @@ class MqttForwarder:
     name = "mqtt"
     kinds = frozenset({"event", "verdict"})
 
-    def __init__(self, link: MqttLink, site: str, line: str) -> None:
+    def __init__(self, link: MqttLink, site: str, line: str, public_url: str | None = None) -> None:
         self._link = link
         self._site = site
         self._line = line
+        self._public_url = public_url  # [web] public_url: absolute evidence links in the payloads
         self._pending: dict[tuple[str, str], tuple[int, mqtt.MQTTMessageInfo]] = {}  # (kind, key) -> position, info
         self.skipped = 0
 
@@ -114,9 +115,9 @@ class MqttForwarder:
         topics = self._link.topics
         try:
             if record.kind == "event":
-                document = event_message(event_from_payload(record.payload), self._site, self._line)
+                document = event_message(event_from_payload(record.payload), self._site, self._line, self._public_url)
                 return topics.defect(record.camera), dumps(document), False
-            document = verdict_message(verdict_from_payload(record.payload), self._site, self._line)
+            document = verdict_message(verdict_from_payload(record.payload), self._site, self._line, self._public_url)
             return topics.verdict(record.camera), dumps(document), True
         except JournalError as exc:
             self.skipped += 1

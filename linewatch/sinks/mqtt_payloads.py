@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from linewatch.feedback import FeedbackError, FeedbackRequest, check_reason, decode_json, feedback_from_document
 from linewatch.pipeline.journal.records import format_ts
@@ -41,11 +42,11 @@ class TopicSpec:
 
 EVENT_FIELDS = (
     "event_id", "type", "seq", "site", "line", "camera", "product", "frame_ts", "score", "threshold", "verdict",
-    "model_version", "inspection_id", "part_id", "snapshot", "heatmap", "end_reason",
+    "model_version", "inspection_id", "part_id", "snapshot", "heatmap", "snapshot_url", "heatmap_url", "end_reason",
 )  # fmt: skip
 VERDICT_FIELDS = (
     "inspection_id", "site", "line", "camera", "product", "frame_ts", "score", "threshold", "verdict",
-    "model_version", "snapshot", "heatmap",
+    "model_version", "snapshot", "heatmap", "snapshot_url", "heatmap_url",
 )  # fmt: skip
 MODEL_STATE_FIELDS = (
     "version", "path", "backbone", "pretrained", "backbone_sha256", "random_weights", "runtime", "thresholds",
@@ -183,7 +184,13 @@ def dumps(document: Any) -> bytes:
     return json.dumps(document, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def event_message(event: Event, site: str, line: str) -> dict[str, Any]:
+def evidence_link(public_url: str | None, path: str | None) -> str | None:
+    """The absolute address of an evidence file on the page (``<public_url>evidence/<path>``), for consumers
+    that show the picture; None without a public URL or a file."""
+    return None if public_url is None or path is None else f"{public_url}evidence/{quote(path)}"
+
+
+def event_message(event: Event, site: str, line: str, public_url: str | None = None) -> dict[str, Any]:
     """An event as published on ``P/<camera>/defect``. The journal calls the verdict ``label``; the message
     calls it ``verdict`` (label is what an operator gives)."""
     return {
@@ -203,11 +210,13 @@ def event_message(event: Event, site: str, line: str) -> dict[str, Any]:
         "part_id": event.part_id,
         "snapshot": event.snapshot,
         "heatmap": event.heatmap,
+        "snapshot_url": evidence_link(public_url, event.snapshot),
+        "heatmap_url": evidence_link(public_url, event.heatmap),
         "end_reason": None if event.end_reason is None else event.end_reason.value,  # quiet|stopped|restarted
     }
 
 
-def verdict_message(verdict: Verdict, site: str, line: str) -> dict[str, Any]:
+def verdict_message(verdict: Verdict, site: str, line: str, public_url: str | None = None) -> dict[str, Any]:
     """A verdict as retained on ``P/<camera>/verdict`` for HMI tiles."""
     return {
         "inspection_id": verdict.inspection_id,
@@ -222,4 +231,6 @@ def verdict_message(verdict: Verdict, site: str, line: str) -> dict[str, Any]:
         "model_version": verdict.model_version,
         "snapshot": verdict.snapshot,
         "heatmap": verdict.heatmap,
+        "snapshot_url": evidence_link(public_url, verdict.snapshot),
+        "heatmap_url": evidence_link(public_url, verdict.heatmap),
     }

@@ -42,6 +42,9 @@ min_free_mb = 0  # evidence must not depend on the test machine's free disk
 
 [http]
 port = 0
+
+[web]
+public_url = "https://{prefix.replace("/", "-")}.plant:9108"
 """
     return write_config(root, model, fps=25, outputs=outputs, update_min_interval_s=0.0)
 
@@ -120,6 +123,11 @@ def test_broker_and_database_outages_lose_nothing(
     assert in_order == [(e.payload["event_id"], e.payload["seq"]) for e in journaled_events]
     assert {m["site"] for m in messages} == {"test"}
     assert all(m["verdict"] == "defect" for m in messages if m["type"] != "end")
+    for message in messages:  # [web] public_url: absolute links to the same evidence files
+        for key in ("snapshot", "heatmap"):
+            expected = None if message[key] is None else f"https://{mqtt_prefix.replace('/', '-')}.plant:9108/evidence/"
+            assert (message[f"{key}_url"] is None) == (expected is None)
+            assert expected is None or message[f"{key}_url"] == expected + message[key]
     assert set(episodes) == {e.payload["event_id"] for e in journaled_events}
     print(  # the numbers behind the issue's closing note (pytest -s shows them)
         f"outages: {len(verdicts)} verdicts journaled, {len(stored)} stored; {len(journaled_events)} event "

@@ -117,7 +117,7 @@ def test_events_and_the_latest_verdict_per_camera_go_out_in_journal_order(
         "product": "metal plate", "frame_ts": "2026-01-01T08:00:00.011000Z", "score": 0.9, "threshold": 0.5,
         "verdict": "defect", "model_version": "v1", "inspection_id": "cam1-boot-11", "part_id": "P-7",
         "snapshot": "cam1/2026-01-01/cam1-boot-11.jpg", "heatmap": "cam1/2026-01-01/cam1-boot-11-heat.jpg",
-        "end_reason": None,
+        "snapshot_url": None, "heatmap_url": None, "end_reason": None,  # no [web] public_url here
     }  # fmt: skip
     tiles = {s.topic: (json.loads(s.payload), s.retain) for s in seen if s.topic.endswith("/verdict")}
     assert set(tiles) == {topics.verdict("cam1"), topics.verdict("cam_2")}  # only the latest of each camera
@@ -125,6 +125,7 @@ def test_events_and_the_latest_verdict_per_camera_go_out_in_journal_order(
         "inspection_id": "cam1-boot-3", "site": "plant", "line": "line1", "camera": "cam1",
         "product": "metal plate", "frame_ts": "2026-01-01T08:00:00.003000Z", "score": 0.1, "threshold": 0.5,
         "verdict": "normal", "model_version": "v1", "snapshot": "cam1/2026-01-01/cam1-boot-3.jpg", "heatmap": None,
+        "snapshot_url": None, "heatmap_url": None,
     }  # fmt: skip
     assert all(s.qos == 1 and not s.retain for s in seen if s.topic.endswith("/defect"))
     with MqttWatcher(broker, f"{mqtt_prefix}/+/verdict") as late:
@@ -267,21 +268,24 @@ def test_a_lost_connection_ends_the_wait_early_and_send_refuses_until_reconnecte
 
 def test_messages_are_compact_json_with_a_fixed_key_order(fake: tuple[MqttLink, FakeClient]) -> None:
     link, client = fake
-    forwarder = MqttForwarder(link, "s", "l")
+    forwarder = MqttForwarder(link, "s", "l", "https://press3.plant:9108/")
     client.auto_ack = 10
     items = [event("cam1", 1, 1, EventType.NEW, 7), verdict("cam1", 8, VerdictLabel.DEFECT)]
     assert forwarder.send([record(n, item) for n, item in enumerate(items, start=1)]) == 2
+    base = "https://press3.plant:9108/evidence/cam1/2026-01-01/"
     assert client.on_topic("p/l/cam1/defect") == [
         b'{"event_id":"ev-cam1-1","type":"new","seq":1,"site":"s","line":"l","camera":"cam1",'
         b'"product":"metal plate","frame_ts":"2026-01-01T08:00:00.007000Z","score":0.9,"threshold":0.5,'
         b'"verdict":"defect","model_version":"v1","inspection_id":"cam1-boot-7","part_id":"P-7",'
         b'"snapshot":"cam1/2026-01-01/cam1-boot-7.jpg","heatmap":"cam1/2026-01-01/cam1-boot-7-heat.jpg",'
-        b'"end_reason":null}'
+        + f'"snapshot_url":"{base}cam1-boot-7.jpg","heatmap_url":"{base}cam1-boot-7-heat.jpg",'.encode()
+        + b'"end_reason":null}'
     ]
     assert client.on_topic("p/l/cam1/verdict") == [
         b'{"inspection_id":"cam1-boot-8","site":"s","line":"l","camera":"cam1","product":"metal plate",'
         b'"frame_ts":"2026-01-01T08:00:00.008000Z","score":0.9,"threshold":0.5,"verdict":"defect",'
-        b'"model_version":"v1","snapshot":"cam1/2026-01-01/cam1-boot-8.jpg","heatmap":null}'
+        b'"model_version":"v1","snapshot":"cam1/2026-01-01/cam1-boot-8.jpg","heatmap":null,'
+        + f'"snapshot_url":"{base}cam1-boot-8.jpg","heatmap_url":null}}'.encode()
     ]
 
 
