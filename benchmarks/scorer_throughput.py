@@ -88,6 +88,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
     model = AnoPLe(backbone, AnoPLeSettings(), ["part"]).to(device).eval()
     size = model.input_size
     model.build_memory("part", torch.rand(4, 3, size, size, device=device))
+    calibration = torch.rand(2, 3, size, size, device=device)  # scales' values do not change the speed
+    model.fit_fusion_scales("part", model.terms(calibration, torch.zeros(2, dtype=torch.long)))
     model.refresh_text_cache()
     for batch in args.batches:
         images = torch.rand(batch, 3, size, size, device=device)
