@@ -180,6 +180,7 @@ class MqttSection(_Section):
     keepalive_s: StrictInt = Field(30, ge=5, le=65535)  # a silent broker is noticed within about 1.5 times this
     ack_timeout_s: Number = Field(10.0, gt=0.0, le=600.0)  # a forwarder chunk waits this long for PUBACKs, then retries
     max_payload_bytes: StrictInt = Field(4096, ge=64, le=1_048_576)  # larger incoming payloads are rejected
+    stats_interval_s: Number = Field(60.0, ge=0.0, le=3600.0)  # P/stats counters this often (retained); 0 = off
     reconnect_min_s: Number = Field(1.0, gt=0.0, le=3600.0)  # first wait after a lost connection; doubles, jittered
     reconnect_max_s: Number = Field(5.0, gt=0.0, le=3600.0)  # bounds how long alerts wait after a broker returns
     # "5": retained commands are refused however they arrive (retain-as-published), a bounded command window;

@@ -32,6 +32,7 @@ from linewatch.sinks.db_migrate import database_revision, head_revision, upgrade
 from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWriter, evidence_paths
 from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer, error
 from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink
+from linewatch.sinks.mqtt_stats import LineStats, report_every
 from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes, disk_usage
 from linewatch.types import CameraStatus, EventType, Frame, Verdict
 
@@ -136,6 +137,8 @@ class Outputs:
         self._threads: list[threading.Thread] = []
         self._sweeper_thread: threading.Thread | None = None
         self._keeper_thread: threading.Thread | None = None
+        self._stats_thread: threading.Thread | None = None
+        self.stats: LineStats | None = None  # P/stats counters, with MQTT on
         self.keeper: JournalKeeper | None = None
         self.sampler = EvidenceSampler(
             config.evidence.every_nth_normal, config.evidence.close_call_band, config.evidence.close_call_interval_s
@@ -170,6 +173,15 @@ class Outputs:
             mqtt_forwarder: Forwarder = MqttForwarder(
                 self.link, config.site.site, config.site.line, config.web.public_url
             )
+            self.stats = LineStats(config.site.site, config.site.line, self.clock.now())
+            if config.mqtt.stats_interval_s > 0:
+                self._stats_thread = threading.Thread(
+                    target=report_every,
+                    args=(config.mqtt.stats_interval_s, self._sweeper_stop, self.stats, self.clock.now,
+                          self.link.publish_stats),
+                    name="mqtt-stats",
+                )  # fmt: skip
+                self._stats_thread.start()
             if self.on_alert_sent is not None:
                 mqtt_forwarder = AlertTimer(mqtt_forwarder, self.clock, self.on_alert_sent)
             self._start_runner(mqtt_forwarder, MQTT_RETRY_MIN_S, MQTT_RETRY_MAX_S, start_at_head=True)
@@ -280,6 +292,8 @@ class Outputs:
                 if self.evidence.submit(job):
                     verdict = replace(verdict, snapshot=paths.snapshot, heatmap=paths.heatmap)
             kept.append(verdict)
+        if self.stats is not None:
+            self.stats.observe(kept)
         return kept
 
     def camera_status(self, camera: str, status: CameraStatus) -> None:
@@ -317,7 +331,7 @@ class Outputs:
         if self.evidence is not None:
             self.evidence.stop(timeout=30)
         self._sweeper_stop.set()
-        for thread in (self._sweeper_thread, self._keeper_thread):
+        for thread in (self._sweeper_thread, self._keeper_thread, self._stats_thread):
             if thread is not None:
                 thread.join(timeout=30)
 

@@ -212,6 +212,9 @@ class MqttLink:
     def publish_model_state(self, state: dict[str, Any]) -> None:
         self._publish_retained(self.topics.model_state, dumps(state))
 
+    def publish_stats(self, document: dict[str, Any]) -> None:
+        self._publish_retained(self.topics.stats, dumps(document))
+
     def _publish_retained(self, topic: str, payload: bytes) -> None:
         """Remember (for the on-connect replay) and publish now when connected, QoS 1, retained."""
         with self._state_lock:

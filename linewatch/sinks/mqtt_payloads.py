@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from linewatch.feedback import FeedbackError, FeedbackRequest, check_reason, decode_json, feedback_from_document
 from linewatch.pipeline.journal.records import format_ts
+from linewatch.sinks.mqtt_stats import STATS_FIELDS
 from linewatch.types import Event, Verdict
 
 CAMERA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -58,6 +59,8 @@ TOPIC_SPECS = (
     TopicSpec("model/state", True, 1, True, "the model in service and the latest retraining news", MODEL_STATE_FIELDS),
     TopicSpec("retrain/state", True, 1, True, "the answer to `retrain/set`: `status` (`started`, `busy`, `disabled` "
               "or `refused`), `trigger`, `requested`, and a `reason` when it did not start"),
+    TopicSpec("stats", True, 1, True, "counters since `since`: frames per camera, verdicts per product and verdict; "
+              "every `[mqtt] stats_interval_s`", STATS_FIELDS),
     TopicSpec("<camera>/status", True, 1, True, "`online`, `offline`, `stalled` or `disabled`; every camera goes "
               "`offline` at a clean stop (after a crash read `P/available`, the will)"),
     TopicSpec("<camera>/defect", True, 1, False, "a defect episode's `new`, `update` and `end` messages", EVENT_FIELDS),
@@ -88,6 +91,10 @@ class Topics:
     @property
     def retrain_state(self) -> str:
         return f"{self.prefix}/retrain/state"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}/stats"
 
     def status(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/status"

@@ -43,7 +43,7 @@ def test_the_payload_builders_send_exactly_the_documented_keys() -> None:
 def test_the_daemons_topic_names_and_subscriptions_are_the_registry() -> None:
     topics = Topics("linewatch/plant/line-1")
     named = {
-        topics.available, topics.model_state, topics.retrain_state,
+        topics.available, topics.model_state, topics.retrain_state, topics.stats,
         topics.status("cam1"), topics.defect("cam1"), topics.verdict("cam1"), topics.enabled("cam1"),
         *(subscription.replace("+", "cam1") for subscription in topics.subscriptions),
     }  # fmt: skip
