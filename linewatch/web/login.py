@@ -61,14 +61,17 @@ class LoginPages:
     # ---- accounts ------------------------------------------------------------------------------------
     def _accounts_active(self) -> bool:
         """Whether the store holds accounts; the last answer stands while the store cannot be read, and
-        before any answer a store that cannot be read counts as holding them (the stricter login)."""
+        before any answer a store that cannot be read counts as holding them (the stricter login). A failed
+        read is not retried for ACCOUNTS_TTL_S either: a down store must not cost every request a timeout.
+        It may block on the store: the page's guard calls it on a worker thread first (linewatch/web/site.py)."""
         now = time.monotonic()
         seen = self._accounts_seen
         if seen is None or now - seen[0] > ACCOUNTS_TTL_S:
             try:
-                self._accounts_seen = seen = (now, has_accounts(self.backend.engine))
+                active = has_accounts(self.backend.engine)
             except DatabaseError:
-                return True if seen is None else seen[1]
+                active = True if seen is None else seen[1]
+            self._accounts_seen = seen = (now, active)
         return seen[1]
 
     def _current_role(self, user: str | None) -> str | None:
@@ -79,10 +82,10 @@ class LoginPages:
         seen = self._roles_seen.get(user)
         if seen is None or now - seen[0] > ACCOUNTS_TTL_S:
             try:
-                seen = (now, role_of(self.backend.engine, user))
+                role = role_of(self.backend.engine, user)
             except DatabaseError:
-                return None if seen is None else seen[1]
-            self._roles_seen[user] = seen
+                role = None if seen is None else seen[1]
+            self._roles_seen[user] = seen = (now, role)
         return seen[1]
 
     # ---- login ---------------------------------------------------------------------------------------

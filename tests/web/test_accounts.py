@@ -4,13 +4,15 @@ password, every route asks for its role, and a removed account is out within sec
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from linewatch.sinks.db import make_engine
+from linewatch.sinks.db import DatabaseError, make_engine
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.users import add_user, remove_user
 from linewatch.web import login as login_module
@@ -138,3 +140,30 @@ def test_an_operator_in_the_browser_labels_but_cannot_retrain(
     browser.goto(f"{accounts_daemon.base_url}/review")
     expect(browser.locator(".review-item button.normal").first).to_be_visible()
     assert [m for m in problems.messages if "403 (Forbidden)" not in m] == []
+
+
+def test_a_slow_store_delays_only_the_page_request_that_reads_the_accounts(
+    accounts_daemon: WebDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the accounts waits on the store (3 s when PostgreSQL is down). It must wait on a worker thread:
+    on the event loop it would stall every request of the port, /healthz included."""
+    release, returned = threading.Event(), threading.Event()
+
+    def stuck_store(_engine: object) -> bool:
+        release.wait(30)
+        returned.set()
+        raise DatabaseError("the store does not answer")
+
+    monkeypatch.setattr(login_module, "ACCOUNTS_TTL_S", 0.0)
+    monkeypatch.setattr(login_module, "has_accounts", stuck_store)
+    answers: list[int] = []
+    waiting = threading.Thread(target=lambda: answers.append(accounts_daemon.client().get("/login").status))
+    waiting.start()
+    try:
+        time.sleep(0.3)  # the page request is now waiting on the store
+        assert accounts_daemon.client().get("/healthz").status in (200, 503)
+        assert not returned.is_set()  # answered while the store still held the page request
+    finally:
+        release.set()
+        waiting.join(timeout=15)
+    assert answers == [200]  # the last answer stands while the store cannot be read
