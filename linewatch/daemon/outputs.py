@@ -282,7 +282,8 @@ class Outputs:
         """Queue evidence for the frames the sampler wants and put its paths into their verdicts. A frame
         whose evidence could not be queued (queue full, disk low) gets no paths. A queued write can still
         fail later (counted) and retention deletes old files by design, so readers of a path must expect
-        it to be missing now and then; the verdict row outlives the image."""
+        it to be missing now and then; the verdict row outlives the image. The batch is also counted for
+        P/stats here, the one place every scored batch passes on its way to the journal."""
         assert self.evidence is not None
         kept = []
         for frame, verdict, pixel_map in zip(frames, verdicts, pixel_maps, strict=True):

@@ -53,6 +53,7 @@ class Session:
     authenticated: bool  # logged in (token or account), or no login is required
     expires: int  # unix seconds
     role: str = "admin"  # an account's role (linewatch/sinks/users.py); the token and an open port give all
+    account: bool = False  # logged in with an account's password (not the token, not a name on an open port)
 
 
 def load_secret(path: Path) -> bytes:
@@ -101,11 +102,13 @@ class SessionKeeper:
         """A token is set, or accounts exist: the page is for those who log in."""
         return self.token_required or self.accounts()
 
-    def issue(self, user: str | None, authenticated: bool, now: float, role: str = "admin") -> Session:
+    def issue(
+        self, user: str | None, authenticated: bool, now: float, role: str = "admin", account: bool = False
+    ) -> Session:
         """A new session (a new nonce: a login never keeps the nonce an attacker may have seen before it)."""
         nonce, expires = secrets.token_urlsafe(16), int(now + self.lifetime_s)
         required = self.login_required
-        session = Session(nonce, user, authenticated or not required, expires, role)
+        session = Session(nonce, user, authenticated or not required, expires, role, account)
         if authenticated and required and self.logins is not None:
             self.logins.start(session.nonce, user, now, session.expires)
         return session
@@ -116,7 +119,7 @@ class SessionKeeper:
             self.logins.end(session.nonce, now)
 
     def encode(self, session: Session) -> str:
-        fields = [session.nonce, session.user, session.authenticated, session.expires, session.role]
+        fields = [session.nonce, session.user, session.authenticated, session.expires, session.role, session.account]
         body = json.dumps(fields, separators=(",", ":"))
         payload = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
         return f"{payload}.{self._sign(payload)}"
@@ -130,7 +133,7 @@ class SessionKeeper:
             return None
         try:
             padded = payload + "=" * (-len(payload) % 4)
-            nonce, user, authenticated, expires, role = json.loads(base64.urlsafe_b64decode(padded))
+            nonce, user, authenticated, expires, role, account = json.loads(base64.urlsafe_b64decode(padded))
         except (ValueError, TypeError):
             return None
         valid = (
@@ -139,13 +142,14 @@ class SessionKeeper:
             and isinstance(authenticated, bool)
             and isinstance(expires, int)
             and role in USER_ROLES
+            and isinstance(account, bool)
         )
         if not valid or expires <= now:
             return None
         required = self.login_required
         if authenticated and required and self.logins is not None and not self.logins.alive(nonce, now):
             return None  # logged out, idle too long, or from before the registry: log in again
-        return Session(nonce, user, authenticated or not required, expires, role)
+        return Session(nonce, user, authenticated or not required, expires, role, account)
 
     def csrf_token(self, session: Session) -> str:
         return self._sign("csrf|" + session.nonce)

@@ -59,6 +59,11 @@ class LoginPages:
         )
 
     # ---- accounts ------------------------------------------------------------------------------------
+    def _accounts_known(self) -> bool:
+        """Whether :meth:`_accounts_active` would answer from its cache, without touching the store."""
+        seen = self._accounts_seen
+        return seen is not None and time.monotonic() - seen[0] <= ACCOUNTS_TTL_S
+
     def _accounts_active(self) -> bool:
         """Whether the store holds accounts; the last answer stands while the store cannot be read, and
         before any answer a store that cannot be read counts as holding them (the stricter login). A failed
@@ -124,7 +129,7 @@ class LoginPages:
             role = found
             self._roles_seen.pop(name or "", None)
         response = RedirectResponse(target, status_code=303)
-        self._set_cookie(response, request, self.keeper.issue(name, True, time.time(), role))
+        self._set_cookie(response, request, self.keeper.issue(name, True, time.time(), role, account=accounts))
         return response
 
     def _login_again(self, request: Request, session: Session | None, target: str, problem: str) -> Response:

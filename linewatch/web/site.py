@@ -170,7 +170,8 @@ class Site(LoginPages):
         async def endpoint(request: Request) -> Response:
             # Reading the accounts may wait on the store (3 s when PostgreSQL is down): a worker thread waits,
             # never the event loop that serves every other request. The answer is then cached.
-            await anyio.to_thread.run_sync(self._accounts_active)
+            if not self._accounts_known():
+                await anyio.to_thread.run_sync(self._accounts_active)
             now = time.time()
             session = self.keeper.decode(request.cookies.get(SESSION_COOKIE), now)
             authorization = request.headers.get("authorization")
@@ -190,8 +191,11 @@ class Site(LoginPages):
                 session = self.keeper.issue(None, False, now)
             signed_in = session is not None and session.authenticated and bool(session.user)
             if not open_ and not by_bearer and signed_in and self.keeper.accounts():
-                assert session is not None  # the account's role now: a removed one is logged out
-                current = await anyio.to_thread.run_sync(self._current_role, session.user)
+                assert session is not None  # the account's role now: a removed one is logged out, and a session
+                # from before the accounts (token, or a name on an open port) must log in with a password
+                current = None
+                if session.account:
+                    current = await anyio.to_thread.run_sync(self._current_role, session.user)
                 session = replace(session, role=current) if current else replace(session, authenticated=False)
             if not open_ and not by_bearer and not (session is not None and session.authenticated):
                 response = self._to_login(request)

@@ -17,7 +17,15 @@ from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.users import add_user, remove_user
 from linewatch.web import login as login_module
 from tests.web.browser import chromium_page  # noqa: F401  (a fixture)
-from tests.web.daemon import CAMERA, WebClient, WebDaemon, daemon_model, running_daemon  # noqa: F401  (a fixture)
+from tests.web.daemon import (  # noqa: F401  (fixtures)
+    CAMERA,
+    TOKEN,
+    WebClient,
+    WebDaemon,
+    daemon_model,
+    running_daemon,
+    token_daemon,
+)
 from tests.web.test_browser import BrowserProblems, page  # noqa: F401  (a fixture)
 
 PASSWORD = "correct horse battery"
@@ -167,3 +175,23 @@ def test_a_slow_store_delays_only_the_page_request_that_reads_the_accounts(
         release.set()
         waiting.join(timeout=15)
     assert answers == [200]  # the last answer stands while the store cannot be read
+
+
+def test_a_session_from_before_the_accounts_must_log_in_with_a_password(
+    token_daemon: WebDaemon,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """A token login named "erin" must not become the account erin once accounts exist: the name was
+    self-declared. Such sessions are sent to the password login."""
+    monkeypatch.setattr(login_module, "ACCOUNTS_TTL_S", 0.0)
+    client = token_daemon.client()
+    client.login("erin", TOKEN)
+    assert client.get("/models").status == 200
+    engine = make_engine(token_daemon.config.store_url)
+    try:
+        add_user(engine, "erin", "engineer", PASSWORD)
+        reply = client.get("/models")
+        assert reply.status == 303 and reply.header("location").startswith("/login")
+    finally:
+        remove_user(engine, "erin")  # the module's daemon goes back to token logins
+        engine.dispose()

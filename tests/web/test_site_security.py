@@ -265,11 +265,11 @@ def test_token_forged_session_is_refused(token_daemon: WebDaemon) -> None:  # no
     client = token_daemon.client()
     client.get("/")
     payload, signature = (client.session or "").split(".")
-    nonce, _user, authenticated, expires, role = json.loads(
+    nonce, _user, authenticated, expires, role, account = json.loads(
         base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     )
     assert authenticated is False
-    forged_fields = [nonce, "Mallory", True, expires, role]
+    forged_fields = [nonce, "Mallory", True, expires, role, account]
     forged = base64.urlsafe_b64encode(json.dumps(forged_fields).encode()).decode().rstrip("=")
     client.cookies[SESSION_COOKIE] = f"{forged}.{signature}"
     assert client.get("/review").status == 303
