@@ -2,10 +2,11 @@
 browser (or someone who copied its cookie) keeps.
 
 The signed cookie (linewatch/web/auth.py) still carries the session; where a login is required (``[http]
-token`` set, or accounts in the store), a logged-in session is valid only while this registry holds it open: started at the login, ended by the logout, and
-closed when it was not used for ``idle_s`` (the cookie's own expiry is the absolute limit). Sessions that
-grant nothing beyond what a request without a cookie already gets (before a login, or on a token-less
-loopback port) are not stored, so cookie-less requests cannot fill the disk.
+token`` set, or accounts in the store), a logged-in session is valid only while this registry holds it
+open: started at the login, ended by the logout, and closed when it was not used for ``idle_s`` (the
+cookie's own expiry is the absolute limit). Sessions that grant nothing beyond what a request without a
+cookie already gets (before a login, or on a token-less loopback port) are not stored, so cookie-less
+requests cannot fill the disk.
 
 A small SQLite file in the data folder, apart from the main store: the page's logins keep working while
 the main store is down, and survive a restart as the signed cookies do. Rows are keyed by a hash of the

@@ -178,8 +178,8 @@ def test_a_slow_store_delays_only_the_page_request_that_reads_the_accounts(
 
 
 def test_a_session_from_before_the_accounts_must_log_in_with_a_password(
-    token_daemon: WebDaemon,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    token_daemon: WebDaemon,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A token login named "erin" must not become the account erin once accounts exist: the name was
     self-declared. Such sessions are sent to the password login."""
