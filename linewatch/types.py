@@ -123,3 +123,22 @@ class Label:
     source: str  # "mqtt" | "cli" | "http" | "web"
     labelled_at: datetime  # UTC, timezone-aware
     user: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something a person or a system did to the line (a camera switched, a retrain asked for, a rollback, a
+    product changed, an account changed), and who: the audit trail the page shows and the store keeps."""
+
+    action_id: str  # uuid4 hex; the journal and the store dedupe on it
+    kind: str  # ACTION_KINDS
+    by: str  # the channel and, where it vouches for one, the user: "web: erin", "mqtt: operator-anna", "http"
+    at: datetime  # UTC, timezone-aware
+    camera: str | None = None
+    detail: str | None = None  # what was chosen or asked: the product, the version, the reason
+
+
+ACTION_KINDS = (
+    "camera_enabled", "camera_disabled", "product_selected", "retrain_requested", "rollback",
+    "user_added", "user_removed", "user_role_changed", "user_password_changed",
+)  # fmt: skip

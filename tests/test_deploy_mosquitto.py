@@ -222,13 +222,16 @@ def daemon(plant: Plant, handlers: RecordingHandlers) -> Iterator[MqttLink]:
         link.stop()
 
 
-def commands_from(sender: str) -> dict[str, tuple[str, bytes]]:
-    """The three commands, each on the camera named after ``sender``, so the handler's calls say who sent it."""
-    feedback = {"inspection_id": INSPECTION, "label": "normal", "user": sender}
+def commands_from(sender: str, level: str | None = None) -> dict[str, tuple[str, bytes]]:
+    """The three commands, each on the camera named after ``sender``, so the handler's calls say who sent it,
+    on the topics that end in ``level`` (the sender's own name by default; "" for the bare topics)."""
+    level = sender if level is None else level
+    end = f"/{level}" if level else ""
+    feedback = {"inspection_id": INSPECTION, "label": "normal"}
     return {
-        "feedback": (f"{PREFIX}/{sender}/feedback/set", json.dumps(feedback).encode()),
-        "enabled": (f"{PREFIX}/{sender}/enabled/set", b"false"),
-        "retrain": (f"{PREFIX}/retrain/set", json.dumps({"reason": sender}).encode()),
+        "feedback": (f"{PREFIX}/{sender}/feedback/set{end}", json.dumps(feedback).encode()),
+        "enabled": (f"{PREFIX}/{sender}/enabled/set{end}", b"false"),
+        "retrain": (f"{PREFIX}/retrain/set{end}", json.dumps({"reason": sender}).encode()),
     }
 
 
@@ -244,7 +247,9 @@ def test_the_acl_the_example_config_and_this_test_name_the_same_users() -> None:
     assert sorted(acl_users()) == sorted(MAY_SEND)
     assert f"listener {EXAMPLE['mqtt']['port']}" in SHIPPED_CONF.read_text().splitlines()
     # the command topics this test builds by hand are the ones linewatch subscribes to
-    assert set(TOPICS.subscriptions) == {f"{PREFIX}/+/feedback/set", f"{PREFIX}/+/enabled/set", f"{PREFIX}/retrain/set"}
+    assert set(TOPICS.subscriptions) == {
+        f"{PREFIX}/+/feedback/set/#", f"{PREFIX}/+/enabled/set/#", f"{PREFIX}/retrain/set/#"
+    }  # fmt: skip
 
 
 def test_commands_reach_the_daemon_only_from_the_users_allowed_to_send_them(
@@ -254,6 +259,10 @@ def test_commands_reach_the_daemon_only_from_the_users_allowed_to_send_them(
         with plant.client(sender) as client:
             for topic, payload in commands_from(sender).values():
                 client.publish(topic, payload)  # returns on PUBACK, which a denied publish gets too
+            # nobody may send unnamed (the bare topics) or in another's name
+            for level in ("", "operator-jonas" if sender != "operator-jonas" else "operator-anna"):
+                for topic, payload in commands_from(sender, level).values():
+                    client.publish(topic, payload)
     barrier = f"barrier-{uuid.uuid4().hex[:8]}"
     with plant.client(SUPERVISOR) as supervisor:
         supervisor.publish(commands_from(SUPERVISOR)["retrain"][0], json.dumps({"reason": barrier}))
@@ -266,6 +275,7 @@ def test_commands_reach_the_daemon_only_from_the_users_allowed_to_send_them(
     assert len(received) == len(expected)  # and none twice
     assert daemon.stats.received == len(expected) + 1  # nothing denied even reached it to be rejected
     assert daemon.stats.rejected == {}
+    assert set(handlers.senders) == {f"mqtt: {SUPERVISOR}"}  # each recorded under the name the broker vouched for
 
 
 def test_everything_the_daemon_publishes_reaches_every_reader_of_its_line(plant: Plant, daemon: MqttLink) -> None:

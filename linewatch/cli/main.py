@@ -269,14 +269,15 @@ def add_operating_commands(commands: argparse._SubParsersAction) -> None:  # typ
     user_commands = user.add_subparsers(dest="user_command", required=True)
     for action, text in (
         ("add", "a new account (the password is asked for twice, or read from --password-stdin)"),
-        ("passwd", "set an account's password"),
+        ("passwd", "set an account's password; its page sessions end"),
+        ("role", "give an account another role; it applies within 10 s"),
         ("remove", "delete an account; its sessions end at their next request"),
         ("list", "every account with its role"),
     ):
         sub = user_commands.add_parser(action, help=text)
         if action != "list":
             sub.add_argument("name")
-        if action == "add":
+        if action in ("add", "role"):
             sub.add_argument("--role", required=True, choices=["viewer", "operator", "engineer", "admin"])
         if action in ("add", "passwd"):
             sub.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")

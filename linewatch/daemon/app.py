@@ -6,7 +6,8 @@ capturing, the scorer drains what the batcher holds, the outputs take no more wo
 the broker hears ``stopped`` (the link outlives the forwarders so they can flush through it), the
 journal closes. A verdict is durable in the journal before anything else sees it.
 
-The App also answers what arrives over MQTT (feedback, camera enable/disable, retrain requests).
+What people and systems ask of it (camera switches, retrain and rollback, MQTT labels, reload) is
+commands.py, a part of the App.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -27,15 +28,14 @@ from prometheus_client import CollectorRegistry
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import CameraSection, Config
 from linewatch.daemon.cameras import CameraRuntime, SourceFactory, make_source
+from linewatch.daemon.commands import LineCommands
 from linewatch.daemon.control import control_routes
 from linewatch.daemon.episodes import end_episodes_left_open, end_open_episodes
-from linewatch.daemon.feedback import submit_many
 from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
 from linewatch.daemon.outputs import Outputs
 from linewatch.daemon.recording import JournalRecorder
 from linewatch.daemon.state import AppState
 from linewatch.daemon.web_mount import AppWeb, build_site
-from linewatch.feedback import FeedbackError
 from linewatch.model.preprocess import resize_rgb
 from linewatch.model.training import calibration_warnings
 from linewatch.pipeline.batcher import Batcher, SlotPolicy
@@ -45,20 +45,18 @@ from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalError
 from linewatch.pipeline.scorer import Scorer, ScoringWorker
 from linewatch.retrain.launch import ChildCommand
-from linewatch.retrain.runner import Retrainer, RetrainOutcome
+from linewatch.retrain.runner import Retrainer
 from linewatch.retrain.service import RetrainService
 from linewatch.retrain.store import last_run
-from linewatch.retrain.versions import ModelRegistry, RegistryError, model_version
+from linewatch.retrain.versions import ModelRegistry, model_version
 from linewatch.sinks.db import DatabaseError
-from linewatch.sinks.mqtt import LabelCommand, RejectedPayload
 from linewatch.types import Batch, CameraStatus, Event, Frame, Verdict
 from linewatch.web.live import LiveFrames
 
 log = logging.getLogger(__name__)
-MAX_TRIGGER_CHARS = 200
 
 
-class App:
+class App(LineCommands):
     """The running daemon. ``start``/``stop`` are called once each; ``stop`` is safe after a failed start."""
 
     def __init__(
@@ -173,6 +171,7 @@ class App:
             self.batcher.add_camera(camera.name, SlotPolicy(camera.policy), camera.queue_size)
             runtime = self._camera_runtime(camera)
             self.cameras[camera.name] = runtime
+            self.outputs.camera_enabled(camera.name, camera.enabled)
             if camera.enabled:
                 runtime.thread = runtime.reader.start()
             else:
@@ -386,54 +385,6 @@ class App:
         assert self.worker is not None, "start(scorer_thread=False) first"
         self.worker.run()
 
-    # ---- control -------------------------------------------------------------------------------
-    def reload(self, config: Config) -> list[str]:
-        """Apply the fields that are safe to change while running (threshold overrides, camera enable
-        flags) and report what changed. Anything else needs a restart and is reported as ignored."""
-        changes = []
-        if config.model.thresholds != self.config.model.thresholds and self.worker is not None:
-            # Both the scorer in use and one a swap is about to bring in (they are the same most of the time).
-            for scorer in {self.worker.scorer, *([self._serving[0]] if self._serving else [])}:
-                scorer.set_threshold_overrides(dict(config.model.thresholds))
-            self.metrics.set_thresholds(self._active_thresholds())
-            self._publish_model_state()
-            changes.append(f"thresholds {dict(config.model.thresholds) or 'calibrated'}")
-        old_cameras = {c.name: c for c in self.config.cameras}
-        new_cameras = {c.name: c for c in config.cameras}
-        if set(old_cameras) != set(new_cameras):
-            changes.append("ignored: cameras added or removed (restart to apply)")
-        for name in sorted(set(old_cameras) & set(new_cameras)):
-            if old_cameras[name].enabled != new_cameras[name].enabled:
-                self.set_camera_enabled(name, new_cameras[name].enabled)
-                changes.append(f"camera {name} {'enabled' if new_cameras[name].enabled else 'disabled'}")
-        self.config = self.config.model_copy(
-            update={
-                "model": self.config.model.model_copy(update={"thresholds": config.model.thresholds}),
-                "cameras": [
-                    camera.model_copy(update={"enabled": new_cameras[camera.name].enabled})
-                    if camera.name in new_cameras
-                    else camera
-                    for camera in self.config.cameras
-                ],
-            }
-        )
-        return changes
-
-    def set_camera_enabled(self, name: str, enabled: bool) -> None:
-        with self._lock:
-            runtime = self.cameras[name]
-            running = runtime.thread is not None and runtime.thread.is_alive()
-            if enabled and self._stopping:
-                log.info("camera %s: not enabled, the daemon is stopping", name)
-            elif enabled and not running:
-                runtime.stop = threading.Event()
-                runtime.thread = runtime.reader.start(runtime.stop)
-            elif not enabled and running:
-                runtime.stop.set()
-                runtime.thread.join(timeout=10)
-                self._on_status(name, CameraStatus.DISABLED)
-                log.info("camera %s: disabled", name)
-
     # ---- stop ----------------------------------------------------------------------------------
     def stop(self) -> None:
         """Reverse order of start: cameras, scorer (drains the batcher), outputs, journal."""
@@ -471,30 +422,3 @@ class App:
                 if self._daemon_lock is not None:
                     os.close(self._daemon_lock)
         log.info("stopped")
-
-    # ---- what arrives over MQTT (InboundHandlers); runs on the MQTT command worker's thread -------------
-    def feedback(self, commands: Sequence[LabelCommand]) -> list[RejectedPayload | None]:
-        assert self.journal is not None
-        outcomes = submit_many(self.journal, self.clock, [(c.request, c.camera) for c in commands], "mqtt")
-        return [RejectedPayload(o.reason, str(o)) if isinstance(o, FeedbackError) else None for o in outcomes]
-
-    def set_enabled(self, camera: str, enabled: bool) -> None:
-        if camera not in self.cameras:
-            raise RejectedPayload("unknown_camera")
-        # Stopping a reader may take seconds (a blocked read): never on the MQTT network thread. One worker
-        # applies the commands in arrival order, so "false" then "true" ends enabled, as the echo says.
-        self._control.submit(self.set_camera_enabled, camera, enabled)
-
-    def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome:
-        """Put a previous version back into service (``POST /model/rollback``, the operator page)."""
-        if self.retrainer is None:
-            raise RegistryError("the daemon is still starting")
-        return self.retrainer.rollback(version, by)
-
-    def retrain(self, reason: str | None, source: str = "mqtt") -> dict[str, object]:
-        """Start a retraining in the background (MQTT ``retrain/set``, ``POST /retrain``); the answer is echoed."""
-        if self.retraining is None:
-            return {"status": "refused", "reason": "the daemon is not running yet", "requested": reason}
-        log.info("retrain requested over %s (%s)", source, reason or "no reason given")
-        trigger = f"{source}: {reason}"[:MAX_TRIGGER_CHARS] if reason else source  # the reason goes on record
-        return {**self.retraining.request(trigger), "requested": reason}

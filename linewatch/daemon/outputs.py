@@ -301,6 +301,10 @@ class Outputs:
         if self.link is not None:
             self.link.publish_camera_status(camera, status)
 
+    def camera_enabled(self, camera: str, enabled: bool) -> None:
+        if self.link is not None:
+            self.link.publish_camera_enabled(camera, enabled)
+
     def model_state(self, state: dict[str, Any]) -> None:
         if self.link is not None:
             self.link.publish_model_state(state)

@@ -30,12 +30,11 @@ from linewatch.sinks.throttle import AuthThrottle
 from linewatch.types import Label
 from linewatch.web.auth import SessionKeeper, load_secret
 from linewatch.web.live import LiveFrames
-from linewatch.web.logins import LoginRegistry
+from linewatch.web.logins import LOGINS_FILE, LoginRegistry
 from linewatch.web.site import Site, WebSettings
 
 log = logging.getLogger(__name__)
 SECRET_FILE = "web-secret"
-LOGINS_FILE = "web-logins.sqlite3"  # the page's open logged-in sessions (linewatch/web/logins.py)
 
 
 class AppWeb:
@@ -103,8 +102,8 @@ class AppWeb:
             return False, str(problem)
         return outcome.status == "rolled_back", outcome.reason
 
-    def retrain(self, reason: str | None) -> tuple[bool, str]:
-        answer = self._control.retrain(reason, "web")
+    def retrain(self, reason: str | None, user: str | None) -> tuple[bool, str]:
+        answer = self._control.retrain(reason, f"web: {user}" if user else "web")
         if answer["status"] == "started":
             return True, "retraining started; its result appears here and on model/state when it ends"
         return False, f"not started: {answer.get('reason') or answer['status']}"

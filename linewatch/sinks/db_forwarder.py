@@ -1,4 +1,4 @@
-"""The journal's DB forwarder: verdicts, defect-episode messages and operator labels into the main store.
+"""The journal's DB forwarder: verdicts, defect-episode messages, operator labels and actions into the main store.
 
 One transaction per chunk, in journal order, idempotent upserts keyed on the daemon's stable ids (dialect
 ``INSERT .. ON CONFLICT`` on SQLite and PostgreSQL), so the runner may offer a chunk any number of times. A
@@ -24,13 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from linewatch.pipeline.journal.records import (
     JournalError,
     JournalRecord,
+    action_from_payload,
     event_from_payload,
     label_from_payload,
     verdict_from_payload,
 )
 from linewatch.sinks.db import DatabaseError, masked, reason, write_transaction
-from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord, LatestLabel
-from linewatch.types import Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
+from linewatch.sinks.db_schema import ActionRecord, DefectEvent, Inspection, LabelRecord, LatestLabel
+from linewatch.types import Action, Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class DbStats:
     inspections: int = 0  # verdict records upserted
     events: int = 0  # event messages folded into their episode row
     labels: int = 0  # label records stored and applied
+    actions: int = 0  # action records stored
     orphan_labels: int = 0  # of those, labels whose target row is missing (kept in the history only)
     skipped: int = 0  # malformed records, logged and skipped so that one cannot wedge the forwarder
 
@@ -55,6 +57,7 @@ class DbForwarder:
     - event: folded into one row per episode. A message older than the row's ``last_seq`` (a replay) changes
       nothing, so state never moves backwards; ``new`` always restores the start; ``update`` sets the peak
       (and its evidence); ``end`` sets ``ended_at``.
+    - action: stored once per action id (who switched a camera, changed a product, asked for a retrain).
     - label: stored in the history (once per label id), then set as the latest label on its target unless that
       already carries a later one: the inspection, or the event and every defect inspection of its camera
       inside the episode ``[started_at, ended_at or last_at]`` (the frames the operator judged).
@@ -104,6 +107,9 @@ class DbForwarder:
                     if isinstance(value, Event):
                         self._write_event(conn, value)
                         counts.events += 1
+                    elif isinstance(value, Action):
+                        self._write_action(conn, value)
+                        counts.actions += 1
                     else:
                         self._write_label(conn, value, counts)
                 self._write_inspections(conn, verdicts, counts)
@@ -145,6 +151,19 @@ class DbForwarder:
         if episode is not None and episode.labelled_at is not None:
             # Frames already carrying this very label (labelled_at equal) are left as they are: no rewrite.
             _label_frames(conn, episode, _latest(episode), _older_than(Inspection, episode.labelled_at))
+
+    def _write_action(self, conn: Connection, action: Action) -> None:
+        row = {
+            "action_id": action.action_id,
+            "kind": action.kind,
+            "actor": action.by,
+            "at": action.at,
+            "camera": action.camera,
+            "detail": action.detail,
+        }
+        conn.execute(
+            self._insert(ActionRecord.__table__).values(row).on_conflict_do_nothing(index_elements=["action_id"])
+        )
 
     def _write_label(self, conn: Connection, label: Label, counts: DbStats) -> None:
         conn.execute(
@@ -229,17 +248,18 @@ def _older_than(entity: type[LatestLabel], at: datetime) -> ColumnElement[bool]:
     return or_(entity.labelled_at.is_(None), entity.labelled_at < at)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], Verdict | Event | Label]] = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Verdict | Event | Label | Action]] = {
     "verdict": verdict_from_payload,
     "event": event_from_payload,
     "label": label_from_payload,
+    "action": action_from_payload,
 }
 
 
-def _parse(records: Sequence[JournalRecord], counts: DbStats) -> list[tuple[int, Verdict | Event | Label]]:
+def _parse(records: Sequence[JournalRecord], counts: DbStats) -> list[tuple[int, Verdict | Event | Label | Action]]:
     """(position, typed value) per record, in journal order; malformed records are logged, counted and skipped
     so that one cannot wedge the forwarder."""
-    parsed: list[tuple[int, Verdict | Event | Label]] = []
+    parsed: list[tuple[int, Verdict | Event | Label | Action]] = []
     for record in records:
         parse = _PARSERS.get(record.kind)
         try:

@@ -42,6 +42,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 from sqlalchemy.types import TypeDecorator
 
+from linewatch.types import ACTION_KINDS
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -237,3 +239,22 @@ class User(Base):
     password_hash: Mapped[str]  # argon2id, with its parameters and salt (PHC string)
     created_at: Mapped[datetime]
     changed_at: Mapped[datetime]  # the last change of role or password
+
+
+class ActionRecord(Base):
+    """Who did what to the line: camera switches, product changes, retrain and rollback requests (from the
+    journal, so one asked for while the store is down still arrives), account changes (written with the
+    change itself). The page's Models view lists the latest."""
+
+    __tablename__ = "actions"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", ACTION_KINDS), name="kind"),
+        Index("ix_actions_at", "at"),
+    )
+
+    action_id: Mapped[str] = mapped_column(primary_key=True)
+    kind: Mapped[str]
+    actor: Mapped[str]  # who: "web: erin", "mqtt: operator-anna", "http", "cli"; ``by`` is an SQL keyword
+    at: Mapped[datetime]
+    camera: Mapped[str | None]
+    detail: Mapped[str | None]

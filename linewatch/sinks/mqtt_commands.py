@@ -25,12 +25,12 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from linewatch.clock import Clock
 from linewatch.feedback import FeedbackRequest
-from linewatch.sinks.mqtt_payloads import Rejected, Topics, dumps, parse_payload, topic_kind
+from linewatch.sinks.mqtt_payloads import CommandTopic, Rejected, Topics, dumps, parse_payload, speaker, topic_kind
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ class InboundHandlers(Protocol):
         """Journal a burst of labels at once; per command, None (journaled) or why it was refused."""
         ...
 
-    def set_enabled(self, camera: str, enabled: bool) -> None: ...
+    def set_enabled(self, camera: str, enabled: bool, by: str) -> None: ...  # by: CommandTopic.by
 
-    def retrain(self, reason: str | None) -> dict[str, Any]: ...  # echoed on P/retrain/state
+    def retrain(self, reason: str | None, by: str) -> dict[str, Any]: ...  # echoed on P/retrain/state
 
 
 @dataclass
@@ -166,23 +166,25 @@ class CommandIntake:
             checked = self._check(message)
             if checked is None:
                 continue
-            kind, camera, value = checked
-            if kind == "feedback":
-                assert camera is not None and isinstance(value, FeedbackRequest)
-                labels.append((message, LabelCommand(camera, value)))
+            command, value = checked
+            if command.kind == "feedback":
+                assert command.camera is not None and isinstance(value, FeedbackRequest)
+                request = replace(value, user=speaker(value.user, command.client))
+                labels.append((message, LabelCommand(command.camera, request)))
                 continue
             self._journal_labels(labels)  # labels that came first are journaled first
             labels = []
-            self._carry_out(message, kind, camera, value)
+            self._carry_out(message, command, value)
         self._journal_labels(labels)
 
-    def _check(self, message: Received) -> tuple[str, str | None, FeedbackRequest | bool | str | None] | None:
-        """(kind, camera, value) of a valid command; None when it was refused (counted and logged)."""
+    def _check(self, message: Received) -> tuple[CommandTopic, FeedbackRequest | bool | str | None] | None:
+        """(what the topic says, the payload's value) of a valid command; None when it was refused (counted and
+        logged)."""
         if message.topic is None:
             self._reject("unknown", "bad_topic", "?", "topic is not UTF-8")
             return None
         try:
-            kind, camera = topic_kind(self.topics, message.topic)
+            command = topic_kind(self.topics, message.topic)
         except Rejected as problem:
             self._reject("unknown", problem.reason, message.topic, problem.detail)
             return None
@@ -190,9 +192,9 @@ class CommandIntake:
             log.debug("MQTT: retained command on %s cleared", message.topic)
             return None
         try:
-            return kind, camera, parse_payload(kind, message.payload, message.retain, self._max_payload_bytes)
+            return command, parse_payload(command.kind, message.payload, message.retain, self._max_payload_bytes)
         except Rejected as problem:
-            self._reject(kind, problem.reason, message.topic, problem.detail)
+            self._reject(command.kind, problem.reason, message.topic, problem.detail)
             return None
 
     def _journal_labels(self, labels: Sequence[tuple[Received, LabelCommand]]) -> None:
@@ -217,16 +219,17 @@ class CommandIntake:
         if len(labels) > 1:
             log.info("MQTT: %d labels received together, journaled in one transaction", len(labels))
 
-    def _carry_out(self, message: Received, kind: str, camera: str | None, value: Any) -> None:
+    def _carry_out(self, message: Received, command: CommandTopic, value: Any) -> None:
+        camera, kind = command.camera, command.kind
         try:
             if kind == "enabled":
                 assert camera is not None and isinstance(value, bool)
-                self._handlers.set_enabled(camera, value)
-                log.info("MQTT: camera %s %s", camera, "enabled" if value else "disabled")
+                self._handlers.set_enabled(camera, value, command.by)
+                log.info("MQTT: camera %s %s by %s", camera, "enabled" if value else "disabled", command.by)
                 self._echo(self.topics.enabled(camera), b"true" if value else b"false")
             else:
-                state = self._handlers.retrain(value)
-                log.info("MQTT: retrain requested (%s)", value or "no reason given")
+                state = self._handlers.retrain(value, command.by)
+                log.info("MQTT: retrain requested by %s (%s)", command.by, value or "no reason given")
                 self._echo(self.topics.retrain_state, dumps(state))
         except RejectedPayload as problem:
             self._refused(message, kind, problem)

@@ -209,6 +209,11 @@ class MqttLink:
             self._cameras.add(camera)  # stop() sets it offline
         self._publish_retained(self.topics.status(camera), str(CameraStatus(status)).encode())
 
+    def publish_camera_enabled(self, camera: str, enabled: bool) -> None:
+        """``P/<camera>/enabled``: at start and at every switch, whichever channel made it (MQTT, the page, a
+        reload), so HMIs and Home Assistant's switch show the state without waiting for an MQTT command."""
+        self._publish_retained(self.topics.enabled(camera), b"true" if enabled else b"false")
+
     def publish_model_state(self, state: dict[str, Any]) -> None:
         self._publish_retained(self.topics.model_state, dumps(state))
 

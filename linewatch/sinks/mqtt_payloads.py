@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from linewatch.feedback import FeedbackError, FeedbackRequest, check_reason, decode_json, feedback_from_document
+from linewatch.feedback import (
+    MAX_USER_LENGTH,
+    FeedbackError,
+    FeedbackRequest,
+    check_reason,
+    decode_json,
+    feedback_from_document,
+)
 from linewatch.pipeline.journal.records import format_ts
 from linewatch.sinks.mqtt_stats import STATS_FIELDS
 from linewatch.types import Event, Verdict
@@ -65,7 +72,8 @@ TOPIC_SPECS = (
               "`offline` at a clean stop (after a crash read `P/available`, the will)"),
     TopicSpec("<camera>/defect", True, 1, False, "a defect episode's `new`, `update` and `end` messages", EVENT_FIELDS),
     TopicSpec("<camera>/verdict", True, 1, True, "the camera's latest verdict, for HMI tiles", VERDICT_FIELDS),
-    TopicSpec("<camera>/enabled", True, 1, True, "`true` or `false`: the echo of `<camera>/enabled/set`"),
+    TopicSpec("<camera>/enabled", True, 1, True, "`true` or `false`: whether the camera is read; at start, at every "
+              "switch from any channel, and as the echo of `<camera>/enabled/set`"),
     TopicSpec("<camera>/feedback/set", False, 1, False, 'an operator\'s label: `{"inspection_id" or "event_id": ..., '
               '"label": "normal"|"defect", "user": ...}`'),
     TopicSpec("<camera>/enabled/set", False, 1, False, '`true`, `false` or `{"enabled": true|false}`'),
@@ -110,9 +118,11 @@ class Topics:
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
-        """The TOPIC_SPECS linewatch listens to, a camera's name as the ``+`` wildcard."""
+        """The TOPIC_SPECS linewatch listens to, a camera's name as the ``+`` wildcard. ``/#`` also matches the
+        topic itself (MQTT 3.1.1 4.7.1.2), so one subscription takes a command with or without its client level
+        (:func:`topic_kind`)."""
         return tuple(
-            f"{self.prefix}/{spec.suffix.replace('<camera>', '+')}" for spec in TOPIC_SPECS if not spec.published
+            f"{self.prefix}/{spec.suffix.replace('<camera>', '+')}/#" for spec in TOPIC_SPECS if not spec.published
         )
 
 
@@ -128,18 +138,57 @@ class Rejected(Exception):
         self.detail = detail
 
 
-def topic_kind(topics: Topics, topic: str) -> tuple[str, str | None]:
-    """("feedback" | "enabled" | "retrain", camera or None) for a topic we subscribe to; raises Rejected
-    ("bad_topic") for anything else, including a camera segment that is not a camera name."""
+@dataclass(frozen=True)
+class CommandTopic:
+    """What a command's topic says: its kind, its camera, and who sent it.
+
+    ``client`` is the optional last level (``P/<camera>/enabled/set/<client>``). MQTT does not tell a subscriber
+    who published, but the broker's ACL can: a grant of write on ``.../set/anna`` to anna's account alone
+    makes the level a name the broker vouches for (deploy/mosquitto/linewatch.acl). Commands on the bare topic
+    are still taken, recorded as from an unnamed MQTT client; an ACL that grants no bare topic refuses them."""
+
+    kind: str  # "feedback" | "enabled" | "retrain"
+    camera: str | None
+    client: str | None
+
+    @property
+    def by(self) -> str:
+        """Who sent it, as actions and retrain triggers record it: ``mqtt: <client>`` or ``mqtt``."""
+        return f"mqtt: {self.client}" if self.client else "mqtt"
+
+
+def topic_kind(topics: Topics, topic: str) -> CommandTopic:
+    """The command a topic we subscribe to carries; raises Rejected ("bad_topic") for anything else, including
+    a camera segment that is not a camera name or a client level that is not a name."""
     head = topics.prefix + "/"
     rest = topic[len(head) :].split("/") if topic.startswith(head) else []
-    if rest == ["retrain", "set"]:
-        return "retrain", None
-    if len(rest) == 3 and rest[1] in ("feedback", "enabled") and rest[2] == "set":
-        if not CAMERA.match(rest[0]):
-            raise Rejected("bad_topic", f"camera segment {rest[0][:40]!r} is not a camera name")
-        return rest[1], rest[0]
+    command = rest[:2] if rest[:2] == ["retrain", "set"] else rest[:3]
+    client = _client(rest[len(command) :])
+    if command == ["retrain", "set"]:
+        return CommandTopic("retrain", None, client)
+    if len(command) == 3 and command[1] in ("feedback", "enabled") and command[2] == "set":
+        if not CAMERA.match(command[0]):
+            raise Rejected("bad_topic", f"camera segment {command[0][:40]!r} is not a camera name")
+        return CommandTopic(command[1], command[0], client)
     raise Rejected("bad_topic", "not a topic linewatch accepts commands on")
+
+
+def _client(levels: list[str]) -> str | None:
+    """The client level after a command's topic: none, or one printable name of at most MAX_USER_LENGTH."""
+    if not levels:
+        return None
+    name = levels[0]
+    if len(levels) > 1 or not name or len(name) > MAX_USER_LENGTH or not name.isprintable():
+        raise Rejected("bad_topic", "after .../set only one level may follow: the sending client's name")
+    return name
+
+
+def speaker(declared: str | None, client: str | None) -> str | None:
+    """The user a label records: the broker-vouched client, and the person it names in the payload's ``user``
+    when that differs (an HMI's one account speaking for its operators); a bare topic keeps the declared name."""
+    if client is None or declared in (None, client):
+        return client or declared
+    return f"{declared} via {client}"
 
 
 def parse_payload(kind: str, payload: bytes, retain: bool, max_bytes: int) -> FeedbackRequest | bool | str | None:

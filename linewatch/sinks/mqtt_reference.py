@@ -24,7 +24,8 @@ def topic_table() -> str:
         BEGIN,
         "",
         "Under the prefix `P` (`[mqtt] prefix`, `linewatch/<site>/<line>` by default); `<camera>` is a camera's",
-        "`name`.",
+        "`name`. A command topic may end in one more level, the sending client's name (`/<client>`): with an ACL",
+        "that grants each account only its own name, the broker vouches for who sent it (see Who sent a command).",
         "",
         "| topic | direction | QoS | retained | payload |",
         "|---|---|---|---|---|",
@@ -33,7 +34,8 @@ def topic_table() -> str:
         direction = "published" if spec.published else "subscribed"
         retained = "yes" if spec.retained else "no"
         payload = spec.payload.replace("|", "\\|")  # a bare | ends a Markdown table cell, even in backticks
-        lines.append(f"| `P/{spec.suffix}` | {direction} | {spec.qos} | {retained} | {payload} |")
+        name = spec.suffix if spec.published else f"{spec.suffix}[/<client>]"
+        lines.append(f"| `P/{name}` | {direction} | {spec.qos} | {retained} | {payload} |")
     lines.append("")
     for spec in TOPIC_SPECS:
         if spec.fields:

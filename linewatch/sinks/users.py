@@ -5,21 +5,28 @@ hashes and rehashes them at the next login).
 
 Roles, each allowed what the ones before it may (``USER_ROLES``): ``viewer`` looks; ``operator`` labels,
 saves normal samples (and will switch cameras and products); ``engineer`` retrains and rolls back;
-``admin`` manages the accounts (``linewatch user``). Once the store holds one account, the page logs in
-by name and password only; until then the ``[http] token`` login stays (see docs/http.md).
+``admin`` manages the accounts (``linewatch user``, the page's Accounts view). Once the store holds one
+account, the page logs in by name and password only; until then the ``[http] token`` login stays (see
+docs/http.md).
+
+Every change is written with an ``actions`` row naming who made it, in the same transaction: an account
+change and its record exist together or not at all. While any account remains, one admin remains: the
+last one cannot be removed or demoted, so the page never locks its managers out (the command line could
+still repair that, but nobody should have to).
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from linewatch.sinks.db import masked, translated
-from linewatch.sinks.db_schema import USER_ROLES, User
+from linewatch.sinks.db_schema import USER_ROLES, ActionRecord, User
 
 MIN_PASSWORD_LENGTH = 10
 MAX_NAME_LENGTH = 64
@@ -64,7 +71,8 @@ def check_password(password: str) -> str:
     return password
 
 
-def add_user(engine: Engine, name: str, role: str, password: str, now: datetime | None = None) -> Account:
+def add_user(engine: Engine, name: str, role: str, password: str, by: str, now: datetime | None = None) -> Account:
+    """A new account; ``by`` is who added it, as the actions record it ("cli: root", "web: erin")."""
     name, role = check_name(name), check_role(role)
     digest = _HASHER.hash(check_password(password))
     now = now or datetime.now(UTC)
@@ -73,23 +81,55 @@ def add_user(engine: Engine, name: str, role: str, password: str, now: datetime 
             raise AccountError(f"user {name!r} exists already; use passwd or remove it first")
         conn.execute(User.__table__.insert().values(name=name, role=role, password_hash=digest,
                                                    created_at=now, changed_at=now))  # fmt: skip
+        _record(conn, "user_added", by, now, f"{name} ({role})")
     return Account(name, role, now, now)
 
 
-def remove_user(engine: Engine, name: str) -> None:
+def remove_user(engine: Engine, name: str, by: str, now: datetime | None = None) -> None:
     with translated(masked(engine.url), "removing a user"), engine.begin() as conn:
+        _keep_an_admin(conn, name, None)
         if conn.execute(delete(User).where(User.name == name)).rowcount == 0:
             raise AccountError(f"no user {name!r}")
+        _record(conn, "user_removed", by, now or datetime.now(UTC), name)
 
 
-def set_password(engine: Engine, name: str, password: str, now: datetime | None = None) -> None:
+def set_role(engine: Engine, name: str, role: str, by: str, now: datetime | None = None) -> None:
+    role = check_role(role)
+    now = now or datetime.now(UTC)
+    with translated(masked(engine.url), "changing a role"), engine.begin() as conn:
+        _keep_an_admin(conn, name, role)
+        if conn.execute(update(User).where(User.name == name).values(role=role, changed_at=now)).rowcount == 0:
+            raise AccountError(f"no user {name!r}")
+        _record(conn, "user_role_changed", by, now, f"{name} ({role})")
+
+
+def set_password(engine: Engine, name: str, password: str, by: str, now: datetime | None = None) -> None:
     digest = _HASHER.hash(check_password(password))
+    now = now or datetime.now(UTC)
     with translated(masked(engine.url), "changing a password"), engine.begin() as conn:
-        changed = conn.execute(
-            update(User).where(User.name == name).values(password_hash=digest, changed_at=now or datetime.now(UTC))
-        )
+        changed = conn.execute(update(User).where(User.name == name).values(password_hash=digest, changed_at=now))
         if changed.rowcount == 0:
             raise AccountError(f"no user {name!r}")
+        _record(conn, "user_password_changed", by, now, name)
+
+
+def _keep_an_admin(conn: Connection, name: str, new_role: str | None) -> None:
+    """Refuses to remove (``new_role`` None) or demote the last admin while other accounts remain."""
+    roles = {name: role for name, role in conn.execute(select(User.name, User.role))}
+    if roles.get(name) != "admin" or new_role == "admin":
+        return
+    admins = sum(1 for role in roles.values() if role == "admin")
+    others = len(roles) - 1
+    if admins == 1 and others > 0:
+        change = "removed" if new_role is None else "demoted"
+        raise AccountError(f"{name!r} is the last admin and cannot be {change} while other accounts remain; "
+                           "make another account admin first")  # fmt: skip
+
+
+def _record(conn: Connection, kind: str, by: str, at: datetime, detail: str) -> None:
+    """The ``actions`` row of an account change, in the change's own transaction (no secret in ``detail``)."""
+    conn.execute(ActionRecord.__table__.insert().values(action_id=uuid.uuid4().hex, kind=kind, actor=by, at=at,
+                                                        camera=None, detail=detail))  # fmt: skip
 
 
 def list_users(engine: Engine) -> list[Account]:
@@ -113,8 +153,9 @@ def authenticate(engine: Engine, name: str, password: str) -> str | None:
         return None
     if row is None:
         return None
-    if _HASHER.check_needs_rehash(row.password_hash):
-        set_password(engine, name, password)
+    if _HASHER.check_needs_rehash(row.password_hash):  # new parameters: no account change, so no action row
+        with translated(masked(engine.url), "rehashing a password"), engine.begin() as conn:
+            conn.execute(update(User).where(User.name == name).values(password_hash=_HASHER.hash(password)))
     return str(row.role)
 
 

@@ -118,6 +118,10 @@ class SessionKeeper:
         if session is not None and self.logins is not None:
             self.logins.end(session.nonce, now)
 
+    def end_user(self, user: str, now: float) -> int:
+        """End every open logged-in session of ``user`` (a new password, a removed account); how many."""
+        return self.logins.end_user(user, now) if self.logins is not None else 0
+
     def encode(self, session: Session) -> str:
         fields = [session.nonce, session.user, session.authenticated, session.expires, session.role, session.account]
         body = json.dumps(fields, separators=(",", ":"))

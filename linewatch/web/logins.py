@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+LOGINS_FILE = "web-logins.sqlite3"  # in the data folder
 TOUCH_S = 30.0  # an open session's last_seen is refreshed at most this often
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logins (
@@ -75,6 +76,13 @@ class LoginRegistry:
     def end(self, nonce: str, now: float) -> None:
         with self._lock:
             self._db.execute("UPDATE logins SET ended = ? WHERE id = ? AND ended IS NULL", (now, _key(nonce)))
+
+    def end_user(self, user: str, now: float) -> int:
+        """End every open session of ``user`` (a changed password, a removed account); how many there were.
+        Safe from another process (``linewatch user passwd``): SQLite serialises the writers."""
+        with self._lock:
+            cursor = self._db.execute("UPDATE logins SET ended = ? WHERE user = ? AND ended IS NULL", (now, user))
+            return cursor.rowcount
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,5 @@
 """The operator page's read-only queries on the main store: the review queue, one item, the history table
-(keyset pages), the score plot and a target's label history.
+(keyset pages), the score plot, a target's label history and the latest actions (who did what).
 
 Decisions:
 
@@ -47,7 +47,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, exists, func, or_, select, true
 
 from linewatch.sinks.db import masked, require_aware, require_one_of, translated
-from linewatch.sinks.db_schema import LABEL_TARGETS, VERDICTS, DefectEvent, Inspection, LabelRecord
+from linewatch.sinks.db_schema import LABEL_TARGETS, VERDICTS, ActionRecord, DefectEvent, Inspection, LabelRecord
 from linewatch.web.rows import HistoryFilter, InspectionRow, ReviewItem, ScorePoint
 
 LABEL_FILTERS = ("normal", "defect", "unlabelled")
@@ -256,6 +256,21 @@ def label_history(engine: Engine, target: str, target_id: str, limit: int = 20) 
         .limit(limit)
     )
     with translated(masked(engine.url), f"reading the labels of {target} {target_id!r}"), engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def recent_actions(engine: Engine, kinds: tuple[str, ...], limit: int = 30) -> list[dict[str, Any]]:
+    """The latest actions of ``kinds``, newest first, as dicts of kind, actor, at, camera and detail (down the
+    ``at`` index: a few rows however long the history)."""
+    _check_limit(limit)
+    columns = ActionRecord.kind, ActionRecord.actor, ActionRecord.at, ActionRecord.camera, ActionRecord.detail
+    query = (
+        select(*columns)
+        .where(ActionRecord.kind.in_(kinds))
+        .order_by(ActionRecord.at.desc(), ActionRecord.action_id.desc())
+        .limit(limit)
+    )
+    with translated(masked(engine.url), "reading the actions"), engine.connect() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 
 

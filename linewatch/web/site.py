@@ -38,8 +38,9 @@ from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.http import bearer_ok
 from linewatch.sinks.throttle import AuthThrottle
 from linewatch.sinks.users import role_allows
-from linewatch.types import Label, LabelTarget, VerdictLabel
+from linewatch.types import ACTION_KINDS, Label, LabelTarget, VerdictLabel
 from linewatch.web import queries
+from linewatch.web.accounts import ACCOUNT_ACTIONS, AccountPages
 from linewatch.web.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -100,7 +101,7 @@ class WebBackend(Protocol):
     def versions(self) -> list[dict[str, Any]]: ...  # model versions, newest first, with the store's rows merged
     def runs(self, limit: int) -> list[dict[str, Any]]: ...  # retrain runs, newest first
     def rollback(self, version: str, user: str | None) -> tuple[bool, str]: ...  # (done, what happened)
-    def retrain(self, reason: str | None) -> tuple[bool, str]: ...  # (started, what happened)
+    def retrain(self, reason: str | None, user: str | None) -> tuple[bool, str]: ...  # (started, what happened)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class WebSettings:
 Handler = Callable[[Request, Session | None, FormData | None], Response]
 
 
-class Site(LoginPages):
+class Site(LoginPages, AccountPages):
     """Builds the Starlette app; one instance per daemon."""
 
     def __init__(
@@ -154,6 +155,7 @@ class Site(LoginPages):
             Route("/login", self._page(self.login_page, open_=True)),
             Route("/login", self._page(self.login, post=True, open_=True), methods=["POST"]),
             Route("/logout", self._page(self.logout, post=True, open_=True), methods=["POST"]),
+            *self.account_routes(),
             Route("/static/{name}", self.static),
             Route("/favicon.ico", lambda _request: Response(status_code=204)),  # no icon; not a 404 per page view
         ]
@@ -275,7 +277,10 @@ class Site(LoginPages):
             "login_needed": self.keeper.login_required,
             "accounts": self.keeper.accounts(),
             "role": session.role if session is not None else None,
-            "can": {need: session is not None and role_allows(session.role, need) for need in ("operator", "engineer")},
+            "can": {
+                need: session is not None and role_allows(session.role, need)
+                for need in ("operator", "engineer", "admin")
+            },
             "model": model,
             "refresh_ms": int(self.settings.refresh_s * 1000),
             "zone": getattr(self.settings.timezone, "key", None) or datetime.now(self.settings.timezone).tzname(),
@@ -430,14 +435,18 @@ class Site(LoginPages):
         return self._render("_models_state.html", self._models_context(request, session))
 
     def _models_context(self, request: Request, session: Session | None) -> dict[str, Any]:
+        line_actions = tuple(kind for kind in ACTION_KINDS if kind not in ACCOUNT_ACTIONS)
         try:
             runs, runs_problem = self.backend.runs(RUNS_SHOWN), None
+            actions = queries.recent_actions(self.backend.engine, line_actions)
         except DatabaseError as problem:  # rollback works from the folder: keep the page, say what is missing
-            runs, runs_problem = [], f"retraining runs cannot be read from the store right now: {problem}"
+            runs, actions = [], []
+            runs_problem = f"retraining runs and actions cannot be read from the store right now: {problem}"
         return {
             **self._common(request, session),
             "versions": self.backend.versions(),
             "runs": runs,
+            "actions": actions,
             "runs_problem": runs_problem,
         }
 
@@ -451,9 +460,7 @@ class Site(LoginPages):
         assert form is not None
         reason = optional_text(field(form, "reason"), "reason")
         who = session.user if session is not None else None
-        if who:  # the run's record says who asked
-            reason = f"{reason} ({who})" if reason else f"asked by {who}"
-        return self._models_answer(request, session, self.backend.retrain(reason))
+        return self._models_answer(request, session, self.backend.retrain(reason, who))
 
     def _models_answer(self, request: Request, session: Session | None, outcome: tuple[bool, str]) -> Response:
         """The outcome as a message (409 when refused): above the versions and runs, which refresh themselves

@@ -175,6 +175,7 @@ class RecordingHandlers:
     fail: bool = False
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     bursts: list[int] = field(default_factory=list)  # how many labels each feedback call carried
+    senders: list[str] = field(default_factory=list)  # ``by`` of each enable and retrain call, in order
     gate: threading.Event | None = None
     entered: threading.Event = field(default_factory=threading.Event)
 
@@ -196,13 +197,15 @@ class RecordingHandlers:
                 self.calls.append(("feedback", camera, request.target, request.target_id, request.label, request.user))
         return outcomes
 
-    def set_enabled(self, camera: str, enabled: bool) -> None:
+    def set_enabled(self, camera: str, enabled: bool, by: str) -> None:
         self._check(camera)
         self.calls.append(("set_enabled", camera, enabled))
+        self.senders.append(by)
 
-    def retrain(self, reason: str | None) -> dict[str, Any]:
+    def retrain(self, reason: str | None, by: str) -> dict[str, Any]:
         self._check(None)
         self.calls.append(("retrain", reason))
+        self.senders.append(by)
         return {"status": "queued", "reason": reason}
 
     def _check(self, camera: str | None) -> None:

@@ -22,8 +22,8 @@ from linewatch.pipeline.journal.records import JournalRecord, parse_ts
 from linewatch.sinks.db import DatabaseError, confirmed_normal_inspections, inspection_counts, make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
-from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
-from linewatch.types import Event, Label, LabelTarget, Verdict, VerdictLabel
+from linewatch.sinks.db_schema import ActionRecord, DefectEvent, Inspection, LabelRecord
+from linewatch.types import Action, Event, Label, LabelTarget, Verdict, VerdictLabel
 from tests.services.postgres import PostgresServer
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -398,3 +398,19 @@ def test_a_postgresql_outage_delays_rows_but_loses_none(
         assert set(rows_by_id(engine)) == {r.key for r in all_records(journal, "verdict")}
     finally:
         engine.dispose()
+
+
+def test_actions_are_stored_once_however_often_they_are_replayed(store: Engine, journal: Journal) -> None:
+    actions = [
+        Action("a1", "camera_disabled", "mqtt: operator-anna", T0, "cam1", None),
+        Action("a2", "retrain_requested", "web: erin", T0 + timedelta(seconds=1), None, "started: new batch"),
+    ]
+    journal.append_batch((), (), (), actions)
+    forwarder = DbForwarder(store)
+    drain(journal, forwarder)
+    forwarder.send(all_records(journal, "action"))  # a replay
+    with store.connect() as conn:
+        columns = ActionRecord.action_id, ActionRecord.kind, ActionRecord.actor, ActionRecord.at, ActionRecord.camera
+        stored = [tuple(row) for row in conn.execute(select(*columns, ActionRecord.detail).order_by(ActionRecord.at))]
+    assert stored == [(a.action_id, a.kind, a.by, a.at, a.camera, a.detail) for a in actions]
+    assert forwarder.stats.actions == 4 and forwarder.stats.skipped == 0

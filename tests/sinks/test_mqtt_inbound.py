@@ -16,7 +16,7 @@ from linewatch.clock import FakeClock
 from linewatch.config import MqttSection
 from linewatch.sinks.mqtt import MqttLink
 from linewatch.sinks.mqtt_link import RECEIVE_MAXIMUM
-from linewatch.sinks.mqtt_payloads import Rejected, Topics, topic_kind
+from linewatch.sinks.mqtt_payloads import CommandTopic, Rejected, Topics, speaker, topic_kind
 from linewatch.types import LabelTarget, VerdictLabel
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
 from tests.sinks.mqtt_fakes import RecordingHandlers
@@ -106,6 +106,41 @@ def test_malformed_commands_change_nothing_and_are_counted_by_reason(
         assert watcher.on(f"{mqtt_prefix}/retrain/state") == []  # no echo for the rejected ones
     assert handlers.calls == [("set_enabled", "cam1", False)]
     assert link.connected
+
+
+def test_the_client_level_names_who_sent_a_command(
+    broker: MosquittoBroker, mqtt_prefix: str, link: MqttLink, handlers: RecordingHandlers
+) -> None:
+    """One more topic level after ``set`` is the sender (a name the broker's ACL vouches for): labels record it,
+    with the person an HMI names in ``user``; enable and retrain pass it on; the bare topic stays unnamed."""
+    commands = [
+        ("cam1/feedback/set/operator-anna", {"inspection_id": "insp-1", "label": "normal"}),
+        ("cam1/feedback/set/hmi-3", {"inspection_id": "insp-1", "label": "defect", "user": "jonas"}),
+        ("cam1/feedback/set/anna", {"inspection_id": "insp-1", "label": "normal", "user": "anna"}),
+        ("cam1/enabled/set/supervisor", False),
+        ("cam1/enabled/set", True),
+        ("retrain/set/supervisor", {"reason": "new batch"}),
+        ("cam1/enabled/set/a/b", True),  # two levels: refused
+    ]
+    with MqttWatcher(broker) as watcher:
+        for suffix, document in commands:
+            watcher.publish(f"{mqtt_prefix}/{suffix}", json.dumps(document))
+        wait_until(lambda: link.stats.received == len(commands))
+    assert [call[-1] for call in handlers.calls if call[0] == "feedback"] == [
+        "operator-anna",
+        "jonas via hmi-3",
+        "anna",
+    ]
+    assert handlers.senders == ["mqtt: supervisor", "mqtt", "mqtt: supervisor"]
+    assert link.stats.rejected == {("unknown", "bad_topic"): 1}
+
+
+def test_speaker_keeps_the_declared_name_only_beside_a_vouched_one() -> None:
+    assert speaker(None, None) is None
+    assert speaker("anna", None) == "anna"  # a bare topic: self-declared, as before
+    assert speaker(None, "hmi-3") == "hmi-3"
+    assert speaker("hmi-3", "hmi-3") == "hmi-3"
+    assert speaker("jonas", "hmi-3") == "jonas via hmi-3"
 
 
 def test_valid_commands_reach_the_handlers_and_are_echoed_retained(
@@ -250,6 +285,8 @@ def test_a_flood_of_labels_is_journaled_in_bursts_in_arrival_order(
     assert handlers.bursts[:2] == [1, 149] and handlers.bursts[2] >= RECEIVE_MAXIMUM - 151
     assert sum(handlers.bursts) == len(flood) - 1
     assert link.stats.accepted == len(flood) and link.stats.rejected == {}
+
+
 def test_a_label_still_being_handled_when_the_broker_goes_is_delivered_again(
     broker: MosquittoBroker, mqtt_prefix: str, handlers: RecordingHandlers
 ) -> None:
@@ -302,10 +339,14 @@ def test_rejections_are_logged_once_per_burst(
 @pytest.mark.parametrize(
     ("topic", "expected"),
     [
-        ("p/l/cam1/feedback/set", ("feedback", "cam1")),
-        ("p/l/Cam-2_b/enabled/set", ("enabled", "Cam-2_b")),
-        ("p/l/retrain/set", ("retrain", None)),
-        ("p/l/cam1/feedback/set/x", None),
+        ("p/l/cam1/feedback/set", CommandTopic("feedback", "cam1", None)),
+        ("p/l/Cam-2_b/enabled/set", CommandTopic("enabled", "Cam-2_b", None)),
+        ("p/l/retrain/set", CommandTopic("retrain", None, None)),
+        ("p/l/cam1/feedback/set/operator-anna", CommandTopic("feedback", "cam1", "operator-anna")),
+        ("p/l/retrain/set/hmi 3", CommandTopic("retrain", None, "hmi 3")),
+        ("p/l/cam1/feedback/set/", None),
+        ("p/l/cam1/feedback/set/x/y", None),
+        ("p/l/retrain/set/" + "x" * 65, None),
         ("p/l/cam1/status", None),
         ("p/l/-cam/enabled/set", None),
         ("p/l//enabled/set", None),
@@ -313,7 +354,7 @@ def test_rejections_are_logged_once_per_burst(
         ("p/l", None),
     ],
 )
-def test_topic_shapes(topic: str, expected: tuple[str, str | None] | None) -> None:
+def test_topic_shapes(topic: str, expected: CommandTopic | None) -> None:
     if expected is None:
         with pytest.raises(Rejected) as problem:
             topic_kind(Topics("p/l"), topic)

@@ -45,13 +45,13 @@ def test_the_daemons_topic_names_and_subscriptions_are_the_registry() -> None:
     named = {
         topics.available, topics.model_state, topics.retrain_state, topics.stats,
         topics.status("cam1"), topics.defect("cam1"), topics.verdict("cam1"), topics.enabled("cam1"),
-        *(subscription.replace("+", "cam1") for subscription in topics.subscriptions),
+        *(subscription.replace("+", "cam1").removesuffix("/#") for subscription in topics.subscriptions),
     }  # fmt: skip
     assert named == {f"{topics.prefix}/{spec.suffix.replace('<camera>', 'cam1')}" for spec in TOPIC_SPECS}
     assert set(topics.subscriptions) == {
-        f"{topics.prefix}/+/feedback/set",
-        f"{topics.prefix}/+/enabled/set",
-        f"{topics.prefix}/retrain/set",
+        f"{topics.prefix}/+/feedback/set/#",
+        f"{topics.prefix}/+/enabled/set/#",
+        f"{topics.prefix}/retrain/set/#",
     }
 
 

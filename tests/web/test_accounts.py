@@ -40,7 +40,7 @@ def accounts_daemon(daemon_model: Path, tmp_path_factory: pytest.TempPathFactory
     upgrade_database(store, root / "backups")
     engine = make_engine(store)
     for role in ROLES:
-        add_user(engine, role, role, PASSWORD)
+        add_user(engine, role, role, PASSWORD, "test")
     engine.dispose()
     with running_daemon(root, daemon_model) as daemon:
         assert daemon.config.store_url == store
@@ -66,6 +66,11 @@ ROUTES = {
     ("POST", f"/live/{CAMERA}/sample"): "operator",
     ("POST", "/models/retrain"): "engineer",
     ("POST", "/models/rollback"): "engineer",
+    ("GET", "/accounts"): "admin",
+    ("POST", "/accounts/add"): "admin",
+    ("POST", "/accounts/role"): "admin",
+    ("POST", "/accounts/password"): "admin",
+    ("POST", "/accounts/remove"): "admin",
 }
 
 
@@ -112,10 +117,10 @@ def test_a_removed_account_is_logged_out_at_its_next_request(
     monkeypatch.setattr(login_module, "ACCOUNTS_TTL_S", 0.0)
     engine = make_engine(accounts_daemon.config.store_url)
     try:
-        add_user(engine, "temp", "operator", PASSWORD)
+        add_user(engine, "temp", "operator", PASSWORD, "test")
         client, status = _login(accounts_daemon, "temp")
         assert status == 303 and client.get("/review").status == 200
-        remove_user(engine, "temp")
+        remove_user(engine, "temp", "test")
         assert client.get("/review").status == 303  # to the login
     finally:
         engine.dispose()
@@ -189,9 +194,81 @@ def test_a_session_from_before_the_accounts_must_log_in_with_a_password(
     assert client.get("/models").status == 200
     engine = make_engine(token_daemon.config.store_url)
     try:
-        add_user(engine, "erin", "engineer", PASSWORD)
+        add_user(engine, "erin", "engineer", PASSWORD, "test")
         reply = client.get("/models")
         assert reply.status == 303 and reply.header("location").startswith("/login")
     finally:
-        remove_user(engine, "erin")  # the module's daemon goes back to token logins
+        remove_user(engine, "erin", "test")  # the module's daemon goes back to token logins
+        engine.dispose()
+
+
+def test_an_admin_manages_accounts_on_the_page_and_every_change_names_them(accounts_daemon: WebDaemon) -> None:
+    """Add, change the role, set a new password (the account's open session ends at once), remove; each change
+    is listed with who made it. A second password that differs, or a too short one, changes nothing."""
+    admin, _ = _login(accounts_daemon, "admin")
+    csrf = admin.csrf("/accounts")
+    post = lambda path, **form: admin.post(path, {"csrf": csrf, **form})  # noqa: E731
+    assert post("/accounts/add", name="carol", role="operator", password=PASSWORD, again="typo").status == 409
+    added = post("/accounts/add", name="carol", role="operator", password=PASSWORD, again=PASSWORD)
+    assert added.status == 200 and "added carol (operator)" in added.text
+    carol, status = _login(accounts_daemon, "carol")
+    assert status == 303 and carol.get("/review").status == 200
+    assert post("/accounts/role", name="carol", role="engineer").status == 200
+    assert "engineer (engineer)" not in carol.get("/").text and "carol (engineer)" in carol.get("/").text
+    assert post("/accounts/password", name="carol", password="short", again="short").status == 409
+    changed = post("/accounts/password", name="carol", password="a new password!", again="a new password!")
+    assert changed.status == 200 and "1 open session(s) ended" in changed.text
+    assert carol.get("/review").status == 303  # logged out: the old session is over
+    assert _login(accounts_daemon, "carol")[1] == 401 and _login(accounts_daemon, "carol", "a new password!")[1] == 303
+    removed = post("/accounts/remove", name="carol")
+    assert removed.status == 200 and "removed carol" in removed.text
+    listing = admin.get("/accounts").text
+    changes = listing.split("<h2>Changes</h2>", 1)[1]
+    for what in ("added", "role changed", "password changed", "removed"):
+        assert f"<td>web: admin</td><td>{what}</td>" in changes, what
+    assert PASSWORD not in listing
+
+
+def test_the_last_admin_cannot_be_removed_on_the_page(accounts_daemon: WebDaemon) -> None:
+    admin, _ = _login(accounts_daemon, "admin")
+    csrf = admin.csrf("/accounts")
+    refused = admin.post("/accounts/remove", {"csrf": csrf, "name": "admin"})
+    assert refused.status == 409 and "last admin" in refused.text
+    demoted = admin.post("/accounts/role", {"csrf": csrf, "name": "admin", "role": "operator"})
+    assert demoted.status == 409 and admin.get("/accounts").status == 200  # still an admin
+
+
+def test_a_retrain_from_the_page_is_listed_with_the_account_that_asked(accounts_daemon: WebDaemon) -> None:
+    engineer, _ = _login(accounts_daemon, "engineer")
+    engineer.post("/models/retrain", {"csrf": engineer.csrf("/models"), "reason": "new coil supplier"})
+
+    def actions() -> str:  # journaled, then forwarded to the store like a verdict
+        return engineer.get("/models/state").text.split("<h2>Who did what</h2>", 1)[1]
+
+    accounts_daemon.wait_until(lambda: "new coil supplier" in actions())
+    row = r"<td>web: engineer</td><td>retrain requested</td><td>-</td><td>(started|busy): new coil supplier</td>"
+    assert re.search(row, actions())  # busy when an earlier test's run still goes
+
+
+def test_the_token_holder_adds_the_first_account_which_must_be_an_admin(
+    token_daemon: WebDaemon,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(login_module, "ACCOUNTS_TTL_S", 0.0)
+    client = token_daemon.client()
+    client.login("root", TOKEN)
+    assert "No accounts: the page logs in with the line token" in client.get("/accounts").text
+    csrf = client.csrf("/accounts")
+    form = {"csrf": csrf, "name": "first", "password": PASSWORD, "again": PASSWORD}
+    refused = client.post("/accounts/add", {**form, "role": "operator"})
+    assert refused.status == 409 and "the first account must be an admin" in refused.text
+    assert client.post("/accounts/add", {**form, "role": "admin"}).status == 200
+    try:
+        reply = client.get("/models")  # the token session now has to log in by name and password
+        assert reply.status == 303 and reply.header("location").startswith("/login")
+        first, status = _login(token_daemon, "first")
+        assert status == 303 and first.get("/accounts").status == 200
+    finally:
+        engine = make_engine(token_daemon.config.store_url)
+        remove_user(engine, "first", "test")  # the module's daemon goes back to token logins
         engine.dispose()

@@ -360,8 +360,8 @@ def test_a_0001_store_with_rows_upgrades_to_the_partial_index_and_keeps_its_queu
 
         assert main(["db", "upgrade", "--config", str(config)]) == 0
 
-        assert "database upgraded from 0001 to 0004" in capsys.readouterr().out
-        assert database_revision(engine) == "0004"
+        assert "database upgraded from 0001 to 0005" in capsys.readouterr().out
+        assert database_revision(engine) == "0005"
         index = {index["name"]: index for index in inspect(engine).get_indexes("inspections")}[REVIEW_INDEX]
         assert index["column_names"] == ["frame_ts"] and not index["unique"]
         where = str(index["dialect_options"][f"{engine.dialect.name}_where"])

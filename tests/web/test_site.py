@@ -606,7 +606,7 @@ def test_retrain_starts_and_ends_skipped_on_record(web_daemon: WebDaemon) -> Non
     body = assert_html_page(reply)
     assert body.startswith('<p class="message ok">retraining started')
     assert reply.header("hx-trigger") == "models-changed"
-    trigger = "web: new batch of steel (Pat)"
+    trigger = "web: Pat: new batch of steel"  # who asked, then why
     query = select(RetrainRun).where(RetrainRun.trigger == trigger, RetrainRun.finished_at.is_not(None))
     web_daemon.wait_until(lambda: bool(web_daemon.rows(query)))
     (run,) = web_daemon.rows(query)

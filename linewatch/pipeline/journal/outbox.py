@@ -14,14 +14,15 @@ Storage decisions:
   fails in the next instant (NORMAL would only survive a process crash, not a power loss). The cost is one
   fsync of the WAL per batch, not per row, so batching keeps it small.
 - ``busy_timeout`` so another process (a CLI reading backlogs) never makes a write fail outright.
-- Schema version in ``PRAGMA user_version`` (currently 3: version 2 added operator labels as a record
-  kind, version 3 the ``holes`` table; older files are migrated in place, in one transaction). A file
-  written by a newer linewatch is refused rather than guessed at.
+- Schema version in ``PRAGMA user_version`` (journal/schema.py says what each added; older files are
+  upgraded in place, in one transaction). A file written by a newer linewatch is refused rather than
+  guessed at.
 - Positions are the records' integer primary key, assigned in commit order across both kinds. Writes are
   serialised (``BEGIN IMMEDIATE``) and a failed batch is rolled back whole, so positions are gap-free.
 - Within a batch, the verdicts come first in the order given, then the events in the order given.
 - Operator labels are journaled too (kind ``label``), so feedback given while the main store is down is
-  not lost and reaches it after the verdict it refers to.
+  not lost and reaches it after the verdict it refers to; so are actions (kind ``action``: a camera
+  switched, a product changed, a retrain or rollback asked for, and by whom).
 - Payloads are strict JSON (no NaN/Infinity: MQTT and PostgreSQL consumers must be able to parse them).
   Datetimes are written as UTC ISO 8601 with exactly six fractional digits and a ``Z``
   (``2026-01-01T08:00:00.000000Z``); they read back as timezone-aware UTC datetimes equal to the originals.
@@ -44,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from linewatch.clock import Clock
+from linewatch.pipeline.journal import schema
 from linewatch.pipeline.journal.records import (
     JournalError,
     JournalRecord,
+    action_payload,
     encode_payload,
     event_from_payload,
     event_key,
@@ -56,10 +59,9 @@ from linewatch.pipeline.journal.records import (
     label_payload,
     verdict_payload,
 )
-from linewatch.types import Event, EventType, Label, LabelTarget, Verdict
+from linewatch.pipeline.journal.schema import KINDS, SCHEMA_VERSION
+from linewatch.types import Action, Event, EventType, Label, LabelTarget, Verdict
 
-SCHEMA_VERSION = 3
-KINDS = frozenset({"verdict", "event", "label"})
 BUSY_TIMEOUT_MS = 5000
 # What goes first when the disk runs out (see Journal.prune_for_space): the cheapest loss first.
 DROP_CLASSES = {
@@ -67,48 +69,8 @@ DROP_CLASSES = {
     "defect_verdict": "kind = 'verdict'",
     "event": "kind = 'event'",
     "label": "kind = 'label'",
+    "action": "kind = 'action'",
 }
-
-_SCHEMA = """
-CREATE TABLE records (
-    position     INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind         TEXT NOT NULL CHECK (kind IN ('verdict', 'event', 'label')),
-    key          TEXT NOT NULL,
-    camera       TEXT NOT NULL,
-    payload      TEXT NOT NULL,
-    committed_at TEXT NOT NULL,
-    UNIQUE (kind, key)
-);
-CREATE TABLE forwarders (
-    name          TEXT PRIMARY KEY,
-    position      INTEGER NOT NULL CHECK (position >= 0),
-    registered_at TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
-);
-CREATE TABLE holes (position INTEGER PRIMARY KEY);
-"""
-
-# Version 2 -> 3: positions deleted out of order under disk pressure (Journal.prune_for_space) are noted
-# in ``holes``, so a backlog stays a constant-time subtraction (see _backlog_after).
-_MIGRATE_2_TO_3 = "CREATE TABLE holes (position INTEGER PRIMARY KEY)"
-
-# Version 1 -> 2: the kind CHECK constraint gains 'label'. SQLite cannot alter a constraint, so the table
-# is rebuilt; positions are copied as they are, so forwarders' cursors stay valid.
-_MIGRATE_1_TO_2 = """
-CREATE TABLE records_v2 (
-    position     INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind         TEXT NOT NULL CHECK (kind IN ('verdict', 'event', 'label')),
-    key          TEXT NOT NULL,
-    camera       TEXT NOT NULL,
-    payload      TEXT NOT NULL,
-    committed_at TEXT NOT NULL,
-    UNIQUE (kind, key)
-);
-INSERT INTO records_v2 (position, kind, key, camera, payload, committed_at)
-    SELECT position, kind, key, camera, payload, committed_at FROM records ORDER BY position;
-DROP TABLE records;
-ALTER TABLE records_v2 RENAME TO records
-"""
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +120,10 @@ class Journal:
                     # Another process may have created it between our check and the write lock.
                     version = conn.execute("PRAGMA user_version").fetchone()[0]
                     if version == 0:
-                        self._create_schema(conn)
-                    if version == 1:
-                        self._migrate_1_to_2(conn)
-                    if version in (1, 2):
-                        conn.execute(_MIGRATE_2_TO_3)
-                        conn.execute("PRAGMA user_version = 3")
+                        schema.create(conn)
+                    elif version < SCHEMA_VERSION:
+                        schema.upgrade(conn, version)
+                        log.info("%s: journal upgraded from schema %d to %d", self.path, version, SCHEMA_VERSION)
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
@@ -171,20 +131,6 @@ class Journal:
                 self._check_version(conn.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal: {exc}") from exc
-
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        # executescript would COMMIT our transaction first, so run the statements one by one.
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _migrate_1_to_2(self, conn: sqlite3.Connection) -> None:
-        for statement in _MIGRATE_1_TO_2.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 2")
-        log.info("%s: journal migrated from schema 1 to 2 (operator labels)", self.path)
 
     def _check_version(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -201,11 +147,15 @@ class Journal:
     # --- writing -------------------------------------------------------------------------------------------
 
     def append_batch(
-        self, verdicts: Sequence[Verdict], events: Sequence[Event], labels: Sequence[Label] = ()
+        self,
+        verdicts: Sequence[Verdict],
+        events: Sequence[Event],
+        labels: Sequence[Label] = (),
+        actions: Sequence[Action] = (),
     ) -> list[int]:
         """Commit one batch in ONE transaction: all rows or none. Returns the positions: verdicts first, then
-        events, then labels. A record whose (kind, key) is already journaled is not duplicated: its original
-        position is returned (replay after a crash may re-append)."""
+        events, then labels, then actions. A record whose (kind, key) is already journaled is not duplicated:
+        its original position is returned (replay after a crash may re-append)."""
         rows: list[tuple[str, str, str, str]] = []
         for verdict in verdicts:
             payload = encode_payload("verdict", verdict.inspection_id, verdict_payload(verdict))
@@ -216,6 +166,9 @@ class Journal:
         for label in labels:
             payload = encode_payload("label", label.label_id, label_payload(label))
             rows.append(("label", label.label_id, label.camera, payload))
+        for action in actions:
+            payload = encode_payload("action", action.action_id, action_payload(action))
+            rows.append(("action", action.action_id, action.camera or "", payload))
         if not rows:
             return []
         with self._lock:
@@ -327,7 +280,7 @@ class Journal:
         """Delete up to ``count`` records to free space when the disk runs out while a sink is down for days,
         keeping what matters longest: first records every named forwarder has delivered (their content is
         already where it goes), then the undelivered ones oldest first by class, normal verdicts before
-        defect verdicts before episode messages before operator labels. Returns how many of each
+        defect verdicts before episode messages before operator labels before actions. Returns how many of each
         undelivered class went (DROP_CLASSES), plus ``delivered``. A forwarder behind a dropped record
         skips it; what is already in the store is unaffected."""
         dropped: dict[str, int] = {}

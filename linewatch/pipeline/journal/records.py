@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from linewatch.types import EndReason, Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
+from linewatch.types import ACTION_KINDS, Action, EndReason, Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
 
 _T = TypeVar("_T")
 
@@ -27,8 +27,8 @@ class JournalError(Exception):
 @dataclass(frozen=True)
 class JournalRecord:
     position: int  # monotonically increasing, gap-free order of commit across all kinds
-    kind: str  # "verdict" | "event" | "label"
-    key: str  # inspection_id for verdicts, f"{event_id}:{seq}" for events, label_id for labels
+    kind: str  # "verdict" | "event" | "label" | "action"
+    key: str  # inspection_id for verdicts, f"{event_id}:{seq}" for events, label_id / action_id for the others
     camera: str
     payload: dict[str, Any]  # verdict_payload / event_payload / label_payload
     committed_at: str  # UTC ISO 8601 with 'Z', from the journal's clock
@@ -164,6 +164,38 @@ def label_from_payload(payload: dict[str, Any]) -> Label:
     )
 
 
+def action_payload(action: Action) -> dict[str, Any]:
+    return {
+        "action_id": action.action_id,
+        "kind": action.kind,
+        "by": action.by,
+        "at": format_ts(action.at),
+        "camera": action.camera,
+        "detail": action.detail,
+    }
+
+
+def action_from_payload(payload: dict[str, Any]) -> Action:
+    return _parse(
+        "action",
+        payload,
+        lambda p: Action(
+            action_id=_text(p["action_id"]),
+            kind=_one_of(p["kind"], ACTION_KINDS),
+            by=_text(p["by"]),
+            at=parse_ts(p["at"]),
+            camera=_optional_text(p.get("camera")),
+            detail=_optional_text(p.get("detail")),
+        ),
+    )
+
+
+def _one_of(value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
 def _parse(kind: str, payload: dict[str, Any], build: Callable[[dict[str, Any]], _T]) -> _T:
     """Readers of journal payloads (the store, MQTT) get typed values or a JournalError naming the record,
     never a half-checked dict: a missing key, a wrong type or a non-finite number is refused here."""
@@ -198,7 +230,6 @@ def _finite(value: Any) -> float:
 
 def event_key(event: Event) -> str:
     return f"{event.event_id}:{event.seq}"
-
 
 
 def encode_payload(kind: str, key: str, payload: dict[str, Any]) -> str:
