@@ -190,12 +190,14 @@ class MqttSection(_Section):
     # MQTT 5: how long the broker keeps our session (subscriptions, queued commands) while linewatch is away;
     # 3.1.1 sessions last until the broker expires them (Mosquitto: persistent_client_expiration).
     session_expiry_s: StrictInt = Field(14 * 86400, ge=0, le=0xFFFFFFFF)
+    discovery: StrictBool = False  # Home Assistant MQTT discovery: retained entity configs per camera (docs/mqtt.md)
+    discovery_prefix: StrictStr = "homeassistant"  # as set in Home Assistant; its birth message comes on <this>/status
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
-        prefix = self.prefix
-        if prefix is not None and (not prefix or any(c in prefix for c in "#+") or prefix.endswith("/")):
-            raise ValueError("prefix must be a non-empty topic without wildcards (# +) or a trailing /")
+        for key, prefix in (("prefix", self.prefix), ("discovery_prefix", self.discovery_prefix)):
+            if prefix is not None and (not prefix or any(c in prefix for c in "#+") or prefix.endswith("/")):
+                raise ValueError(f"{key} must be a non-empty topic without wildcards (# +) or a trailing /")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         if (self.cert_file is not None or self.ca_file is not None) and not self.tls:

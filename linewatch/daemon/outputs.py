@@ -32,6 +32,7 @@ from linewatch.sinks.db_migrate import database_revision, head_revision, upgrade
 from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWriter, evidence_paths
 from linewatch.sinks.http import HttpRequest, HttpResponse, HttpServer, error
 from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink
+from linewatch.sinks.mqtt_discovery import home_assistant_discovery
 from linewatch.sinks.mqtt_stats import LineStats, report_every
 from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes, disk_usage
 from linewatch.types import CameraStatus, EventType, Frame, Verdict
@@ -160,12 +161,16 @@ class Outputs:
             log.error("store not ready (%s); inspecting anyway: the journal keeps everything until it is", problem)
         self._start_runner(store, config.store.retry_min_s, config.store.retry_max_s)
         if config.mqtt.enabled:
+            cameras = [camera.name for camera in config.cameras]  # disabled ones too: MQTT can enable them
             self.link = MqttLink(
                 config.mqtt,
                 config.mqtt_prefix,
                 config.mqtt_client_id,
                 self._handlers,
                 **({"client_factory": self._mqtt_client_factory} if self._mqtt_client_factory else {}),
+                discovery=home_assistant_discovery(
+                    config.mqtt, config.mqtt_prefix, config.site.site, config.site.line, cameras
+                ),
             )
             # Alerts are live: a new cursor starts at the head (no past episodes re-alerted). While the broker
             # is away a send fails at once without touching the network, so a short backoff is cheap and

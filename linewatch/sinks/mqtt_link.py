@@ -25,6 +25,11 @@ ahead, so from then on publication order is preserved. At that point ``online`` 
 retained state (camera status, model state, enabled echoes, retrain state) are published again, which
 also restores them on a broker that lost its retained store.
 
+With Home Assistant discovery on (``discovery``, see :mod:`linewatch.sinks.mqtt_discovery`), the entity configs
+go out (QoS 1, retained) after that replay at every connect, and again when Home Assistant says ``online`` on
+its status topic. That subscription is QoS 0: a birth missed while we were away needs no replay, since the
+connect publishes the configs anyway. Its messages never reach the command intake.
+
 Incoming commands are only queued on paho's network thread: :mod:`linewatch.sinks.mqtt_commands` checks
 them, carries them out and acknowledges them (paho's ``manual_ack``) once handled. Passwords are never logged.
 """
@@ -50,6 +55,7 @@ from linewatch.backoff import backoff_delay
 from linewatch.clock import Clock, SystemClock
 from linewatch.config import MqttSection
 from linewatch.sinks.mqtt_commands import CommandIntake, InboundHandlers, MqttStats, Received
+from linewatch.sinks.mqtt_discovery import Discovery
 from linewatch.sinks.mqtt_payloads import CAMERA, Topics, dumps
 from linewatch.types import CameraStatus
 
@@ -86,9 +92,12 @@ class MqttLink:
         handlers: InboundHandlers,
         client_factory: Callable[[str, str], mqtt.Client] = paho_client,
         clock: Clock | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
         self.section = section
         self.topics = Topics(prefix)
+        self._discovery = discovery
+        self._subscriptions = self.topics.subscriptions + ((discovery.status_topic,) if discovery else ())
         self.client_id = client_id
         self.stats = MqttStats()
         self._clock = clock or SystemClock()
@@ -268,25 +277,30 @@ class MqttLink:
         # Subscribe even with a session present: cheap, and right if the broker lost the session. MQTT 5 keeps
         # the retain flag of a command published retained while we are subscribed, so it is refused too.
         if self._v5:
-            options = SubscribeOptions(qos=1, retainAsPublished=True)
-            _, self._subscribe_mid = client.subscribe([(topic, options) for topic in self.topics.subscriptions])
+            command: Any = SubscribeOptions(qos=1, retainAsPublished=True)
+            birth: Any = SubscribeOptions(qos=0)
         else:
-            _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self.topics.subscriptions])
+            command, birth = 1, 0
+        wanted = [(topic, command) for topic in self.topics.subscriptions]
+        if self._discovery is not None:
+            wanted.append((self._discovery.status_topic, birth))
+        _, self._subscribe_mid = client.subscribe(wanted)
 
     def _on_subscribe(
         self, client: mqtt.Client, _userdata: Any, mid: int, reasons: list[ReasonCode], _props: Any
     ) -> None:
         if mid != self._subscribe_mid:
             return
-        refused = [t for t, r in zip(self.topics.subscriptions, reasons, strict=False) if r.is_failure]
+        refused = [t for t, r in zip(self._subscriptions, reasons, strict=False) if r.is_failure]
         if refused:
             log.error(
-                "MQTT: broker refused the subscriptions %s (check its ACL): those commands will not arrive", refused
+                "MQTT: broker refused the subscriptions %s (check its ACL): those messages will not arrive", refused
             )
         with self._state_lock:  # see the module docstring: paho's resends are queued by now
             client.publish(self.topics.available, "online", qos=1, retain=True)
             for topic, payload in self._retained.items():
                 client.publish(topic, payload, qos=1, retain=True)
+            self._publish_discovery()
             with self._acks:
                 self._epoch += 1
                 self._failed_attempts = 0
@@ -359,9 +373,29 @@ class MqttLink:
             topic: str | None = message.topic
         except UnicodeDecodeError:
             topic = None
+        if self._discovery is not None and topic == self._discovery.status_topic:
+            if self._discovery.asks_again(bytes(message.payload), bool(message.retain)):
+                self._republish_discovery()
+            return
         received = Received(topic, bytes(message.payload), bool(message.retain), message.mid, message.qos,
                             self._connection)  # fmt: skip
         self._commands.put(received)
+
+    def _republish_discovery(self) -> None:
+        """Home Assistant (re)started: publish the discovery configs again, here on the network thread (paho
+        only queues a few dozen messages; nothing waits). Not a command: QoS 0, nothing to acknowledge. Before
+        our SUBACK there is nothing to do: the connect publishes them then."""
+        with self._state_lock:
+            if not self.connected:
+                return
+            self._publish_discovery()
+        log.info("MQTT: Home Assistant is online: its discovery configs published again")
+
+    def _publish_discovery(self) -> None:
+        """The Home Assistant configs (none with discovery off), QoS 1, retained; the caller holds
+        ``_state_lock``."""
+        for config in self._discovery.configs if self._discovery is not None else ():
+            self._client.publish(config.topic, config.payload, qos=1, retain=True)
 
     def _acknowledge(self, received: Received) -> None:
         """PUBACK a handled command, on the connection it came on only (module docstring of mqtt_commands)."""
