@@ -58,10 +58,16 @@ class JournalHandlers:
         outcomes = submit_many(self.journal, self.clock, [(c.request, c.camera) for c in commands], "mqtt")
         return [RejectedPayload(o.reason, str(o)) if isinstance(o, FeedbackError) else None for o in outcomes]
 
-    def set_enabled(self, camera: str, enabled: bool) -> None:
+    def set_enabled(self, camera: str, enabled: bool, by: str) -> None:
         raise RejectedPayload("unexpected")
 
-    def retrain(self, reason: str | None) -> dict[str, Any]:
+    def select_product(self, camera: str, product: str, by: str) -> None:
+        raise RejectedPayload("unexpected")
+
+    def trigger(self, name: str, part_id: str | None, by: str) -> str:
+        raise RejectedPayload("unexpected")
+
+    def retrain(self, reason: str | None, by: str) -> dict[str, Any]:
         raise RejectedPayload("unexpected")
 
 

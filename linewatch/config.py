@@ -6,26 +6,22 @@ Sections: ``[site]`` (names and the data folder), ``[model]`` (which artifact an
 device), ``[scoring]`` (batching), ``[events]`` (defect episodes), ``[journal]``, ``[store]`` (the SQL
 database), ``[mqtt]`` (the broker), ``[evidence]`` (snapshots and heatmaps on disk), ``[http]`` (the
 metrics/feedback port), ``[web]`` (the operator's page on that port), ``[retrain]`` (retraining from
-confirmed normals), ``[[cameras]]`` and ``[demo]`` (the synthetic run behind ``linewatch demo``).
+confirmed normals), ``[[cameras]]``, ``[[stations]]`` (cameras that see the same part), ``[opcua]`` (the
+OPC UA server) and ``[demo]`` (the synthetic run behind ``linewatch demo``).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -34,27 +30,13 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from linewatch.config_checks import Number, check_cron, check_public_url, check_timezone, is_loopback
 from linewatch.config_secrets import SecretError, resolve_secrets
-from linewatch.cron import cron_trigger
 
 
 class ConfigError(ValueError):
     """An unusable configuration file; the message lists every bad key with what is allowed."""
-
-
-def _require_number(value: object) -> object:
-    """Numbers only, and finite: TOML allows inf and nan, and no setting means anything at either (an
-    infinite retention overflows date arithmetic, an infinite session never ends)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PydanticCustomError("number_type", "Input should be a number, not {kind}", {"kind": type(value).__name__})
-    if not math.isfinite(value):
-        raise PydanticCustomError("finite_number", "Input should be a finite number, not {value}", {"value": value})
-    return value
-
-
-Number = Annotated[float, BeforeValidator(_require_number)]
 
 
 MAX_DISK_MB = 1e9  # a petabyte: a watermark beyond it is a typo
@@ -223,37 +205,12 @@ class EvidenceSection(_Section):
     close_call_interval_s: Number = Field(60.0, ge=0.0, le=3600.0)  # at most one close call kept per camera this often
 
 
-def _check_cron(expression: str) -> str:
-    """Validate a five-field crontab expression now, so a typo stops the start (exit 78), not the first run."""
-    if not expression.strip():
-        return ""  # no schedule: retraining runs only when asked for
-    try:
-        trigger = cron_trigger(expression, "UTC")
-    except ValueError as error:
-        raise PydanticCustomError(
-            "cron", "not a crontab expression (minute hour day month weekday): {problem}", {"problem": str(error)}
-        ) from None
-    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:  # e.g. "0 0 31 2 *": no 31 February
-        raise PydanticCustomError("cron", "'{expression}' never fires (no such date)", {"expression": expression})
-    return expression
-
-
-def _check_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise PydanticCustomError(
-            "timezone", "unknown time zone '{name}'; use an IANA name like Europe/Berlin or UTC", {"name": name}
-        ) from None
-    return name
-
-
 class RetrainSection(_Section):
     """Retraining from operator-confirmed normals (linewatch/retrain/): when, from how much, under which limits."""
 
     enabled: StrictBool = True  # false: no schedule, and on-demand requests are refused
-    schedule: Annotated[StrictStr, AfterValidator(_check_cron)] = "30 3 * * *"  # crontab; "" = on demand only
-    timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # IANA name; default: local
+    schedule: Annotated[StrictStr, AfterValidator(check_cron)] = "30 3 * * *"  # crontab; "" = on demand only
+    timezone: Annotated[StrictStr, AfterValidator(check_timezone)] | None = None  # IANA name; default: local
     misfire_grace_s: StrictInt = Field(3600, ge=1, le=7 * 86400)  # a missed run (machine busy or down) starts this late
     versions_dir: Path | None = None  # default <models_dir>/<line>: new versions, active.json
     min_new_normals: StrictInt = Field(8, ge=2)  # confirmed normals per product needed to train
@@ -300,13 +257,6 @@ class HttpSection(_Section):
         return None if self.cert_file is None or self.key_file is None else (self.cert_file, self.key_file)
 
 
-def _check_public_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"public_url must be an http(s) address without query, got {value!r}")
-    return value if value.endswith("/") else value + "/"
-
-
 class WebSection(_Section):
     """The operator's page on the HTTP port (linewatch/web/): live view, review queue, history, models."""
 
@@ -315,22 +265,34 @@ class WebSection(_Section):
     review_hours: Number = Field(24.0, gt=0.0, le=3650 * 24.0)  # the review queue shows this many hours
     session_hours: Number = Field(12.0, gt=0.0, le=30 * 24.0)  # a login (with [http] token set) lasts this long
     idle_minutes: Number = Field(30.0, gt=0.0, le=30 * 24 * 60.0)  # ... or ends this long after its last request
-    timezone: Annotated[StrictStr, AfterValidator(_check_timezone)] | None = None  # times shown; default: local
+    timezone: Annotated[StrictStr, AfterValidator(check_timezone)] | None = None  # times shown; default: local
     # "Save as normal sample" on the live view writes the frame here, named as `linewatch collect` names its
     # files, for `linewatch train --normals`; default: <data_dir>/samples
     samples_dir: Path | None = None
     # the page's address as MQTT consumers reach it (e.g. "https://press3.plant:9108/"): alerts and verdict tiles
     # then carry snapshot_url and heatmap_url, absolute links to their evidence (null without it)
-    public_url: Annotated[StrictStr, AfterValidator(_check_public_url)] | None = None
+    public_url: Annotated[StrictStr, AfterValidator(check_public_url)] | None = None
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+class OpcUaSection(_Section):
+    """The OPC UA server (linewatch/plant/opcua.py, docs/opcua.md): per station the last part, counters, state."""
+
+    enabled: StrictBool = False  # true: serve OPC UA (Basic256Sha256 SignAndEncrypt, the page's accounts)
+    # loopback, like [http]: exposing the line to the plant network is a decision; set its address or 0.0.0.0
+    host: StrictStr = "127.0.0.1"
+    port: StrictInt = Field(4840, ge=1, le=65535)  # 4840 is OPC UA's registered port
+    allow_anonymous: StrictBool = False  # sessions without an account may read (never call methods)
+    # also an endpoint without security (policy None): anonymous reading only, passwords refused there
+    allow_unsecured: StrictBool = False
+    cert_dir: Path | None = None  # default <data_dir>/opcua: the server certificate, generated at the first start
+    # client certificates (DER or PEM) allowed to connect, no others; default <cert_dir>/trusted
+    trusted_clients_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _unsecured_is_anonymous(self) -> OpcUaSection:
+        if self.allow_unsecured and not self.allow_anonymous:
+            raise ValueError("allow_unsecured needs allow_anonymous = true (only anonymous reading goes unsecured)")
+        return self
 
 
 class CameraSection(_Section):
@@ -356,6 +318,10 @@ class CameraSection(_Section):
     width: StrictInt = Field(640, ge=32, le=MAX_SYNTHETIC_SIDE)  # source = "synthetic"
     height: StrictInt = Field(480, ge=32, le=MAX_SYNTHETIC_SIDE)  # source = "synthetic"
     seed: StrictInt = 0  # source = "synthetic"
+    # "triggered": only the frame after each trigger (MQTT <camera>/trigger, its station's) is scored, with the part id
+    trigger: Literal["free", "triggered"] = "free"
+    # source = "folder": each file is a part, its id the regex group "part" (or the whole match) of the file name
+    part_id_pattern: StrictStr | None = None
 
     @model_validator(mode="after")
     def _source_has_its_target(self) -> CameraSection:
@@ -366,7 +332,28 @@ class CameraSection(_Section):
             raise ValueError("url must start with rtsp://, rtsps://, http:// or https://")
         if self.reconnect_min_s > self.reconnect_max_s:
             raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        if self.part_id_pattern is not None:
+            if self.source != "folder" or self.trigger == "triggered":
+                raise ValueError('part_id_pattern is for source = "folder" (each file is a part), not with a trigger')
+            try:
+                re.compile(self.part_id_pattern)
+            except re.error as problem:
+                raise ValueError(f"part_id_pattern is not a regular expression: {problem}") from None
         return self
+
+    @property
+    def parts(self) -> bool:
+        """Whether the camera's frames carry part ids (triggered, or a folder naming them)."""
+        return self.trigger == "triggered" or self.part_id_pattern is not None
+
+
+class StationSection(_Section):
+    """Cameras that see the same part: one verdict per part, the worst of theirs (linewatch/plant/stations.py)."""
+
+    name: StrictStr = Field(pattern=_NAME)  # in MQTT topics (<station>/trigger, <station>/part) and OPC UA
+    cameras: list[StrictStr] = Field(min_length=1)  # each triggered (or a folder naming parts), in one station only
+    # a part whose cameras have not all reported this long after its trigger is judged "incomplete"
+    deadline_ms: StrictInt = Field(2000, ge=10, le=600_000)
 
 
 class Config(_Section):
@@ -382,6 +369,8 @@ class Config(_Section):
     web: WebSection = WebSection()
     retrain: RetrainSection = RetrainSection()
     cameras: list[CameraSection] = []
+    stations: list[StationSection] = []
+    opcua: OpcUaSection = OpcUaSection()
     demo: DemoSection = DemoSection()
 
     @model_validator(mode="after")
@@ -420,6 +409,24 @@ class Config(_Section):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"camera names must be unique; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _stations_of_known_triggered_cameras(self) -> Config:
+        cameras = {camera.name: camera for camera in self.cameras}
+        seen: dict[str, str] = {}
+        for station in self.stations:
+            if station.name in cameras or station.name in seen.values():
+                raise ValueError(f"station {station.name!r}: the name is taken by a camera or another station")
+            for name in station.cameras:
+                if name not in cameras:
+                    raise ValueError(f"station {station.name!r}: no camera {name!r}")
+                if not cameras[name].parts:
+                    raise ValueError(f'station {station.name!r}: camera {name!r} needs trigger = "triggered" '
+                                     "(or, for a folder, part_id_pattern)")  # fmt: skip
+                if name in seen:
+                    raise ValueError(f"camera {name!r} is in both stations {seen[name]!r} and {station.name!r}")
+                seen[name] = station.name
         return self
 
     @property

@@ -7,6 +7,7 @@ is the monotonic clock at capture (what latency and timeouts are measured with).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -140,5 +141,26 @@ class Action:
 
 ACTION_KINDS = (
     "camera_enabled", "camera_disabled", "product_selected", "retrain_requested", "rollback",
-    "user_added", "user_removed", "user_role_changed", "user_password_changed",
+    "user_added", "user_removed", "user_role_changed", "user_password_changed", "nok_acknowledged",
 )  # fmt: skip
+
+
+PART_VERDICTS = ("OK", "NOK", "incomplete")
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """One part's verdict at one station (linewatch/plant/stations.py): the worst of its cameras' verdicts, or
+    ``incomplete`` when a camera did not report by the station's deadline."""
+
+    station: str
+    part_id: str
+    verdict: str  # PART_VERDICTS
+    score: float | None  # the worst camera's score relative to its threshold (>= 1 is a defect); None: no camera
+    reason: str  # why, in a sentence: the defect cameras, or the cameras that did not report in time
+    at: datetime  # UTC, when the verdict was reached
+    model_version: str | None
+    product: str | None
+    inspections: tuple[str, ...]  # the inspection ids of the frames judged, one per camera that reported
+    result_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the journal and the store dedupe on it
+    triggered_mono: float | None = None  # monotonic seconds of the trigger (latency metrics; not journaled)

@@ -141,7 +141,7 @@ def test_demo_counts_must_be_positive(tmp_path: Path, key: str) -> None:
 
 
 def test_every_bad_key_is_listed(tmp_path: Path) -> None:
-    message = _error(tmp_path, '[model]\nfoo = 1\ndevice = 5\n[demo]\nshots = 0\n')
+    message = _error(tmp_path, "[model]\nfoo = 1\ndevice = 5\n[demo]\nshots = 0\n")
     assert "model.foo" in message and "model.device" in message and "demo.shots" in message
 
 
@@ -469,3 +469,44 @@ def test_the_public_url_is_kept_with_a_trailing_slash(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[web]\npublic_url = "https://press3.plant:9108"\n')
     assert load_config(path).web.public_url == "https://press3.plant:9108/"
+
+
+CAMERAS = """
+[[cameras]]
+name = "top"
+source = "synthetic"
+product = "p"
+trigger = "triggered"
+
+[[cameras]]
+name = "side"
+source = "synthetic"
+product = "p"
+"""
+
+
+@pytest.mark.parametrize(
+    ("stations", "problem"),
+    [
+        ('[[stations]]\nname = "st1"\ncameras = ["top", "nope"]', "station 'st1': no camera 'nope'"),
+        ('[[stations]]\nname = "st1"\ncameras = ["side"]', "camera 'side' needs trigger = \"triggered\""),
+        ('[[stations]]\nname = "top"\ncameras = ["top"]', "station 'top': the name is taken"),
+        ('[[stations]]\nname = "a"\ncameras = ["top"]\n[[stations]]\nname = "b"\ncameras = ["top"]',
+         "camera 'top' is in both stations 'a' and 'b'"),
+        ('[[stations]]\nname = "st1"\ncameras = []', "cameras"),
+    ],
+)  # fmt: skip
+def test_a_station_names_known_triggered_cameras_each_in_one_station(
+    tmp_path: Path, stations: str, problem: str
+) -> None:
+    assert problem in _error(tmp_path, CAMERAS + stations)
+
+
+def test_part_id_pattern_is_a_folder_cameras_regular_expression(tmp_path: Path) -> None:
+    folder = f'[[cameras]]\nname = "f"\nsource = "folder"\npath = "{tmp_path}"\nproduct = "p"\n'
+    assert "not a regular expression" in _error(tmp_path, folder + 'part_id_pattern = "(unclosed"')
+    synthetic = '[[cameras]]\nname = "s"\nsource = "synthetic"\nproduct = "p"\npart_id_pattern = "x"\n'
+    assert 'part_id_pattern is for source = "folder"' in _error(tmp_path, synthetic)
+    config = load_config(_config(tmp_path, folder + 'part_id_pattern = "^(?P<part>[^_]+)_"\n[[stations]]\nname = "g"\n'
+                                             'cameras = ["f"]'))  # fmt: skip
+    assert config.stations[0].cameras == ["f"] and config.cameras[0].parts

@@ -65,7 +65,7 @@ READERS = ("scada", "mes")
 MAY_SEND = {
     DAEMON: frozenset[str](),
     **{name: frozenset({"feedback"}) for name in OPERATORS},
-    SUPERVISOR: frozenset({"feedback", "enabled", "retrain"}),
+    SUPERVISOR: frozenset({"feedback", "enabled", "product", "trigger", "retrain"}),
     **{name: frozenset[str]() for name in READERS},
 }
 
@@ -231,6 +231,8 @@ def commands_from(sender: str, level: str | None = None) -> dict[str, tuple[str,
     return {
         "feedback": (f"{PREFIX}/{sender}/feedback/set{end}", json.dumps(feedback).encode()),
         "enabled": (f"{PREFIX}/{sender}/enabled/set{end}", b"false"),
+        "product": (f"{PREFIX}/{sender}/product/set{end}", json.dumps(sender).encode()),
+        "trigger": (f"{PREFIX}/{sender}/trigger{end}", json.dumps({"part_id": sender}).encode()),
         "retrain": (f"{PREFIX}/retrain/set{end}", json.dumps({"reason": sender}).encode()),
     }
 
@@ -240,6 +242,10 @@ def expected_call(kind: str, sender: str) -> tuple[object, ...]:
         return ("feedback", sender, LabelTarget.INSPECTION, INSPECTION, VerdictLabel.NORMAL, sender)
     if kind == "enabled":
         return ("set_enabled", sender, False)
+    if kind == "product":
+        return ("select_product", sender, sender)
+    if kind == "trigger":
+        return ("trigger", sender, sender)
     return ("retrain", sender)
 
 
@@ -248,7 +254,8 @@ def test_the_acl_the_example_config_and_this_test_name_the_same_users() -> None:
     assert f"listener {EXAMPLE['mqtt']['port']}" in SHIPPED_CONF.read_text().splitlines()
     # the command topics this test builds by hand are the ones linewatch subscribes to
     assert set(TOPICS.subscriptions) == {
-        f"{PREFIX}/+/feedback/set/#", f"{PREFIX}/+/enabled/set/#", f"{PREFIX}/retrain/set/#"
+        f"{PREFIX}/+/feedback/set/#", f"{PREFIX}/+/enabled/set/#", f"{PREFIX}/+/product/set/#",
+        f"{PREFIX}/+/trigger/#", f"{PREFIX}/retrain/set/#",
     }  # fmt: skip
 
 

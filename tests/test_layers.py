@@ -18,7 +18,7 @@ import linewatch
 
 ROOT = Path(linewatch.__file__).resolve().parent
 SHARED = "shared"  # the value modules at the top: config, types, clock, images, backoff, feedback
-BELOW_DAEMON = {SHARED, "anople", "model", "pipeline", "eval", "sinks", "migrations", "retrain", "web"}
+BELOW_DAEMON = {SHARED, "anople", "model", "pipeline", "eval", "sinks", "migrations", "retrain", "web", "plant"}
 ALLOWED: dict[str, set[str]] = {  # unit -> the other units it may import
     "anople": set(),
     SHARED: set(),
@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {  # unit -> the other units it may import
     "migrations": {"sinks"},
     "retrain": {SHARED, "anople", "model", "sinks"},
     "web": {SHARED, "pipeline", "sinks"},
+    "plant": {SHARED, "pipeline", "sinks"},
     "daemon": BELOW_DAEMON,
     "cli": BELOW_DAEMON | {"daemon"},
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -33,6 +35,8 @@ from linewatch.daemon.control import control_routes
 from linewatch.daemon.episodes import end_episodes_left_open, end_open_episodes
 from linewatch.daemon.metrics import RETRAIN_RESULTS, Health, PipelineMetrics, StateCollector
 from linewatch.daemon.outputs import Outputs
+from linewatch.daemon.parts import PartsDesk, PlantAdapter
+from linewatch.daemon.recipes import SELECTIONS_FILE, ProductSelections
 from linewatch.daemon.recording import JournalRecorder
 from linewatch.daemon.state import AppState
 from linewatch.daemon.web_mount import AppWeb, build_site
@@ -50,8 +54,11 @@ from linewatch.retrain.service import RetrainService
 from linewatch.retrain.store import last_run
 from linewatch.retrain.versions import ModelRegistry, model_version
 from linewatch.sinks.db import DatabaseError
-from linewatch.types import Batch, CameraStatus, Event, Frame, Verdict
+from linewatch.types import Batch, CameraStatus, Event, Frame, PartResult, Verdict
 from linewatch.web.live import LiveFrames
+
+if TYPE_CHECKING:
+    from linewatch.plant.opcua import OpcUaServer
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,11 @@ class App(LineCommands):
         self._serving: tuple[Scorer, str] | None = None  # set by a swap: what model/state describes
         self.retrain_news: dict[str, object] | None = None
         self.live = LiveFrames()  # the latest frame of every camera, for the operator page's live view
+        self.parts = PartsDesk(config, self.clock, self._journal_parts, self._camera_status)
+        self.parts.listeners.append(self._observe_part)
+        self.opcua: OpcUaServer | None = None
+        self.products = {camera.name: camera.product for camera in config.cameras}  # now: recipes.py
+        self.selections = ProductSelections(config.site.data_dir / SELECTIONS_FILE)
         self._daemon_lock: int | None = None
         self.metrics_registry = CollectorRegistry()
         self.metrics = PipelineMetrics(self.metrics_registry, config.site.line, [c.name for c in config.cameras])
@@ -149,6 +161,11 @@ class App(LineCommands):
         scorer = self._load_scorer(self._active_path)
         # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
         self._input_size = scorer.input_size
+        for camera in config.cameras:
+            if camera.product not in scorer.products:
+                raise ValueError(f"[[cameras]] {camera.name}: product {camera.product!r} is not in the model "
+                                 f"{self._active_path}, which knows {scorer.products}")  # fmt: skip
+            self.products[camera.name] = self.selections.start_product(camera.name, camera.product, scorer.products)
         self.batcher = Batcher(config.scoring.batch_max_size, config.scoring.batch_max_wait_ms / 1000, self.clock)
         self.worker = ScoringWorker(
             scorer,
@@ -164,6 +181,8 @@ class App(LineCommands):
         self.metrics.set_model(self.worker.model_version, scorer.backbone_spec.model_name, self._active_thresholds())
         self._start_retraining()
         self._publish_model_state()
+        if config.opcua.enabled:  # before the cameras: no part is judged before the server counts from here
+            self._start_opcua()
         if scorer_thread:
             self._worker_thread = threading.Thread(target=self.worker.run, name="scorer")
             self._worker_thread.start()
@@ -172,6 +191,7 @@ class App(LineCommands):
             runtime = self._camera_runtime(camera)
             self.cameras[camera.name] = runtime
             self.outputs.camera_enabled(camera.name, camera.enabled)
+            self.outputs.camera_product(camera.name, self.products[camera.name])
             if camera.enabled:
                 runtime.thread = runtime.reader.start()
             else:
@@ -187,6 +207,7 @@ class App(LineCommands):
                 self.outputs.http.set_site(site.app)
         self._shutdown_thread = threading.Thread(target=self._stop_capture_on_signal, name="shutdown")
         self._shutdown_thread.start()
+        self.parts.start()
         log.info("ready: %d camera(s), model %s", len(self.cameras), self.worker.model_version)
 
     def _stop_capture_on_signal(self) -> None:
@@ -311,7 +332,7 @@ class App(LineCommands):
         stop = threading.Event()
         reader = CameraReader(
             camera.name,
-            camera.product,
+            self.products[camera.name],
             lambda: self._source_factory(camera, reader.report_skipped),
             self._on_frame,
             self._on_status,
@@ -321,6 +342,8 @@ class App(LineCommands):
             roi=camera.roi,
             rotate=camera.rotate,
             stalled_after_s=camera.stalled_after_s,
+            gate=self.parts.gates.get(camera.name),
+            part_id_pattern=re.compile(camera.part_id_pattern) if camera.part_id_pattern else None,
             reconnect_min_s=camera.reconnect_min_s,
             reconnect_max_s=camera.reconnect_max_s,
         )
@@ -333,12 +356,38 @@ class App(LineCommands):
         assert self.batcher is not None
         self.batcher.put(replace(frame, model_image=resize_rgb(frame.image, self._input_size)))
 
+    def _start_opcua(self) -> None:
+        from linewatch.plant.opcua import OpcUaServer  # asyncua loads only when OPC UA is on (a second of start)
+
+        assert self.outputs is not None
+        adapter = PlantAdapter(self.parts, self._serving_products, self.select_product, self.record_action)
+        server = OpcUaServer(self.config.opcua, adapter, self.outputs.engine, self.config.site.data_dir,
+                             site=self.config.site.site, line=self.config.site.line)  # fmt: skip
+        server.start()  # OpcUaError names the setting (a port taken, a certificate to renew)
+        self.opcua = server
+        self.parts.listeners.append(server.part_done)
+        self.parts.state_listeners.append(lambda station: server.set_state(station, self.parts.station_state(station)))
+
+    def _journal_parts(self, results: list[PartResult]) -> None:
+        assert self.journal is not None
+        self.journal.append_batch((), (), (), (), results)
+
+    def _camera_status(self, camera: str) -> CameraStatus | None:
+        runtime = self.cameras.get(camera)
+        return None if runtime is None else runtime.status
+
+    def _observe_part(self, result: PartResult) -> None:
+        waited = None if result.triggered_mono is None else self.clock.monotonic() - result.triggered_mono
+        self.metrics.observe_part(result.station, result.verdict, waited)
+
     def _on_status(self, camera: str, status: CameraStatus) -> None:
         """Kept for the status topic and health check; the reader already logged the change."""
         runtime = self.cameras.get(camera)
         if runtime is not None:
             runtime.status = status
             runtime.reported = True
+        if camera in self.parts.tracker.station_of:
+            self.parts.state_changed(self.parts.tracker.station_of[camera])
         if self.outputs is not None:
             self.outputs.camera_status(camera, status)
 
@@ -370,6 +419,7 @@ class App(LineCommands):
         if journaled:  # else dropped and counted: the episodes go on as if the batch had not been (recording.py)
             for name, state in episodes.items():
                 self.cameras[name].episodes = state
+            self.parts.observe(verdicts)  # the parts they complete, journaled after them
         now_mono = self.clock.monotonic()
         # The scorer made progress either way: a full disk is reported as such, not as a stuck scorer that
         # /healthz calls stalled and the systemd watchdog would restart into the same full disk.
@@ -410,6 +460,9 @@ class App(LineCommands):
                     self._record(batch, *self.worker.score_batch(batch))
             if self.journal is not None:
                 end_open_episodes(self.cameras.values(), self.journal)
+                self.parts.stop()
+            if self.opcua is not None:
+                self.opcua.stop()
         finally:
             try:
                 if self.outputs is not None:

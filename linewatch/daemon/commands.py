@@ -22,6 +22,8 @@ from linewatch.daemon.cameras import CameraRuntime
 from linewatch.daemon.feedback import submit_many
 from linewatch.daemon.metrics import PipelineMetrics
 from linewatch.daemon.outputs import Outputs
+from linewatch.daemon.parts import PartsDesk
+from linewatch.daemon.recipes import ProductSelections, Selection, UnknownProduct
 from linewatch.feedback import FeedbackError
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalError
@@ -45,6 +47,9 @@ class LineCommands:
     journal: Journal | None
     outputs: Outputs | None
     cameras: dict[str, CameraRuntime]
+    products: dict[str, str]
+    selections: ProductSelections
+    parts: PartsDesk
     metrics: PipelineMetrics
     worker: ScoringWorker | None
     retrainer: Retrainer | None
@@ -125,6 +130,34 @@ class LineCommands:
         )
         return changes
 
+    def select_product(self, camera: str, product: str, by: str = "mqtt") -> None:
+        """Change ``camera`` over to ``product`` from its next frame (recipes.py); remembered across restarts,
+        echoed on ``P/<camera>/product`` and recorded. Raises UnknownProduct for a product the model in service
+        does not know (or a camera that does not exist), naming what it knows."""
+        if camera not in self.cameras:
+            raise UnknownProduct(f"no camera {camera!r}; the cameras are {sorted(self.cameras)}")
+        known = self._serving_products()
+        if product not in known:
+            raise UnknownProduct(f"the model in service knows no product {product!r}; it knows {known}")
+        with self._lock:
+            runtime = self.cameras[camera]
+            if runtime.reader.product == product:
+                return
+            runtime.reader.product = product  # read by the camera's thread for each new frame
+            self.products[camera] = product
+        log.info("camera %s: changed over to %r by %s", camera, product, by)
+        at = self.clock.now().isoformat(timespec="seconds")
+        self.selections.remember(camera, Selection(product, runtime.config.product, by, at))
+        if self.outputs is not None:
+            self.outputs.camera_product(camera, product)
+        self.record_action("product_selected", by, camera, product)
+
+    def _serving_products(self) -> list[str]:
+        """The products of the model in service, or of the one a swap is about to bring in."""
+        if self._serving is not None:
+            return list(self._serving[0].products)
+        return list(self.worker.scorer.products) if self.worker is not None else []
+
     # ---- models ------------------------------------------------------------------------------------
     def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome:
         """Put a previous version back into service (``POST /model/rollback``, the operator page)."""
@@ -150,6 +183,10 @@ class LineCommands:
         assert self.journal is not None
         outcomes = submit_many(self.journal, self.clock, [(c.request, c.camera) for c in commands], "mqtt")
         return [RejectedPayload(o.reason, str(o)) if isinstance(o, FeedbackError) else None for o in outcomes]
+
+    def trigger(self, name: str, part_id: str | None, by: str = "mqtt") -> str:
+        """A part arrived (MQTT ``<name>/trigger``): arm the station or triggered camera; TriggerError refuses."""
+        return self.parts.trigger(name, part_id, by)
 
     def set_enabled(self, camera: str, enabled: bool, by: str = "mqtt") -> None:
         if camera not in self.cameras:

@@ -1,6 +1,6 @@
 """The daemon's HTTP control routes beyond feedback: metrics, health, model state, retrain and rollback.
 
-The routes ask the running daemon for what they need through :class:`DaemonControl`, four calls that the
+The routes ask the running daemon for what they need through :class:`DaemonControl`, calls that the
 composition root (the App) answers; the operator page uses the same protocol. So neither this module nor
 the web mount imports the App, and a route can be tested against anything that answers those calls.
 """
@@ -30,6 +30,12 @@ class DaemonControl(Protocol):
     def retrain(self, reason: str | None, source: str) -> dict[str, object]: ...  # the answer to echo
 
     def rollback(self, version: str | None, by: str | None = None) -> RetrainOutcome: ...  # RegistryError: unknown
+
+    products: dict[str, str]  # every camera's product now
+
+    def set_enabled(self, camera: str, enabled: bool, by: str) -> None: ...  # applied in the background, in order
+
+    def select_product(self, camera: str, product: str, by: str) -> None: ...  # UnknownProduct: refused
 
 
 def control_field(request: HttpRequest, key: str) -> str | None:

@@ -105,6 +105,19 @@ class PipelineMetrics:
         self.defect_events = Counter(
             "linewatch_defect_events", "Defect episodes opened", ["line", "camera"], registry=registry
         )
+        self.parts = Counter(
+            "linewatch_parts",
+            "Part verdicts of the stations (OK, NOK, incomplete)",
+            ["line", "station", "verdict"],
+            registry=registry,
+        )
+        self.part_latency = Histogram(
+            "linewatch_part_latency_seconds",
+            "Trigger to journaled part verdict (the reject gate's wait, before MQTT and OPC UA)",
+            ["line", "station"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.retrain_runs = Counter(
             "linewatch_retrain_runs", "Retraining runs by outcome", ["line", "result"], registry=registry
         )
@@ -144,6 +157,11 @@ class PipelineMetrics:
         for event in events:
             if event.type == EventType.NEW:
                 self.defect_events.labels(line, event.camera).inc()
+
+    def observe_part(self, station: str, verdict: str, seconds: float | None) -> None:
+        self.parts.labels(self.line, station, verdict).inc()
+        if seconds is not None:
+            self.part_latency.labels(self.line, station).observe(seconds)
 
     def observe_alert(self, seconds: float) -> None:
         self.alert_latency.labels(self.line).observe(seconds)

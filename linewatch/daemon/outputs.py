@@ -245,6 +245,7 @@ class Outputs:
             backoff_min_s=retry_min_s,
             backoff_max_s=retry_max_s,
             start_at_head=start_at_head,
+            wake=threading.Event(),
         )
         self.runners.append(runner)
         self._threads.append(runner.start())
@@ -310,6 +311,10 @@ class Outputs:
         if self.link is not None:
             self.link.publish_camera_enabled(camera, enabled)
 
+    def camera_product(self, camera: str, product: str) -> None:
+        if self.link is not None:
+            self.link.publish_camera_product(camera, product)
+
     def model_state(self, state: dict[str, Any]) -> None:
         if self.link is not None:
             self.link.publish_model_state(state)
@@ -348,6 +353,8 @@ class Outputs:
     def stop(self) -> None:
         """Forwarders flush what the journal holds (best effort), then the broker hears ``stopped``."""
         self._forwarder_stop.set()
+        for wake in self.journal.appended:  # an idle runner notices the stop now, not at its next poll
+            wake.set()
         for thread in self._threads:
             thread.join(timeout=30)
         if self.link is not None:

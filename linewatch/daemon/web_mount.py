@@ -21,6 +21,7 @@ from linewatch.clock import Clock
 from linewatch.config import Config
 from linewatch.daemon.control import DaemonControl
 from linewatch.daemon.feedback import submit
+from linewatch.daemon.recipes import UnknownProduct
 from linewatch.feedback import FeedbackRequest
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.retrain.store import list_runs, list_versions
@@ -56,9 +57,24 @@ class AppWeb:
         self._registry = registry
         self.engine = engine
         self.line = f"{config.site.site}/{config.site.line}"
-        self.cameras = [(camera.name, camera.product) for camera in config.cameras]
+        self._camera_names = [camera.name for camera in config.cameras]
         self.evidence_dir: Path = config.evidence_dir
         self.live = live
+
+    @property
+    def cameras(self) -> list[tuple[str, str]]:
+        """(name, product now) of every camera: a changeover shows at once."""
+        return [(name, self._control.products[name]) for name in self._camera_names]
+
+    def set_enabled(self, camera: str, enabled: bool, user: str | None) -> None:
+        self._control.set_enabled(camera, enabled, f"web: {user}" if user else "web")
+
+    def select_product(self, camera: str, product: str, user: str | None) -> tuple[bool, str]:
+        try:
+            self._control.select_product(camera, product, f"web: {user}" if user else "web")
+        except UnknownProduct as problem:
+            return False, f"not changed over: {problem.detail}"
+        return True, f"camera {camera} judges its parts as {product!r} from its next frame"
 
     def status(self) -> dict[str, Any]:
         return self._control.health().document

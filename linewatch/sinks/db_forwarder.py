@@ -27,11 +27,12 @@ from linewatch.pipeline.journal.records import (
     action_from_payload,
     event_from_payload,
     label_from_payload,
+    part_from_payload,
     verdict_from_payload,
 )
 from linewatch.sinks.db import DatabaseError, masked, reason, write_transaction
-from linewatch.sinks.db_schema import ActionRecord, DefectEvent, Inspection, LabelRecord, LatestLabel
-from linewatch.types import Action, Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
+from linewatch.sinks.db_schema import ActionRecord, DefectEvent, Inspection, LabelRecord, LatestLabel, PartRecord
+from linewatch.types import Action, Event, EventType, Label, LabelTarget, PartResult, Verdict, VerdictLabel
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class DbStats:
     events: int = 0  # event messages folded into their episode row
     labels: int = 0  # label records stored and applied
     actions: int = 0  # action records stored
+    parts: int = 0  # part verdicts stored
     orphan_labels: int = 0  # of those, labels whose target row is missing (kept in the history only)
     skipped: int = 0  # malformed records, logged and skipped so that one cannot wedge the forwarder
 
@@ -57,6 +59,7 @@ class DbForwarder:
     - event: folded into one row per episode. A message older than the row's ``last_seq`` (a replay) changes
       nothing, so state never moves backwards; ``new`` always restores the start; ``update`` sets the peak
       (and its evidence); ``end`` sets ``ended_at``.
+    - part: a station's verdict on one part, stored once per result id.
     - action: stored once per action id (who switched a camera, changed a product, asked for a retrain).
     - label: stored in the history (once per label id), then set as the latest label on its target unless that
       already carries a later one: the inspection, or the event and every defect inspection of its camera
@@ -110,6 +113,9 @@ class DbForwarder:
                     elif isinstance(value, Action):
                         self._write_action(conn, value)
                         counts.actions += 1
+                    elif isinstance(value, PartResult):
+                        self._write_part(conn, value)
+                        counts.parts += 1
                     else:
                         self._write_label(conn, value, counts)
                 self._write_inspections(conn, verdicts, counts)
@@ -163,6 +169,23 @@ class DbForwarder:
         }
         conn.execute(
             self._insert(ActionRecord.__table__).values(row).on_conflict_do_nothing(index_elements=["action_id"])
+        )
+
+    def _write_part(self, conn: Connection, part: PartResult) -> None:
+        row = {
+            "result_id": part.result_id,
+            "station": part.station,
+            "part_id": part.part_id,
+            "verdict": part.verdict,
+            "score": part.score,
+            "reason": part.reason,
+            "at": part.at,
+            "model_version": part.model_version,
+            "product": part.product,
+            "inspections": list(part.inspections),
+        }
+        conn.execute(
+            self._insert(PartRecord.__table__).values(row).on_conflict_do_nothing(index_elements=["result_id"])
         )
 
     def _write_label(self, conn: Connection, label: Label, counts: DbStats) -> None:
@@ -248,18 +271,21 @@ def _older_than(entity: type[LatestLabel], at: datetime) -> ColumnElement[bool]:
     return or_(entity.labelled_at.is_(None), entity.labelled_at < at)
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], Verdict | Event | Label | Action]] = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Verdict | Event | Label | Action | PartResult]] = {
     "verdict": verdict_from_payload,
     "event": event_from_payload,
     "label": label_from_payload,
     "action": action_from_payload,
+    "part": part_from_payload,
 }
 
 
-def _parse(records: Sequence[JournalRecord], counts: DbStats) -> list[tuple[int, Verdict | Event | Label | Action]]:
+def _parse(
+    records: Sequence[JournalRecord], counts: DbStats
+) -> list[tuple[int, Verdict | Event | Label | Action | PartResult]]:
     """(position, typed value) per record, in journal order; malformed records are logged, counted and skipped
     so that one cannot wedge the forwarder."""
-    parsed: list[tuple[int, Verdict | Event | Label | Action]] = []
+    parsed: list[tuple[int, Verdict | Event | Label | Action | PartResult]] = []
     for record in records:
         parse = _PARSERS.get(record.kind)
         try:

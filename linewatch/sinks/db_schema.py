@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 from sqlalchemy.types import TypeDecorator
 
-from linewatch.types import ACTION_KINDS
+from linewatch.types import ACTION_KINDS, PART_VERDICTS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -118,6 +118,7 @@ class Inspection(LatestLabel, Base):
         CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
         Index("ix_inspections_camera_frame_ts", "camera", "frame_ts"),
         Index("ix_inspections_frame_ts", "frame_ts"),
+        Index("ix_inspections_part_id", "part_id"),  # a part's frames, for the history filter and its part row
         Index(
             "ix_inspections_frame_ts_unlabelled_snapshot",
             "frame_ts",
@@ -258,3 +259,26 @@ class ActionRecord(Base):
     at: Mapped[datetime]
     camera: Mapped[str | None]
     detail: Mapped[str | None]
+
+
+class PartRecord(Base):
+    """A station's verdict on one part (linewatch/plant/stations.py): the worst of its cameras' frame verdicts,
+    or ``incomplete``; its frames are the inspections with the same ``part_id`` (listed in ``inspections``)."""
+
+    __tablename__ = "parts"
+    __table_args__ = (
+        CheckConstraint(_one_of("verdict", PART_VERDICTS), name="verdict"),
+        Index("ix_parts_part_id", "part_id"),
+        Index("ix_parts_at", "at"),
+    )
+
+    result_id: Mapped[str] = mapped_column(primary_key=True)
+    station: Mapped[str]
+    part_id: Mapped[str]
+    verdict: Mapped[str]  # "OK" | "NOK" | "incomplete"
+    score: Mapped[float | None] = mapped_column(Float)  # the worst camera's score / threshold
+    reason: Mapped[str]
+    at: Mapped[datetime]
+    model_version: Mapped[str | None]
+    product: Mapped[str | None]
+    inspections: Mapped[list[str]] = mapped_column(JSON)

@@ -14,10 +14,16 @@ from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
-from linewatch.pipeline.journal.records import JournalError, JournalRecord, event_from_payload, verdict_from_payload
+from linewatch.pipeline.journal.records import (
+    JournalError,
+    JournalRecord,
+    event_from_payload,
+    part_from_payload,
+    verdict_from_payload,
+)
 from linewatch.sinks.mqtt_commands import InboundHandlers, LabelCommand, MqttStats, RejectedPayload
 from linewatch.sinks.mqtt_link import MqttLink, MqttUnavailable, paho_client
-from linewatch.sinks.mqtt_payloads import dumps, event_message, verdict_message
+from linewatch.sinks.mqtt_payloads import dumps, event_message, part_message, verdict_message
 
 __all__ = [
     "InboundHandlers",
@@ -65,7 +71,7 @@ class MqttForwarder:
     """
 
     name = "mqtt"
-    kinds = frozenset({"event", "verdict"})
+    kinds = frozenset({"event", "verdict", "part"})
 
     def __init__(self, link: MqttLink, site: str, line: str, public_url: str | None = None) -> None:
         self._link = link
@@ -117,6 +123,9 @@ class MqttForwarder:
             if record.kind == "event":
                 document = event_message(event_from_payload(record.payload), self._site, self._line, self._public_url)
                 return topics.defect(record.camera), dumps(document), False
+            if record.kind == "part":  # the journal's camera column holds the station
+                document = part_message(part_from_payload(record.payload), self._site, self._line)
+                return topics.part(record.camera), dumps(document), False
             document = verdict_message(verdict_from_payload(record.payload), self._site, self._line, self._public_url)
             return topics.verdict(record.camera), dumps(document), True
         except JournalError as exc:

@@ -66,6 +66,10 @@ class InboundHandlers(Protocol):
 
     def set_enabled(self, camera: str, enabled: bool, by: str) -> None: ...  # by: CommandTopic.by
 
+    def select_product(self, camera: str, product: str, by: str) -> None: ...  # the App publishes P/<camera>/product
+
+    def trigger(self, name: str, part_id: str | None, by: str) -> str: ...  # the part id taken (one is made if None)
+
     def retrain(self, reason: str | None, by: str) -> dict[str, Any]: ...  # echoed on P/retrain/state
 
 
@@ -227,6 +231,14 @@ class CommandIntake:
                 self._handlers.set_enabled(camera, value, command.by)
                 log.info("MQTT: camera %s %s by %s", camera, "enabled" if value else "disabled", command.by)
                 self._echo(self.topics.enabled(camera), b"true" if value else b"false")
+            elif kind == "trigger":
+                assert camera is not None and (value is None or isinstance(value, str))
+                part_id = self._handlers.trigger(camera, value, command.by)
+                log.debug("MQTT: %s triggered for part %s by %s", camera, part_id, command.by)
+            elif kind == "product":
+                assert camera is not None and isinstance(value, str)
+                self._handlers.select_product(camera, value, command.by)
+                log.info("MQTT: camera %s changed over to %r by %s", camera, value, command.by)
             else:
                 state = self._handlers.retrain(value, command.by)
                 log.info("MQTT: retrain requested by %s (%s)", command.by, value or "no reason given")

@@ -223,6 +223,10 @@ class MqttLink:
         reload), so HMIs and Home Assistant's switch show the state without waiting for an MQTT command."""
         self._publish_retained(self.topics.enabled(camera), b"true" if enabled else b"false")
 
+    def publish_camera_product(self, camera: str, product: str) -> None:
+        """``P/<camera>/product``: the recipe the camera inspects, at start and at every changeover."""
+        self._publish_retained(self.topics.product(camera), product.encode())
+
     def publish_model_state(self, state: dict[str, Any]) -> None:
         self._publish_retained(self.topics.model_state, dumps(state))
 

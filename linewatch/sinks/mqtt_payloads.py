@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import quote
 
 from linewatch.feedback import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
     MAX_USER_LENGTH,
     FeedbackError,
     FeedbackRequest,
@@ -28,11 +30,13 @@ from linewatch.feedback import (
     decode_json,
     feedback_from_document,
 )
-from linewatch.pipeline.journal.records import format_ts
+from linewatch.pipeline.journal.records import format_ts, part_payload
 from linewatch.sinks.mqtt_stats import STATS_FIELDS
-from linewatch.types import Event, Verdict
+from linewatch.types import Event, PartResult, Verdict
 
 CAMERA = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+CAMERA_COMMANDS = ("feedback", "enabled", "product")  # P/<camera>/<command>/set
+PLACEHOLDER = re.compile(r"<[a-z]+>")  # <camera>, <station>, <name>: one topic level
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ VERDICT_FIELDS = (
     "inspection_id", "site", "line", "camera", "product", "frame_ts", "score", "threshold", "verdict",
     "model_version", "snapshot", "heatmap", "snapshot_url", "heatmap_url",
 )  # fmt: skip
+PART_FIELDS = (
+    "result_id", "site", "line", "station", "part_id", "verdict", "score", "reason", "at", "model_version", "product",
+    "inspections",
+)  # fmt: skip
 MODEL_STATE_FIELDS = (
     "version", "path", "backbone", "pretrained", "backbone_sha256", "random_weights", "runtime", "thresholds",
     "calibration_warnings", "trained_at", "status", "retrain",
@@ -74,9 +82,17 @@ TOPIC_SPECS = (
     TopicSpec("<camera>/verdict", True, 1, True, "the camera's latest verdict, for HMI tiles", VERDICT_FIELDS),
     TopicSpec("<camera>/enabled", True, 1, True, "`true` or `false`: whether the camera is read; at start, at every "
               "switch from any channel, and as the echo of `<camera>/enabled/set`"),
+    TopicSpec("<camera>/product", True, 1, True, "the product (recipe) the camera inspects: at start and at every "
+              "changeover"),
+    TopicSpec("<station>/part", True, 1, False, "a station's verdict on one part: `OK`, `NOK` or `incomplete` "
+              "(a camera did not report by the deadline), with the reason", PART_FIELDS),
     TopicSpec("<camera>/feedback/set", False, 1, False, 'an operator\'s label: `{"inspection_id" or "event_id": ..., '
               '"label": "normal"|"defect", "user": ...}`'),
     TopicSpec("<camera>/enabled/set", False, 1, False, '`true`, `false` or `{"enabled": true|false}`'),
+    TopicSpec("<camera>/product/set", False, 1, False, '`"<product>"` or `{"product": "<product>"}`: change over from '
+              "the camera's next frame; refused for a product the model in service does not know"),
+    TopicSpec("<name>/trigger", False, 1, False, 'a part arrived at a station or triggered camera `<name>`: `{}`, '
+              '`"<part id>"` or `{"part_id": "..."}` (an empty payload too); its next frame is scored for that part'),
     TopicSpec("retrain/set", False, 1, False, '`{}` or `{"reason": "..."}`: retrain now'),
 )  # fmt: skip
 
@@ -116,13 +132,19 @@ class Topics:
     def enabled(self, camera: str) -> str:
         return f"{self.prefix}/{camera}/enabled"
 
+    def product(self, camera: str) -> str:
+        return f"{self.prefix}/{camera}/product"
+
+    def part(self, station: str) -> str:
+        return f"{self.prefix}/{station}/part"
+
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """The TOPIC_SPECS linewatch listens to, a camera's name as the ``+`` wildcard. ``/#`` also matches the
         topic itself (MQTT 3.1.1 4.7.1.2), so one subscription takes a command with or without its client level
         (:func:`topic_kind`)."""
         return tuple(
-            f"{self.prefix}/{spec.suffix.replace('<camera>', '+')}/#" for spec in TOPIC_SPECS if not spec.published
+            f"{self.prefix}/{PLACEHOLDER.sub('+', spec.suffix)}/#" for spec in TOPIC_SPECS if not spec.published
         )
 
 
@@ -147,7 +169,8 @@ class CommandTopic:
     makes the level a name the broker vouches for (deploy/mosquitto/linewatch.acl). Commands on the bare topic
     are still taken, recorded as from an unnamed MQTT client; an ACL that grants no bare topic refuses them."""
 
-    kind: str  # "feedback" | "enabled" | "retrain"
+    kind: str  # "feedback" | "enabled" | "product" | "retrain" | "trigger"
+    # camera: the camera, or for "trigger" the station or camera named
     camera: str | None
     client: str | None
 
@@ -162,11 +185,15 @@ def topic_kind(topics: Topics, topic: str) -> CommandTopic:
     a camera segment that is not a camera name or a client level that is not a name."""
     head = topics.prefix + "/"
     rest = topic[len(head) :].split("/") if topic.startswith(head) else []
-    command = rest[:2] if rest[:2] == ["retrain", "set"] else rest[:3]
+    command = rest[:2] if rest[:2] == ["retrain", "set"] or rest[1:2] == ["trigger"] else rest[:3]
     client = _client(rest[len(command) :])
     if command == ["retrain", "set"]:
         return CommandTopic("retrain", None, client)
-    if len(command) == 3 and command[1] in ("feedback", "enabled") and command[2] == "set":
+    if len(command) == 2 and command[1] == "trigger":
+        if not CAMERA.match(command[0]):
+            raise Rejected("bad_topic", f"name {command[0][:40]!r} is not a station or camera name")
+        return CommandTopic("trigger", command[0], client)
+    if len(command) == 3 and command[1] in CAMERA_COMMANDS and command[2] == "set":
         if not CAMERA.match(command[0]):
             raise Rejected("bad_topic", f"camera segment {command[0][:40]!r} is not a camera name")
         return CommandTopic(command[1], command[0], client)
@@ -193,9 +220,11 @@ def speaker(declared: str | None, client: str | None) -> str | None:
 
 def parse_payload(kind: str, payload: bytes, retain: bool, max_bytes: int) -> FeedbackRequest | bool | str | None:
     """Check one message for a topic of ``kind`` (from :func:`topic_kind`): a FeedbackRequest for feedback,
-    the bool for enabled, the reason (str | None) for retrain. Raises Rejected."""
+    the bool for enabled, the product (str) for product, the reason (str | None) for retrain. Raises Rejected."""
     if retain:
         raise Rejected("retained", "retained command ignored (clear it: publish an empty retained message)")
+    if kind == "trigger" and not payload.strip():
+        return None  # a PLC gateway's bare pulse: a part arrived, no id
     try:  # FeedbackError's reasons (too_large, not_utf8, bad_json, schema) become ours unchanged
         document = decode_json(payload, max_bytes)
         if kind == "feedback":
@@ -204,7 +233,39 @@ def parse_payload(kind: str, payload: bytes, retain: bool, max_bytes: int) -> Fe
         raise Rejected(problem.reason, str(problem)) from None
     if kind == "enabled":
         return _enabled(document)
+    if kind == "product":
+        return _product(document)
+    if kind == "trigger":
+        return _part_id(document)
     return _retrain_reason(document)
+
+
+def _part_id(document: Any) -> str | None:
+    """``{}``, ``"<part id>"`` or ``{"part_id": "<part id>"}``: an id as inspection ids are (ID_PATTERN)."""
+    if isinstance(document, dict):
+        unknown = sorted(set(document) - {"part_id"})
+        if unknown:
+            raise Rejected("schema", f"unknown keys {unknown}; allowed: part_id")
+        document = document.get("part_id")
+    if document is None:
+        return None
+    if not (isinstance(document, str) and len(document) <= MAX_ID_LENGTH and ID_PATTERN.match(document)):
+        raise Rejected("schema", f"part_id must be an id of at most {MAX_ID_LENGTH} characters "
+                                 "(letters, digits and . _ : - ; not starting with a sign)")  # fmt: skip
+    return document
+
+
+def _product(document: Any) -> str:
+    """``"<product>"`` or ``{"product": "<product>"}``; whether the model knows it is the handler's question."""
+    if isinstance(document, dict):
+        unknown = sorted(set(document) - {"product"})
+        if unknown:
+            raise Rejected("schema", f"unknown keys {unknown}; allowed: product")
+        document = document.get("product")
+    if not (isinstance(document, str) and 0 < len(document) <= MAX_USER_LENGTH and document.isprintable()):
+        raise Rejected("schema", f'payload must be "<product>" or {{"product": "<product>"}}, a printable name '
+                                 f"of 1 to {MAX_USER_LENGTH} characters")  # fmt: skip
+    return document
 
 
 def _enabled(document: Any) -> bool:
@@ -270,6 +331,12 @@ def event_message(event: Event, site: str, line: str, public_url: str | None = N
         "heatmap_url": evidence_link(public_url, event.heatmap),
         "end_reason": None if event.end_reason is None else event.end_reason.value,  # quiet|stopped|restarted
     }
+
+
+def part_message(part: PartResult, site: str, line: str) -> dict[str, Any]:
+    """A station's part verdict as published on ``P/<station>/part``: the journal's payload with the line's names."""
+    payload = part_payload(part)
+    return {"result_id": payload.pop("result_id"), "site": site, "line": line, **payload}
 
 
 def verdict_message(verdict: Verdict, site: str, line: str, public_url: str | None = None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ recommended parameters; the hash string carries them, so a later change of param
 hashes and rehashes them at the next login).
 
 Roles, each allowed what the ones before it may (``USER_ROLES``): ``viewer`` looks; ``operator`` labels,
-saves normal samples (and will switch cameras and products); ``engineer`` retrains and rolls back;
+saves normal samples, switches cameras and changes their product; ``engineer`` retrains and rolls back;
 ``admin`` manages the accounts (``linewatch user``, the page's Accounts view). Once the store holds one
 account, the page logs in by name and password only; until then the ``[http] token`` login stays (see
 docs/http.md).

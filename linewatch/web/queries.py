@@ -287,6 +287,8 @@ def _matching(filter: HistoryFilter, *columns: Any) -> Select[Any]:
     if filter.label is not None:
         require_one_of("label", filter.label, LABEL_FILTERS)
         conditions.append(_unlabelled() if filter.label == "unlabelled" else Inspection.label == filter.label)
+    if filter.part_id is not None:  # ix_inspections_part_id
+        conditions.append(Inspection.part_id == filter.part_id)
     if filter.since is not None:
         conditions.append(Inspection.frame_ts >= require_aware("since", filter.since))
     if filter.until is not None:

@@ -62,6 +62,7 @@ class HistoryFilter:
     label: LabelFilter | None = None
     since: datetime | None = None
     until: datetime | None = None
+    part_id: str | None = None  # a part's frames (every camera that saw it)
 
 
 @dataclass(frozen=True)

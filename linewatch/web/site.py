@@ -33,7 +33,6 @@ from starlette.routing import Route
 
 from linewatch.feedback import FeedbackError, FeedbackRequest
 from linewatch.pipeline.journal.records import JournalError
-from linewatch.samples import save_sample
 from linewatch.sinks.db import DatabaseError
 from linewatch.sinks.http import bearer_ok
 from linewatch.sinks.throttle import AuthThrottle
@@ -50,7 +49,8 @@ from linewatch.web.auth import (
     same_origin,
 )
 from linewatch.web.files import NoEvidence, evidence_bytes, evidence_url
-from linewatch.web.live import LIVE_KINDS, LiveFrames
+from linewatch.web.live import LiveFrames
+from linewatch.web.live_pages import LivePages
 from linewatch.web.login import LoginPages
 from linewatch.web.params import (
     VERSION,
@@ -90,7 +90,7 @@ class WebBackend(Protocol):
     """What the page reads from and asks of the running daemon."""
 
     line: str  # "<site>/<line>"
-    cameras: list[tuple[str, str]]  # (name, product) of every configured camera
+    cameras: list[tuple[str, str]]  # (name, product now) of every configured camera
     evidence_dir: Path
     engine: Engine
     live: LiveFrames
@@ -102,6 +102,8 @@ class WebBackend(Protocol):
     def runs(self, limit: int) -> list[dict[str, Any]]: ...  # retrain runs, newest first
     def rollback(self, version: str, user: str | None) -> tuple[bool, str]: ...  # (done, what happened)
     def retrain(self, reason: str | None, user: str | None) -> tuple[bool, str]: ...  # (started, what happened)
+    def set_enabled(self, camera: str, enabled: bool, user: str | None) -> None: ...  # applied in the background
+    def select_product(self, camera: str, product: str, user: str | None) -> tuple[bool, str]: ...  # (done, what)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class WebSettings:
 Handler = Callable[[Request, Session | None, FormData | None], Response]
 
 
-class Site(LoginPages, AccountPages):
+class Site(LoginPages, AccountPages, LivePages):
     """Builds the Starlette app; one instance per daemon."""
 
     def __init__(
@@ -140,10 +142,7 @@ class Site(LoginPages, AccountPages):
         self.review = ReviewDesk(backend.engine, settings.review_window, settings.close_call_band)
         self._workers: anyio.CapacityLimiter | None = None  # made on the server's event loop, at first use
         routes = [
-            Route("/", self._page(self.live_page)),
-            Route("/live/panel", self._page(self.live_panel)),
-            Route("/live/{camera}/{kind}.jpg", self._page(self.live_image)),
-            Route("/live/{camera}/sample", self._page(self.live_sample, post=True, role="operator"), methods=["POST"]),
+            *self.live_routes(),
             Route("/review", self._page(self.review_page)),
             Route("/review/label", self._page(self.review_label, post=True, role="operator"), methods=["POST"]),
             Route("/history", self._page(self.history_page)),
@@ -298,56 +297,6 @@ class Site(LoginPages, AccountPages):
             value = value.replace(tzinfo=UTC)
         return value.astimezone(self.settings.timezone).strftime("%Y-%m-%d %H:%M:%S %Z")
 
-    # ---- live view -----------------------------------------------------------------------------------
-    def live_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
-        return self._render("live.html", {**self._common(request, session), **self._panel()})
-
-    def live_panel(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
-        return self._render("_panel.html", {**self._common(request, session), **self._panel()})
-
-    def _panel(self) -> dict[str, Any]:
-        status = self.backend.status()
-        tiles = []
-        for name, product in self.backend.cameras:
-            verdict = self.backend.live.show(name)
-            tiles.append(
-                {"name": name, "product": product, "state": status["cameras"].get(name, "-"), "verdict": verdict}
-            )
-        return {"status": status, "tiles": tiles, "samples_dir": self.settings.samples_dir}
-
-    def live_image(self, request: Request, _session: Session | None, _form: FormData | None) -> Response:
-        camera, kind = request.path_params["camera"], request.path_params["kind"]
-        if camera not in {name for name, _product in self.backend.cameras} or kind not in LIVE_KINDS:
-            return PlainTextResponse("no such camera or image", status_code=404)
-        inspection_id = request.query_params.get("i", "")
-        data = self.backend.live.jpeg(camera, kind, inspection_id)
-        if data is None:
-            return PlainTextResponse("that frame is no longer kept; the view refreshes", status_code=404)
-        return Response(data, media_type="image/jpeg", headers={"X-Inspection-Id": inspection_id})
-
-    def live_sample(self, request: Request, session: Session | None, form: FormData | None) -> Response:
-        """The shown frame (as scored: after ROI and rotation, full size) saved for training, named as
-        ``linewatch collect`` names its files, and its inspection labelled normal by whoever pressed it."""
-        assert form is not None
-        camera = request.path_params["camera"]
-        if camera not in {name for name, _product in self.backend.cameras}:
-            return self._refuse(request, 404, f"no camera {camera!r}")
-        inspection_id = identifier(form, "inspection_id")
-        image = self.backend.live.frame(camera, inspection_id)
-        if image is None:
-            return self._refuse(request, 409, "that frame is no longer kept (the view moved on): save the next one")
-        path = save_sample(self.settings.samples_dir, camera, image)
-        who = session.user if session is not None else None
-        log.info("web: %s saved frame %s of %s as a normal sample: %s", who or "someone", inspection_id, camera, path)
-        message = f"saved as {path}: train on the folder with linewatch train --normals {path.parent}"
-        try:  # the file is the point; the label records the judgement, and a retrain uses it if evidence was kept
-            self.backend.label(FeedbackRequest(LabelTarget.INSPECTION, inspection_id, VerdictLabel.NORMAL, who))
-        except (FeedbackError, JournalError) as problem:
-            message += f" (not labelled normal: {problem})"
-        if not request.headers.get("hx-request"):
-            return RedirectResponse("/", status_code=303)
-        return self._render("_message.html", {"message": message, "error": False})
-
     # ---- review queue --------------------------------------------------------------------------------
     def review_page(self, request: Request, session: Session | None, _form: FormData | None) -> Response:
         params = request.query_params
@@ -403,6 +352,7 @@ class Site(LoginPages, AccountPages):
             label=optional_choice(params.get("label"), "label", ("normal", "defect", "unlabelled")),  # type: ignore[arg-type]
             since=local_datetime(params.get("since"), "since", tz),
             until=local_datetime(params.get("until"), "until", tz),
+            part_id=optional_id(params.get("part"), "part"),
         )
         if flt.since is not None and flt.until is not None and flt.until <= flt.since:
             raise BadInput("until must be later than since")

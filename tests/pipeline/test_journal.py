@@ -466,7 +466,7 @@ def test_reopening_keeps_records_and_cursors(tmp_path: Path, clock: FakeClock) -
         assert journal._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     check.close()
 
 
@@ -478,7 +478,7 @@ def test_a_newer_schema_or_a_foreign_file_is_refused_with_the_file_named(tmp_pat
     raw.close()
     with pytest.raises(JournalError) as caught:
         Journal(path, clock)
-    assert str(path) in str(caught.value) and "version 7" in str(caught.value) and "(4)" in str(caught.value)
+    assert str(path) in str(caught.value) and "version 7" in str(caught.value) and "(5)" in str(caught.value)
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"this is not a database, just some bytes" * 100)
     with pytest.raises(JournalError, match=re.escape(str(garbage))):

@@ -49,9 +49,9 @@ def test_actions_are_journaled_in_order_with_verdicts_and_once_per_id(tmp_path: 
 
 
 def test_a_version_3_journal_keeps_records_cursors_and_its_position_counter(tmp_path: Path) -> None:
-    """Upgrading rebuilds the records table. A journal whose delivered records were all pruned is empty; the
-    new table must still number on from where the old one stopped, or the forwarders (cursor 3) would skip
-    the next records (positions 1, 2...)."""
+    """Upgrading rebuilds the records table (schema 3 to 5: actions, then parts, as kinds). A journal whose
+    delivered records were all pruned is empty; the new table must still number on from where the old one
+    stopped, or the forwarders (cursor 3) would skip the next records (positions 1, 2...)."""
     path = tmp_path / "journal.sqlite3"
     with Journal(path, FakeClock(AT)) as journal:
         journal.register_forwarder("db")
@@ -62,7 +62,8 @@ def test_a_version_3_journal_keeps_records_cursors_and_its_position_counter(tmp_
     raw = sqlite3.connect(path)
     raw.execute("PRAGMA user_version = 3")  # schema 3 differs only in the kind CHECK: put it back
     raw.execute("PRAGMA writable_schema = ON")
-    raw.execute("UPDATE sqlite_schema SET sql = replace(sql, '''action'', ', '') WHERE name = 'records'")
+    old_check = "replace(replace(sql, '''action'', ', ''), '''part'', ', '')"
+    raw.execute(f"UPDATE sqlite_schema SET sql = {old_check} WHERE name = 'records'")
     raw.commit()
     raw.close()
     raw = sqlite3.connect(path)
@@ -77,5 +78,5 @@ def test_a_version_3_journal_keeps_records_cursors_and_its_position_counter(tmp_
         assert journal.backlogs() == {"db": 2, "mqtt": 2}
         assert [(r.kind, r.key) for r in journal.read_after("db", 10)] == [("verdict", "cam1-boot-4"), ("action", "a1")]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     check.close()

@@ -103,7 +103,7 @@ def test_a_version_1_journal_is_migrated_keeping_records_and_cursors(tmp_path: P
         # New positions continue after the old ones, and labels are now accepted.
         assert journal.append_batch([make_verdict(4)], [], [make_label("cam1-boot-4")]) == [4, 5]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     check.close()
 
@@ -160,5 +160,5 @@ def test_a_version_2_journal_gains_the_holes_table_keeping_records_and_cursors(t
         assert journal.backlogs() == {"db": 1}
         assert [r.key for r in journal.read_after("db", 10)] == ["cam1-boot-2"]
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     check.close()

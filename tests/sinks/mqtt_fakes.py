@@ -202,6 +202,17 @@ class RecordingHandlers:
         self.calls.append(("set_enabled", camera, enabled))
         self.senders.append(by)
 
+    def select_product(self, camera: str, product: str, by: str) -> None:
+        self._check(camera)
+        self.calls.append(("select_product", camera, product))
+        self.senders.append(by)
+
+    def trigger(self, name: str, part_id: str | None, by: str) -> str:
+        self._check(name)
+        self.calls.append(("trigger", name, part_id))
+        self.senders.append(by)
+        return part_id or f"{name}-1"
+
     def retrain(self, reason: str | None, by: str) -> dict[str, Any]:
         self._check(None)
         self.calls.append(("retrain", reason))

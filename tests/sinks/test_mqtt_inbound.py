@@ -135,6 +135,26 @@ def test_the_client_level_names_who_sent_a_command(
     assert link.stats.rejected == {("unknown", "bad_topic"): 1}
 
 
+def test_a_product_changeover_reaches_the_handler_and_a_bad_one_is_refused_by_reason(
+    broker: MosquittoBroker, mqtt_prefix: str, link: MqttLink, handlers: RecordingHandlers
+) -> None:
+    commands = [
+        ("cam1/product/set/plc-7", b'"bracket B"'),
+        ("cam_2/product/set", b'{"product": "bracket A"}'),
+        ("cam1/product/set", b'{"product": "x", "extra": 1}'),  # schema
+        ("cam1/product/set", b'""'),  # schema: empty
+        ("cam1/product/set", b'"bell \\u0007"'),  # schema: a control character
+        ("nocam/product/set", b'"bracket A"'),  # the handler: unknown camera
+    ]
+    with MqttWatcher(broker) as watcher:
+        for suffix, payload in commands:
+            watcher.publish(f"{mqtt_prefix}/{suffix}", payload)
+        wait_until(lambda: link.stats.received == len(commands))
+    assert handlers.calls == [("select_product", "cam1", "bracket B"), ("select_product", "cam_2", "bracket A")]
+    assert handlers.senders == ["mqtt: plc-7", "mqtt"]
+    assert link.stats.rejected == {("product", "schema"): 3, ("product", "unknown_camera"): 1}
+
+
 def test_speaker_keeps_the_declared_name_only_beside_a_vouched_one() -> None:
     assert speaker(None, None) is None
     assert speaker("anna", None) == "anna"  # a bare topic: self-declared, as before

@@ -64,6 +64,8 @@ ROUTES = {
     ("GET", "/models"): "viewer",
     ("POST", "/review/label"): "operator",
     ("POST", f"/live/{CAMERA}/sample"): "operator",
+    ("POST", f"/live/{CAMERA}/enabled"): "operator",
+    ("POST", f"/live/{CAMERA}/product"): "operator",
     ("POST", "/models/retrain"): "engineer",
     ("POST", "/models/rollback"): "engineer",
     ("GET", "/accounts"): "admin",
@@ -272,3 +274,27 @@ def test_the_token_holder_adds_the_first_account_which_must_be_an_admin(
         engine = make_engine(token_daemon.config.store_url)
         remove_user(engine, "first", "test")  # the module's daemon goes back to token logins
         engine.dispose()
+
+
+def test_an_operator_switches_a_camera_and_changes_its_product_from_the_tile(accounts_daemon: WebDaemon) -> None:
+    """The tile's buttons go through the daemon's own calls: the camera stops and starts, a product the model
+    does not know is refused with the products it does, and both switches are listed as done by the account."""
+    operator, _ = _login(accounts_daemon, "operator")
+    accounts_daemon.wait_for_events()
+    panel = operator.get("/live/panel").text
+    assert "Change over" in panel and "Switch off" in panel
+    csrf = operator.csrf("/")
+    htmx = {"HX-Request": "true", "Sec-Fetch-Site": "same-origin"}
+    refused = operator.post(f"/live/{CAMERA}/product", {"csrf": csrf, "product": "bracket Q"}, headers=htmx)
+    assert refused.status == 409 and "knows no product" in refused.text
+    assert operator.post(f"/live/{CAMERA}/enabled", {"csrf": csrf, "enabled": "false"}, headers=htmx).status == 200
+    accounts_daemon.wait_until(lambda: "Switch on" in operator.get("/live/panel").text)
+    assert operator.post(f"/live/{CAMERA}/enabled", {"csrf": csrf, "enabled": "true"}, headers=htmx).status == 200
+    accounts_daemon.wait_until(lambda: "Switch off" in operator.get("/live/panel").text)
+
+    def actions() -> str:
+        return operator.get("/models/state").text.split("<h2>Who did what</h2>", 1)[1]
+
+    accounts_daemon.wait_until(lambda: "camera enabled" in actions())
+    assert f"<td>web: operator</td><td>camera disabled</td><td>{CAMERA}</td>" in actions()
+    assert f"<td>web: operator</td><td>camera enabled</td><td>{CAMERA}</td>" in actions()

@@ -360,8 +360,8 @@ def test_a_0001_store_with_rows_upgrades_to_the_partial_index_and_keeps_its_queu
 
         assert main(["db", "upgrade", "--config", str(config)]) == 0
 
-        assert "database upgraded from 0001 to 0005" in capsys.readouterr().out
-        assert database_revision(engine) == "0005"
+        assert "database upgraded from 0001 to 0006" in capsys.readouterr().out
+        assert database_revision(engine) == "0006"
         index = {index["name"]: index for index in inspect(engine).get_indexes("inspections")}[REVIEW_INDEX]
         assert index["column_names"] == ["frame_ts"] and not index["unique"]
         where = str(index["dialect_options"][f"{engine.dialect.name}_where"])
@@ -473,6 +473,7 @@ def matches(row: InspectionRow, filter: HistoryFilter) -> bool:
         and filter.label in (None, label)
         and (filter.since is None or row.frame_ts >= filter.since)
         and (filter.until is None or row.frame_ts < filter.until)
+        and filter.part_id in (None, row.part_id)
     )
 
 
@@ -489,6 +490,8 @@ FILTERS = {
     "combined": HistoryFilter(camera="cam1", product="metal plate", verdict="normal", since=at(2), until=at(10)),
     "combined unlabelled": HistoryFilter(camera="cam2", label="unlabelled", until=at(8)),
     "nothing matches": HistoryFilter(camera="cam9"),
+    "part": HistoryFilter(part_id="P-3"),
+    "part and camera": HistoryFilter(part_id="P-3", camera="cam1"),
 }
 
 

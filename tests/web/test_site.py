@@ -76,7 +76,8 @@ def test_live_page_and_panel_show_the_camera_and_refresh(web_daemon: WebDaemon) 
     web_daemon.wait_for_events()
     client = web_daemon.client()
     page = assert_html_page(client.get("/"))
-    assert '<div id="panel" hx-get="/live/panel" hx-trigger="every 1000ms"' in page  # [web] refresh_s = 1
+    refresh = '<div id="panel" hx-get="/live/panel" hx-trigger="every 1000ms, panel-changed from:body"'
+    assert refresh in page  # [web] refresh_s = 1, and at once after a button on a tile
     assert f'data-camera="{CAMERA}"' in page and PRODUCT in page
     assert "Line test/l1" in page and "RANDOM backbone weights" in page  # the tiny model has random weights
 

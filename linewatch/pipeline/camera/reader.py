@@ -13,6 +13,7 @@ The loop is written against a Clock and a stop Event, so tests run it synchronou
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 from linewatch.backoff import backoff_delay
 from linewatch.clock import Clock
 from linewatch.pipeline.camera.sources import EndOfStream, FrameSource, SourceError
+from linewatch.pipeline.camera.trigger import TriggerGate
 from linewatch.types import CameraStatus, Frame
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class CameraStats:
     reconnects: int = 0  # open attempts after the first
     skipped_files: int = 0  # folder files that were not images (through CameraReader.report_skipped)
     frames_limited: int = 0  # live frames dropped by the fps limit
+    frames_untriggered: int = 0  # live frames of a triggered camera read while no trigger waited
     bad_frames: int = 0  # frames the roi does not fit (empty crop), dropped
 
 
@@ -117,6 +120,8 @@ class CameraReader:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         idle_poll_s: float = 0.01,
+        gate: TriggerGate | None = None,
+        part_id_pattern: re.Pattern[str] | None = None,
     ) -> None:
         if fps is not None and not fps > 0:
             raise ValueError(f"camera {name}: fps must be positive or None, got {fps}")
@@ -146,6 +151,8 @@ class CameraReader:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._idle_poll_s = idle_poll_s
+        self.gate = gate  # triggered: only the frame after each trigger is handed on, with its part id
+        self._part_id_pattern = part_id_pattern  # a folder's part ids, from the file names
         self._source: FrameSource | None = None
         self._seq = 0
         self._bad_frame_log = _Throttle(_PROBLEM_LOG_INTERVAL_S)
@@ -261,7 +268,9 @@ class CameraReader:
         any frame arrived."""
         clock, stop, period = self._clock, self._stop, self._period
         live = bool(getattr(source, "live", False))
-        stalls = not getattr(source, "idle_is_normal", False)  # a hot folder waits for files by design
+        gate = self.gate
+        # A hot folder waits for files by design, and a triggered camera that reads only when asked for triggers.
+        stalls = not getattr(source, "idle_is_normal", False) and not (gate is not None and not live)
         last_frame = clock.monotonic()  # the stalled window counts from the open
         last_emit: float | None = None
         delivered = False
@@ -270,6 +279,8 @@ class CameraReader:
                 remaining = last_emit + period - clock.monotonic()
                 if remaining > 0 and clock.wait(remaining, stop):
                     break
+            if gate is not None and not live and not gate.wait(self._idle_poll_s * 10):
+                continue  # a file or synthetic source reads only for a trigger: no frames nobody asked for
             try:
                 image = source.read()
             except (SourceError, EndOfStream) as exc:
@@ -298,6 +309,13 @@ class CameraReader:
                 if self._bad_frame_log.allow(now):
                     logger.warning("camera %s: frame dropped: %s; %d so far", self.name, exc, self.stats.bad_frames)
                 continue
+            part_id = self._part_id(source)
+            if gate is not None:
+                taken = gate.take(now)
+                if taken is None:  # a live frame between triggers
+                    self.stats.frames_untriggered += 1
+                    continue
+                part_id = taken.part_id
             self._seq += 1
             frame = Frame(
                 camera=self.name,
@@ -306,11 +324,22 @@ class CameraReader:
                 captured_mono=now,
                 image=image,
                 product=self.product,
+                part_id=part_id,
             )
             last_emit = now
             self.stats.frames += 1
             self._on_frame(frame)
         return None, delivered
+
+    def _part_id(self, source: FrameSource) -> str | None:
+        """A folder file's part id: the pattern's group ``part`` (or its whole match) in the file's name."""
+        name = getattr(source, "last_name", None)
+        if self._part_id_pattern is None or name is None:
+            return None
+        found = self._part_id_pattern.search(name)
+        if found is None:
+            return None
+        return found.groupdict().get("part") or found.group(0)
 
     def _set_status(self, status: CameraStatus) -> bool:
         """Report ``status`` if it is a change; True when it was."""

@@ -361,6 +361,7 @@ class FolderSource:
         self._pending: dict[str, tuple[tuple[int, int], float]] = {}
         self._ready: deque[Path] = deque()
         self._last_scan: float | None = None
+        self.last_name: str | None = None  # the file of the last image read: a part id may come from its name
 
     def open(self) -> None:
         if not self.path.is_dir():
@@ -375,7 +376,9 @@ class FolderSource:
         while self._ready or self._scan():
             path = self._ready.popleft()
             try:
-                return read_rgb(path)
+                image = read_rgb(path)
+                self.last_name = path.name
+                return image
             except ImageError as exc:
                 if not path.exists():
                     continue  # removed before it was read: nothing wrong with it, nothing to report

@@ -58,6 +58,7 @@ class ForwarderRunner:
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         start_at_head: bool = False,
+        wake: threading.Event | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -75,6 +76,11 @@ class ForwarderRunner:
         self._failing = 0  # consecutive failed cycles
         self._more = False  # the last cycle filled a whole batch: read again without idling
         self._log = logging.getLogger(f"linewatch.forwarder.{self.name}")
+        # Set by the journal after each commit (Journal.appended): an idle runner sends a new record at once
+        # instead of at its next poll (an alert, a part verdict the PLC waits for). Without it: polls only.
+        self._wake = wake
+        if wake is not None:
+            journal.appended.append(wake)
         journal.register_forwarder(self.name, start_at_head)
 
     @property
@@ -133,9 +139,19 @@ class ForwarderRunner:
         while not self._stop.is_set():
             self.run_once()
             delay = self.next_delay_s
-            if delay > 0 and self._clock.wait(delay, self._stop):
+            if delay > 0 and self._idle(delay):
                 break
         self.flush()
+
+    def _idle(self, delay: float) -> bool:
+        """Wait ``delay`` (a backoff, or the idle poll that a new record cuts short); True once stopped. The
+        wake is cleared after the wait, before the next read: a commit after that read sets it again, so
+        none is missed."""
+        if self._wake is None or self._failing:
+            return self._clock.wait(delay, self._stop)
+        self._wake.wait(delay)
+        self._wake.clear()
+        return self._stop.is_set()
 
     def flush(self) -> None:
         """Cycle without waiting until the cursor reaches the current head or a cycle fails or comes back short."""

@@ -57,16 +57,18 @@ from linewatch.pipeline.journal.records import (
     format_ts,
     label_from_payload,
     label_payload,
+    part_payload,
     verdict_payload,
 )
 from linewatch.pipeline.journal.schema import KINDS, SCHEMA_VERSION
-from linewatch.types import Action, Event, EventType, Label, LabelTarget, Verdict
+from linewatch.types import Action, Event, EventType, Label, LabelTarget, PartResult, Verdict
 
 BUSY_TIMEOUT_MS = 5000
 # What goes first when the disk runs out (see Journal.prune_for_space): the cheapest loss first.
 DROP_CLASSES = {
     "normal_verdict": "kind = 'verdict' AND json_extract(payload, '$.label') = 'normal'",
     "defect_verdict": "kind = 'verdict'",
+    "part": "kind = 'part'",
     "event": "kind = 'event'",
     "label": "kind = 'label'",
     "action": "kind = 'action'",
@@ -88,6 +90,7 @@ class Journal:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
+        self.appended: list[threading.Event] = []  # set after every commit: forwarders waiting for records wake
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn: sqlite3.Connection | None = sqlite3.connect(
@@ -152,10 +155,11 @@ class Journal:
         events: Sequence[Event],
         labels: Sequence[Label] = (),
         actions: Sequence[Action] = (),
+        parts: Sequence[PartResult] = (),
     ) -> list[int]:
         """Commit one batch in ONE transaction: all rows or none. Returns the positions: verdicts first, then
-        events, then labels, then actions. A record whose (kind, key) is already journaled is not duplicated:
-        its original position is returned (replay after a crash may re-append)."""
+        events, then labels, then actions, then parts. A record whose (kind, key) is already journaled is not
+        duplicated: its original position is returned (replay after a crash may re-append)."""
         rows: list[tuple[str, str, str, str]] = []
         for verdict in verdicts:
             payload = encode_payload("verdict", verdict.inspection_id, verdict_payload(verdict))
@@ -169,6 +173,10 @@ class Journal:
         for action in actions:
             payload = encode_payload("action", action.action_id, action_payload(action))
             rows.append(("action", action.action_id, action.camera or "", payload))
+        for part in parts:  # the journal's camera column holds the station
+            rows.append(
+                ("part", part.result_id, part.station, encode_payload("part", part.result_id, part_payload(part)))
+            )
         if not rows:
             return []
         with self._lock:
@@ -186,7 +194,9 @@ class Journal:
                     raise
             except sqlite3.Error as exc:
                 raise JournalError(f"{self.path}: batch of {len(rows)} records not journaled: {exc}") from exc
-            return positions
+        for event in self.appended:
+            event.set()
+        return positions
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, kind: str, key: str, camera: str, payload: str, committed_at: str) -> int:
@@ -279,10 +289,10 @@ class Journal:
     def prune_for_space(self, count: int, forwarders: Collection[str]) -> dict[str, int]:
         """Delete up to ``count`` records to free space when the disk runs out while a sink is down for days,
         keeping what matters longest: first records every named forwarder has delivered (their content is
-        already where it goes), then the undelivered ones oldest first by class, normal verdicts before
-        defect verdicts before episode messages before operator labels before actions. Returns how many of each
-        undelivered class went (DROP_CLASSES), plus ``delivered``. A forwarder behind a dropped record
-        skips it; what is already in the store is unaffected."""
+        already where it goes), then the undelivered ones oldest first by class (DROP_CLASSES): normal verdicts,
+        defect verdicts, part verdicts, episode messages, operator labels, actions. Returns how many of each
+        undelivered class went, plus ``delivered``. A forwarder behind a dropped record skips it; what is
+        already in the store is unaffected."""
         dropped: dict[str, int] = {}
         with self._lock:
             floor = min((self._cursor(name) for name in forwarders), default=self.head())

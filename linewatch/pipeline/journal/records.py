@@ -15,7 +15,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from linewatch.types import ACTION_KINDS, Action, EndReason, Event, EventType, Label, LabelTarget, Verdict, VerdictLabel
+from linewatch.types import (
+    ACTION_KINDS,
+    PART_VERDICTS,
+    Action,
+    EndReason,
+    Event,
+    EventType,
+    Label,
+    LabelTarget,
+    PartResult,
+    Verdict,
+    VerdictLabel,
+)
 
 _T = TypeVar("_T")
 
@@ -27,7 +39,7 @@ class JournalError(Exception):
 @dataclass(frozen=True)
 class JournalRecord:
     position: int  # monotonically increasing, gap-free order of commit across all kinds
-    kind: str  # "verdict" | "event" | "label" | "action"
+    kind: str  # "verdict" | "event" | "label" | "action" | "part"
     key: str  # inspection_id for verdicts, f"{event_id}:{seq}" for events, label_id / action_id for the others
     camera: str
     payload: dict[str, Any]  # verdict_payload / event_payload / label_payload
@@ -186,6 +198,40 @@ def action_from_payload(payload: dict[str, Any]) -> Action:
             at=parse_ts(p["at"]),
             camera=_optional_text(p.get("camera")),
             detail=_optional_text(p.get("detail")),
+        ),
+    )
+
+
+def part_payload(part: PartResult) -> dict[str, Any]:
+    return {
+        "result_id": part.result_id,
+        "station": part.station,
+        "part_id": part.part_id,
+        "verdict": part.verdict,
+        "score": part.score,
+        "reason": part.reason,
+        "at": format_ts(part.at),
+        "model_version": part.model_version,
+        "product": part.product,
+        "inspections": list(part.inspections),
+    }
+
+
+def part_from_payload(payload: dict[str, Any]) -> PartResult:
+    return _parse(
+        "part",
+        payload,
+        lambda p: PartResult(
+            station=_text(p["station"]),
+            part_id=_text(p["part_id"]),
+            verdict=_one_of(p["verdict"], PART_VERDICTS),
+            score=None if p["score"] is None else _finite(p["score"]),
+            reason=_text(p["reason"]),
+            at=parse_ts(p["at"]),
+            model_version=_optional_text(p.get("model_version")),
+            product=_optional_text(p.get("product")),
+            inspections=tuple(_text(i) for i in p["inspections"]),
+            result_id=_text(p["result_id"]),
         ),
     )
 

@@ -6,7 +6,8 @@ The version lives in ``PRAGMA user_version``:
 - 2: operator labels as a record kind;
 - 3: the ``holes`` table (positions deleted out of order under disk pressure, so a backlog stays a
   constant-time subtraction: Journal._backlog_after);
-- 4: actions (who switched a camera, changed a product, asked for a retrain or a rollback) as a record kind.
+- 4: actions (who switched a camera, changed a product, asked for a retrain or a rollback) as a record kind;
+- 5: parts (a station's verdict on one part) as a record kind.
 
 A kind is a CHECK constraint, which SQLite cannot alter: the table is rebuilt with positions copied as they
 are, so forwarders' cursors stay valid. The AUTOINCREMENT counter is carried over too: without it a journal
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4
-KINDS = frozenset({"verdict", "event", "label", "action"})
+SCHEMA_VERSION = 5
+KINDS = frozenset({"verdict", "event", "label", "action", "part"})
 
 _RECORDS = """
 CREATE TABLE {name} (
     position     INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind         TEXT NOT NULL CHECK (kind IN ('action', 'event', 'label', 'verdict')),
+    kind         TEXT NOT NULL CHECK (kind IN ('action', 'event', 'label', 'part', 'verdict')),
     key          TEXT NOT NULL,
     camera       TEXT NOT NULL,
     payload      TEXT NOT NULL,
