@@ -25,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from linewatch.sinks.db import masked, translated
+from linewatch.sinks.db import masked, translated, write_transaction
 from linewatch.sinks.db_schema import USER_ROLES, ActionRecord, User
 
 MIN_PASSWORD_LENGTH = 10
@@ -76,7 +76,7 @@ def add_user(engine: Engine, name: str, role: str, password: str, by: str, now: 
     name, role = check_name(name), check_role(role)
     digest = _HASHER.hash(check_password(password))
     now = now or datetime.now(UTC)
-    with translated(masked(engine.url), "adding a user"), engine.begin() as conn:
+    with translated(masked(engine.url), "adding a user"), write_transaction(engine) as conn:
         if conn.execute(select(User.name).where(User.name == name)).first() is not None:
             raise AccountError(f"user {name!r} exists already; use passwd or remove it first")
         conn.execute(User.__table__.insert().values(name=name, role=role, password_hash=digest,
@@ -86,7 +86,7 @@ def add_user(engine: Engine, name: str, role: str, password: str, by: str, now: 
 
 
 def remove_user(engine: Engine, name: str, by: str, now: datetime | None = None) -> None:
-    with translated(masked(engine.url), "removing a user"), engine.begin() as conn:
+    with translated(masked(engine.url), "removing a user"), write_transaction(engine) as conn:
         _keep_an_admin(conn, name, None)
         if conn.execute(delete(User).where(User.name == name)).rowcount == 0:
             raise AccountError(f"no user {name!r}")
@@ -96,7 +96,7 @@ def remove_user(engine: Engine, name: str, by: str, now: datetime | None = None)
 def set_role(engine: Engine, name: str, role: str, by: str, now: datetime | None = None) -> None:
     role = check_role(role)
     now = now or datetime.now(UTC)
-    with translated(masked(engine.url), "changing a role"), engine.begin() as conn:
+    with translated(masked(engine.url), "changing a role"), write_transaction(engine) as conn:
         _keep_an_admin(conn, name, role)
         if conn.execute(update(User).where(User.name == name).values(role=role, changed_at=now)).rowcount == 0:
             raise AccountError(f"no user {name!r}")
@@ -106,7 +106,7 @@ def set_role(engine: Engine, name: str, role: str, by: str, now: datetime | None
 def set_password(engine: Engine, name: str, password: str, by: str, now: datetime | None = None) -> None:
     digest = _HASHER.hash(check_password(password))
     now = now or datetime.now(UTC)
-    with translated(masked(engine.url), "changing a password"), engine.begin() as conn:
+    with translated(masked(engine.url), "changing a password"), write_transaction(engine) as conn:
         changed = conn.execute(update(User).where(User.name == name).values(password_hash=digest, changed_at=now))
         if changed.rowcount == 0:
             raise AccountError(f"no user {name!r}")
@@ -154,7 +154,7 @@ def authenticate(engine: Engine, name: str, password: str) -> str | None:
     if row is None:
         return None
     if _HASHER.check_needs_rehash(row.password_hash):  # new parameters: no account change, so no action row
-        with translated(masked(engine.url), "rehashing a password"), engine.begin() as conn:
+        with translated(masked(engine.url), "rehashing a password"), write_transaction(engine) as conn:
             conn.execute(update(User).where(User.name == name).values(password_hash=_HASHER.hash(password)))
     return str(row.role)
 
