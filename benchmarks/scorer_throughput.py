@@ -83,14 +83,29 @@ def _openvino_steps(
     return runners
 
 
+def _gflop_per_image(model: AnoPLe, device: torch.device) -> float:
+    """What one image costs the full scorer (the TFLOP/s column: img/s x this), so a GPU run can be set
+    against the chip's bf16 peak. Counted on a batch of 2, halved: per-image work does not depend on it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    images = torch.rand(2, 3, model.input_size, model.input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.predict(images, torch.zeros(2, dtype=torch.long))
+    return counter.get_total_flops() / 2 / 1e9
+
+
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
     backbone = load_random_backbone(name, seed=0)
-    model = AnoPLe(backbone, AnoPLeSettings(), ["part"]).to(device).eval()
+    # Nothing here trains: frozen prompts too, which also keeps the flop counter's module hooks quiet.
+    model = AnoPLe(backbone, AnoPLeSettings(), ["part"]).to(device).eval().requires_grad_(False)
     size = model.input_size
     model.build_memory("part", torch.rand(4, 3, size, size, device=device))
     calibration = torch.rand(2, 3, size, size, device=device)  # scales' values do not change the speed
     model.fit_fusion_scales("part", model.terms(calibration, torch.zeros(2, dtype=torch.long)))
     model.refresh_text_cache()
+    gflop = _gflop_per_image(model, device)  # the scorer's work per image, counted once in fp32
+    print(f"{name}: {gflop:.1f} GFLOP per image (matmuls and convolutions, torch's flop counter)", flush=True)
     for batch in args.batches:
         images = torch.rand(batch, 3, size, size, device=device)
         normalised = (images - model.mean) / model.std
@@ -123,7 +138,9 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
         bare_rate = batch / seconds["bare torch fp32"]
         for label, value in seconds.items():
             rate = batch / value
-            print(f"{name:<20} {batch:>5} {label:<18} {rate:>10.2f} {rate / bare_rate:>7.2f}", flush=True)
+            tflops = rate * gflop / 1000
+            row = f"{name:<20} {batch:>5} {label:<18} {rate:>10.2f} {rate / bare_rate:>7.2f} {tflops:>8.2f}"
+            print(row, flush=True)
 
 
 def main() -> None:
@@ -143,7 +160,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, random weights")
-    print(f"{'model':<20} {'batch':>5} {'runtime':<18} {'img/s':>10} {'x bare':>7}")
+    print(f"{'model':<20} {'batch':>5} {'runtime':<18} {'img/s':>10} {'x bare':>7} {'TFLOP/s':>8}")
     for name in args.models:
         bench_model(name, args, device)
 

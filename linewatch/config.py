@@ -93,15 +93,40 @@ class ScoringSection(_Section):
     batch_max_wait_ms: Number = Field(0.0, ge=0.0, le=10_000.0)
     bootstrap_demo_model: StrictBool = False  # train a tiny random-weight demo model when [model].path is missing
     cpu_threads: StrictInt = Field(0, ge=0)  # torch and OpenVINO threads for CPU scoring; 0 = all cores but one
-    runtime: Literal["torch", "openvino"] = "torch"  # openvino: the exported graph, CPU only (docs/model.md)
-    # torch: fp32, or bf16/fp16 on CUDA; openvino: fp32, bf16 (CPUs with bf16) or int8, each with its own threshold
+    # openvino: the exported graph, CPU only (docs/model.md); triton: a scoring server ([triton], docs/serving.md)
+    runtime: Literal["torch", "openvino", "triton"] = "torch"
+    # torch: fp32, or bf16/fp16 on CUDA; openvino: fp32, bf16 (CPUs with bf16) or int8, each with its own threshold;
+    # triton: the precision of the local fallback ([triton] local_runtime); the server scores in its own
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"
 
+
+LOCAL_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16", "int8")}
+
+
+class TritonSection(_Section):
+    """A remote scoring server ([scoring] runtime = "triton"): linewatch serve or a stock Triton server."""
+
+    url: StrictStr = "127.0.0.1:8001"  # host:port of the server's gRPC endpoint
+    model: StrictStr = Field("linewatch", pattern=r"^[A-Za-z0-9_.-]+$")  # the Triton model to call
+    # one remote call: far under the watchdog (a batch must be journaled within WatchdogSec/2, 30 s as shipped)
+    deadline_ms: Number = Field(2000.0, gt=0.0, le=10_000.0)
+    load_timeout_s: Number = Field(120.0, gt=0.0)  # activation: the server loads a version (full size: a while)
+    hold_s: Number = Field(10.0, ge=0.0, le=15.0)  # server unreachable: a batch waits this long, then the fallback
+    retry_s: Number = Field(5.0, gt=0.0, le=60.0)  # while unreachable: how often the server is tried again
+    # local: score on this PC (model.device, local_runtime, [scoring] precision) until the server is back;
+    # none: frames wait in the cameras' bounded queues (the oldest dropped by policy, counted) for the server
+    fallback: Literal["local", "none"] = "local"
+    local_runtime: Literal["torch", "openvino"] = "torch"  # the fallback's runtime; openvino needs device "cpu"
+    ca_file: Path | None = None  # TLS: the CA that signed the server's certificate (gRPC over TLS when set)
+    cert_file: Path | None = None  # mutual TLS: this line's client certificate (with key_file)
+    key_file: Path | None = None  # mutual TLS: the private key of cert_file
+
     @model_validator(mode="after")
-    def _precision_fits_runtime(self) -> ScoringSection:
-        allowed = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16", "int8")}[self.runtime]
-        if self.precision not in allowed:
-            raise ValueError(f"runtime {self.runtime!r} scores in {', '.join(allowed)}, not {self.precision!r}")
+    def _tls_files_together(self) -> TritonSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if self.cert_file is not None and self.ca_file is None:
+            raise ValueError("cert_file needs ca_file: mutual TLS runs over TLS")
         return self
 
 
@@ -371,7 +396,17 @@ class Config(_Section):
     cameras: list[CameraSection] = []
     stations: list[StationSection] = []
     opcua: OpcUaSection = OpcUaSection()
+    triton: TritonSection = TritonSection()
     demo: DemoSection = DemoSection()
+
+    @model_validator(mode="after")
+    def _precision_fits_runtime(self) -> Config:
+        local = self.triton.local_runtime if self.scoring.runtime == "triton" else self.scoring.runtime
+        allowed = LOCAL_PRECISIONS[local]
+        if self.scoring.precision not in allowed:
+            name = f"[triton] local_runtime {local!r}" if self.scoring.runtime == "triton" else f"runtime {local!r}"
+            raise ValueError(f"{name} scores in {', '.join(allowed)}, not {self.scoring.precision!r}")
+        return self
 
     @model_validator(mode="after")
     def _review_within_the_journal(self) -> Config:
@@ -386,7 +421,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _openvino_on_the_cpu(self) -> Config:
-        if self.scoring.runtime == "openvino" and not self.model.device.startswith("cpu"):
+        local = self.triton.local_runtime if self.scoring.runtime == "triton" else self.scoring.runtime
+        if local == "openvino" and not self.model.device.startswith("cpu"):
             raise ValueError(
                 f'scoring.runtime "openvino" scores on the CPU, but model.device is {self.model.device!r}; '
                 'on a GPU use runtime "torch"'

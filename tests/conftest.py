@@ -25,7 +25,7 @@ from linewatch.pipeline.camera.synthetic import SyntheticProduct, SyntheticSampl
 torch.set_num_threads(1)
 
 # Throwaway PostgreSQL and Mosquitto servers on free loopback ports, never the machine's own.
-pytest_plugins = ["tests.services.postgres", "tests.services.mosquitto"]
+pytest_plugins = ["tests.services.postgres", "tests.services.mosquitto", "tests.services.scoring_server"]
 
 TRAINED_STEPS = 200
 PRODUCT = "metal plate"

@@ -118,6 +118,30 @@ def test_precision_must_fit_the_runtime(tmp_path: Path, runtime: str, precision:
         assert f"runtime '{runtime}' scores in" in _error(tmp_path, text)
 
 
+def test_triton_runtime_reads_its_section_and_checks_the_local_fallback(tmp_path: Path) -> None:
+    text = '[scoring]\nruntime = "triton"\n[triton]\nurl = "gpu-1:8001"\nfallback = "none"\ndeadline_ms = 500\n'
+    config = load_config(_config(tmp_path, text))
+    assert (config.scoring.runtime, config.triton.url, config.triton.fallback) == ("triton", "gpu-1:8001", "none")
+    assert config.triton.deadline_ms == 500 and config.triton.local_runtime == "torch"
+    refused = '[scoring]\nruntime = "triton"\nprecision = "int8"\n'
+    assert "[triton] local_runtime 'torch' scores in" in _error(tmp_path, refused)
+    openvino = load_config(_config(tmp_path, refused + '[triton]\nlocal_runtime = "openvino"\n'))
+    assert openvino.scoring.precision == "int8"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('cert_file = "c.pem"\nca_file = "ca.pem"\n', "cert_file and key_file go together"),
+        ('cert_file = "c.pem"\nkey_file = "k.pem"\n', "cert_file needs ca_file"),
+        ("hold_s = 40\n", "triton.hold_s"),
+        ('model = "a b"\n', "triton.model"),
+    ],
+)
+def test_triton_section_refuses_what_cannot_work(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in _error(tmp_path, f"[triton]\n{text}")
+
+
 def test_openvino_on_a_gpu_device_is_refused(tmp_path: Path) -> None:
     message = _error(tmp_path, '[model]\ndevice = "cuda"\n[scoring]\nruntime = "openvino"\n')
     assert "scores on the CPU" in message and "'cuda'" in message

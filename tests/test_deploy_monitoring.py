@@ -88,10 +88,11 @@ def names_in(expressions: list[str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def exposition() -> list[Any]:
-    """The metric families a daemon that has scored, opened an episode and retrained serves on /metrics."""
+    """The metric families a daemon that has scored (on a scoring server), opened an episode and retrained
+    serves on /metrics."""
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry, "l1")
-    registry.register(StateCollector(FakeComponents(), "l1"))
+    registry.register(StateCollector(FakeComponents(remote=True), "l1"))
     batch = [verdict("cam1", 1, VerdictLabel.NORMAL, 0.2, 99.9), verdict("cam1", 2, VerdictLabel.DEFECT, 0.9, 99.9)]
     opened = Event(
         "e1", EventType.NEW, 1, "cam1", "bracket", batch[1].frame_ts, 0.9, 0.5, VerdictLabel.DEFECT, "v1", "cam1-b-2"
@@ -101,6 +102,7 @@ def exposition() -> list[Any]:
     metrics.observe_retrain("accepted", 1_764_300_000.0)
     metrics.observe_retrain("failed", 1_764_400_000.0)
     metrics.observe_alert(0.4)
+    metrics.observe_remote(0.02)
     return list(text_string_to_metric_families(generate_latest(registry).decode()))
 
 

@@ -242,6 +242,7 @@ class ArtifactSummary:
     backbone: BackboneSpec
     input_size: int
     info: ArtifactInfo
+    settings: AnoPLeSettings  # fusion and blur: a remote scorer rebuilds maps with them
 
 
 def read_artifact(directory: Path) -> ArtifactSummary:
@@ -253,7 +254,11 @@ def read_artifact(directory: Path) -> ArtifactSummary:
     size = manifest["backbone"].get("input_size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ArtifactError(f"{directory / MANIFEST}: backbone.input_size must be a positive integer, got {size!r}")
-    return ArtifactSummary(list(products), spec, size, _info(manifest, products))
+    try:
+        settings = AnoPLeSettings.from_dict(manifest["settings"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise ArtifactError(f"{directory / MANIFEST}: malformed settings ({error})") from error
+    return ArtifactSummary(list(products), spec, size, _info(manifest, products), settings)
 
 
 def _info(manifest: dict[str, Any], products: dict[str, ProductRecord]) -> ArtifactInfo:

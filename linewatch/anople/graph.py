@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from linewatch.anople.model import GLOBAL_VIEW, AnoPLe, fuse
+from linewatch.anople.model import GLOBAL_VIEW, AnoPLe, fuse, fused_grid
 from linewatch.anople.prompts import encode_image, plain_patch_tokens
 
 NO_SHOT_LEFT_OUT = -1
@@ -64,7 +64,7 @@ class ScoringGraph(nn.Module):
         patches = self.grid * self.grid
         shots = [model.memory[product][self.memory_layers[0]].shape[0] // patches for product in model.products]
         self.max_shots = max(shots)
-        valid = torch.zeros(len(shots), self.max_shots)
+        valid = torch.zeros(len(shots), self.max_shots, device=model.device)
         for index, count in enumerate(shots):
             valid[index, :count] = 1.0
         self.register_buffer("shot_valid", valid)  # (P, K)
@@ -92,7 +92,8 @@ class ScoringGraph(nn.Module):
             result = result + ((1 - similarity.amax(dim=-1)) / 2) / len(self.memory_layers)
         return result
 
-    def forward(self, images: Tensor, product_ids: Tensor, left_out_shot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def terms(self, images: Tensor, product_ids: Tensor, left_out_shot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> global probability (B,), decoder map (B, g, g), memory map (B, g, g), what :func:`fuse` fuses."""
         batch = images.shape[0]
         view_ids = torch.full((batch,), GLOBAL_VIEW, dtype=torch.long, device=images.device)
         normalised = (images - self.mean) / self.std
@@ -107,13 +108,54 @@ class ScoringGraph(nn.Module):
         global_probability = global_logits.softmax(dim=-1)[:, 1]  # (B,)
         decoder_map, _ = self.decoder([tokens[i] for i in self.decoder_layers], text, self.tau)  # (B, N)
         memory_map = self._memory_map(tokens, product_ids, left_out_shot)  # (B, N)
-        image_score, pixel_map = fuse(
+        return (
             global_probability,
             decoder_map.view(batch, self.grid, self.grid),
             memory_map.view(batch, self.grid, self.grid),
+        )
+
+    def forward(self, images: Tensor, product_ids: Tensor, left_out_shot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        global_probability, decoder_map, memory_map = self.terms(images, product_ids, left_out_shot)
+        image_score, pixel_map = fuse(
+            global_probability,
+            decoder_map,
+            memory_map,
             self.fusion_scales[product_ids],
             self.spread,
             self.fusion,
             self.harmonic_eps,
         )  # (B,), (B, H, H)
         return image_score, global_probability, pixel_map
+
+
+class RemoteGraph(nn.Module):
+    """What a scoring server runs: images (B, S, S, 3) uint8, product_ids (B, 1) int64, left_out_shot (B, 1)
+    int64 -> image_score (B, 1), global_probability (B, 1), fused_grid (B, g, g), all float32.
+
+    The line PC sends the frames it already resized, as bytes (a quarter of float32), and gets back g * g + 2
+    numbers per frame (227 for ViT-B-16-plus-240, about 1 KB) instead of the S * S map: it rebuilds the map
+    with :func:`~linewatch.anople.model.pixel_map_from_grid`. Per-sample inputs carry a trailing axis of 1,
+    the shape Triton's batcher stacks requests along.
+    """
+
+    def __init__(self, graph: ScoringGraph) -> None:
+        super().__init__()
+        self.scoring = graph
+
+    def forward(self, images: Tensor, product_ids: Tensor, left_out_shot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pixels = images.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S) in [0, 1], as to_model_tensor
+        ids, left_out = product_ids[:, 0], left_out_shot[:, 0]  # (B,)
+        global_probability, decoder_map, memory_map = self.scoring.terms(pixels, ids, left_out)
+        image_score, _ = fuse(
+            global_probability,
+            decoder_map,
+            memory_map,
+            self.scoring.fusion_scales[ids],
+            self.scoring.spread,
+            self.scoring.fusion,
+            self.scoring.harmonic_eps,
+        )  # (B,)
+        grid = fused_grid(
+            decoder_map, memory_map, self.scoring.fusion_scales[ids], self.scoring.fusion, self.scoring.harmonic_eps
+        )  # (B, g, g)
+        return image_score[:, None], global_probability[:, None], grid

@@ -107,6 +107,22 @@ def fuse(
     return image / (1 + image), pixel / (1 + pixel)
 
 
+def fused_grid(decoder_map: Tensor, memory_map: Tensor, scales: Tensor, fusion: str, eps: float) -> Tensor:
+    """(B, g, g), (B, g, g), scales (B, 5) -> (B, g, g): the fused patch grid whose spread is :func:`fuse`'s
+    pixel map (before "scaled_mean"'s u / (1 + u)). Spreading is linear, so a remote scorer sends this grid,
+    g * g numbers, instead of the H * H map, and the line PC rebuilds the map with
+    :func:`pixel_map_from_grid`; the two orders of the same sums differ by float rounding only."""
+    if fusion == "harmonic":
+        return harmonic_mean(decoder_map, memory_map, eps)
+    return (decoder_map / scales[:, 3, None, None] + memory_map / scales[:, 4, None, None]) / 2
+
+
+def pixel_map_from_grid(grid: Tensor, spread: Tensor, fusion: str) -> Tensor:
+    """(B, g, g) fused grid of :func:`fused_grid`, spread (H, g) -> (B, H, H) pixel map as :func:`fuse`'s."""
+    pixel = _spread(spread, grid)
+    return pixel if fusion == "harmonic" else pixel / (1 + pixel)
+
+
 def upsample_matrix(grid: int, size: int) -> Tensor:
     """(size, grid) float64: linear upsampling (align_corners=False) along one axis, so ``U @ map @ U.T`` is
     the bilinear upsampling of a (g, g) map. Its backward is two matmuls, deterministic on CUDA, where

@@ -182,11 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
         sub.set_defaults(func=lazy("linewatch.cli.model", name))
     export_cmd = model_commands.add_parser(
-        "export", help="export a model to OpenVINO (fp32, bf16, int8), calibrated and parity-checked"
+        "export",
+        help="export a model to OpenVINO (fp32, bf16, int8) or into a Triton model repository, parity-checked",
     )
-    export_cmd.add_argument("model", type=Path, help="model directory; the export goes into its exports/ folder")
+    export_cmd.add_argument("model", type=Path, help="model directory; an OpenVINO export goes into its exports/")
+    export_cmd.add_argument(
+        "--format", default="openvino", choices=["openvino", "triton"], help="triton: into --repository (fp32)"
+    )
     export_cmd.add_argument("--runtime", default="openvino", choices=["openvino"])
-    export_cmd.add_argument("--precision", nargs="+", required=True, choices=["fp32", "bf16", "int8"])
+    export_cmd.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "int8"], help="--format openvino")
+    triton = export_cmd.add_argument_group("--format triton")
+    triton.add_argument("--repository", type=Path, help="the Triton model repository to write into")
+    triton.add_argument("--triton-model", help="the model's name in the repository (default linewatch)")
+    triton.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    triton.add_argument("--max-batch", type=positive_int, default=64, help="Triton's max_batch_size")
+    triton.add_argument("--instances", type=positive_int, default=1, help="model instances (per GPU for gpu)")
+    triton.add_argument(
+        "--instance-kind", choices=["cpu", "gpu"], help="default: gpu for onnxruntime, cpu for openvino"
+    )
+    triton.add_argument("--queue-delay-us", type=int, default=2000, help="how long the batcher waits to fill a batch")
     export_cmd.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR, help="where backbone weights live")
     export_cmd.add_argument("--weights", type=Path, help="explicit backbone .safetensors file instead of models/")
     export_cmd.set_defaults(func=lazy("linewatch.cli.model", "cmd_model_export"))
@@ -240,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--timeout", type=non_negative_float, default=600.0, help="give up after this many s")
     collect.add_argument("--config", type=Path, default=Path("config.toml"))
     collect.set_defaults(func=lazy("linewatch.cli.collect", "cmd_collect"))
+    serve = commands.add_parser(
+        "serve",
+        help="the scoring server for many lines (Triton through PyTriton; `linewatch serve --help` lists its options)",
+        add_help=False,
+    )
+    serve.add_argument("server_args", nargs=argparse.REMAINDER, help="passed to the server (--models, --device, ...)")
+    serve.set_defaults(func=lazy("linewatch.cli.serve", "cmd_serve"))
     add_operating_commands(commands)
     return parser
 
@@ -295,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # be set before any command touches CUDA. Training on CUDA asks for deterministic algorithms (anople.train);
     # a retrain child inherits it from the daemon. A CPU-only run never reads it.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # every option is the server's own, --help included: argparse would take some
+        argv = ["serve", "--", *argv[1:]]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse already printed the usage error; callers get the code

@@ -1,4 +1,4 @@
-"""Model work on the command line: ``train``, ``score``, ``eval`` and ``model pull|import|list|info``.
+"""Model work on the command line: ``train``, ``score``, ``eval`` and ``model pull|import|list|info|export``.
 
 Each ``cmd_*`` takes the parsed arguments and returns the exit code; :mod:`linewatch.cli.main` builds the
 parser and maps the errors named in ``USER_ERRORS`` there to exit code 2.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -184,11 +185,15 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 def cmd_model_export(args: argparse.Namespace) -> int:
     """Export, calibrate and parity-check at each precision; a refused precision ends the command (exit 2)
-    with the numbers, the precisions before it stay exported."""
+    with the numbers, the precisions before it stay exported. ``--format triton``: see :func:`_export_triton`."""
     from linewatch.anople.artifact import load_artifact
     from linewatch.model.export import export_dir, export_openvino
     from linewatch.model.weights import backbone_loader
 
+    if args.format == "triton":
+        return _export_triton(args)
+    if not args.precision:
+        raise ValueError("--format openvino needs --precision (fp32, bf16 or int8; several at once)")
     model, info = load_artifact(args.model, backbone_loader(args.models_dir, args.weights))
     announce_random(model.backbone_spec.is_random)
     for precision in args.precision:
@@ -200,6 +205,41 @@ def cmd_model_export(args: argparse.Namespace) -> int:
                 f"{info.products[product].calibration.threshold:.5f}), pixel threshold "
                 f"{calibration.pixel_threshold:.5f}, from {calibration.n_normals} {calibration.source}"
             )
+    return 0
+
+
+def _export_triton(args: argparse.Namespace) -> int:
+    """One model version into a Triton model repository, named by the registry's id (``NAME@HASH``) so a line
+    PC asks for it by the version it runs. The settings are checked before the model loads (seconds)."""
+    from linewatch.anople.artifact import load_artifact
+    from linewatch.model.remote_protocol import DEFAULT_MODEL_NAME
+    from linewatch.model.triton_repository import TritonSettings, export_triton
+    from linewatch.model.weights import backbone_loader
+    from linewatch.retrain.versions import model_version
+
+    if args.repository is None:
+        raise ValueError("--format triton needs --repository DIR, the model repository to write into")
+    if args.precision not in (None, ["fp32"]):
+        raise ValueError("a Triton export is fp32; --precision is for --format openvino")
+    settings = TritonSettings(
+        backend=args.backend,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        instance_kind=args.instance_kind,
+        queue_delay_us=args.queue_delay_us,
+    )
+    name = args.triton_model or DEFAULT_MODEL_NAME
+    model, info = load_artifact(args.model, backbone_loader(args.models_dir, args.weights))
+    announce_random(model.backbone_spec.is_random)
+    version = model_version(Path(os.path.abspath(args.model)))  # "models/nut/." is version nut too
+    result = export_triton(
+        args.model, model, info, version, args.repository, name, settings, log=lambda line: print(line, file=sys.stderr)
+    )
+    print(result.describe())
+    print(
+        f"serve it: tritonserver --model-repository {args.repository} --model-control-mode explicit "
+        f"--load-model {name}"
+    )
     return 0
 
 

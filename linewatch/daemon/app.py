@@ -38,6 +38,7 @@ from linewatch.daemon.outputs import Outputs
 from linewatch.daemon.parts import PartsDesk, PlantAdapter
 from linewatch.daemon.recipes import SELECTIONS_FILE, ProductSelections
 from linewatch.daemon.recording import JournalRecorder
+from linewatch.daemon.remote_scoring import RemoteScoring
 from linewatch.daemon.state import AppState
 from linewatch.daemon.web_mount import AppWeb, build_site
 from linewatch.model.preprocess import resize_rgb
@@ -120,6 +121,9 @@ class App(LineCommands):
         self._daemon_lock: int | None = None
         self.metrics_registry = CollectorRegistry()
         self.metrics = PipelineMetrics(self.metrics_registry, config.site.line, [c.name for c in config.cameras])
+        self.remote: RemoteScoring | None = None  # [scoring] runtime = "triton": the scoring server
+        if config.scoring.runtime == "triton":
+            self.remote = RemoteScoring(config, self.stop_event, self.metrics.observe_remote)
         self.state = AppState(self)
         self.metrics_registry.register(StateCollector(self.state, config.site.line))
         self.last_progress = self.clock.monotonic()  # of the last journaled batch: /healthz sees a stuck scorer
@@ -158,7 +162,7 @@ class App(LineCommands):
         # Only now the forwarders and the journal keeper: delivered and older than keep_days, a crashed run's
         # open episode (a line down for a week) would be pruned before its end was journaled.
         self.outputs.start()
-        scorer = self._load_scorer(self._active_path)
+        scorer = self._load_scorer(self._active_path, starting=True)
         # A later model of another input size resizes again in the scorer; nothing breaks, it costs time.
         self._input_size = scorer.input_size
         for camera in config.cameras:
@@ -260,11 +264,14 @@ class App(LineCommands):
             self.outputs.model_state(self.model_state())
 
     # ---- models: loading, retraining, rollback -------------------------------------------------------
-    def _load_scorer(self, path: Path) -> Scorer:
+    def _load_scorer(self, path: Path, starting: bool = False) -> Scorer:
         model, scoring = self.config.model, self.config.scoring
-        scorer = Scorer.from_artifact(
-            path, model.models_dir, model.device, scoring.precision, model.weights, scoring.runtime
-        )
+        if self.remote is not None:
+            scorer = self.remote.scorer(path, starting)
+        else:
+            scorer = Scorer.from_artifact(
+                path, model.models_dir, model.device, scoring.precision, model.weights, scoring.runtime
+            )
         scorer.set_threshold_overrides(dict(model.thresholds))
         if scorer.backbone_spec.is_random:
             log.warning("model %s runs on RANDOM backbone weights: a demo model, not for real parts", path)
@@ -430,6 +437,13 @@ class App(LineCommands):
         if self._on_progress is not None:
             self._on_progress()
 
+    def work_pending(self) -> bool:
+        """The watchdog's "frames wait to be scored": not while they wait for a scoring server that has no
+        local fallback (the scorer is retrying within its deadlines, not stuck; /healthz says why)."""
+        if self.batcher is None or self.batcher.pending() == 0:
+            return False
+        return not (self.remote is not None and self.worker is not None and self.remote.waiting(self.worker.scorer))
+
     def run_scorer(self) -> None:
         """Score on the calling thread until stopped and drained (see :meth:`start`)."""
         assert self.worker is not None, "start(scorer_thread=False) first"
@@ -457,7 +471,9 @@ class App(LineCommands):
                 size = self.config.scoring.batch_max_size
                 for start in range(0, len(leftover), size):
                     batch = Batch(tuple(leftover[start : start + size]), "drain")
-                    self._record(batch, *self.worker.score_batch(batch))
+                    scored = self.worker.score_or_give_up(batch)
+                    if scored is not None:
+                        self._record(batch, *scored)
             if self.journal is not None:
                 end_open_episodes(self.cameras.values(), self.journal)
                 self.parts.stop()
@@ -474,4 +490,6 @@ class App(LineCommands):
                     self.journal.close()
                 if self._daemon_lock is not None:
                     os.close(self._daemon_lock)
+                if self.remote is not None:
+                    self.remote.close()
         log.info("stopped")

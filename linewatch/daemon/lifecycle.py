@@ -196,7 +196,7 @@ def serve(config_path: Path, verbose: bool = False) -> int:
         app.start(scorer_thread=False)
         notifier.ready(f"inspecting {len(app.cameras)} camera(s), model {app.serving_version}")
         # A ping every WatchdogSec/2 unless frames wait and no batch was journaled since the last one.
-        notifier.start_watchdog(stop, lambda: app.batcher is not None and app.batcher.pending() > 0)
+        notifier.start_watchdog(stop, app.work_pending)
         control.start()
         app.run_scorer()  # returns once stopped and drained
     finally:

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from linewatch.pipeline.remote import RemoteStats
 from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
 
 LATENCY_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -61,6 +62,10 @@ METRIC_NAMES = (
     "linewatch_retrain_runs_total",
     "linewatch_retrain_last_success_timestamp_seconds",
     "linewatch_model_info",
+    "linewatch_remote_scoring_seconds",
+    "linewatch_remote_scoring_errors_total",
+    "linewatch_remote_fallback_batches_total",
+    "linewatch_scoring_server_up",
 )
 
 
@@ -127,6 +132,13 @@ class PipelineMetrics:
             ["line"],
             registry=registry,
         )
+        self.remote_seconds = Histogram(
+            "linewatch_remote_scoring_seconds",
+            "Round trip of one batch to the scoring server ([scoring] runtime triton)",
+            ["line"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
         self.model_info = Gauge(
             "linewatch_model_info", "The model in service (value 1)", ["line", "version", "backbone"], registry=registry
         )
@@ -157,6 +169,9 @@ class PipelineMetrics:
         for event in events:
             if event.type == EventType.NEW:
                 self.defect_events.labels(line, event.camera).inc()
+
+    def observe_remote(self, seconds: float) -> None:
+        self.remote_seconds.labels(self.line).observe(seconds)
 
     def observe_part(self, station: str, verdict: str, seconds: float | None) -> None:
         self.parts.labels(self.line, station, verdict).inc()
@@ -206,6 +221,8 @@ class Components(Protocol):
     def disk_free(self) -> dict[str, int]: ...  # volume ("journal", "evidence") -> free bytes
 
     def auth_attempts(self) -> dict[tuple[str, str], int]: ...  # (kind, outcome) -> refused token attempts
+
+    def remote_scoring(self) -> RemoteStats | None: ...  # None: scoring in this process
 
 
 class StateCollector(Collector):
@@ -305,6 +322,26 @@ class StateCollector(Collector):
             auth.add_metric([line, kind, outcome], count)
         yield auth
 
+        remote = parts.remote_scoring()
+        if remote is not None:
+            yield _gauge(
+                "linewatch_scoring_server_up", "1 while the scoring server answers", line, float(remote.reachable)
+            )
+            errors = CounterMetricFamily(
+                "linewatch_remote_scoring_errors",
+                "Remote scoring calls that gave no scores: unreachable (no answer in time) or refused",
+                labels=["line", "reason"],
+            )
+            for reason in ("unreachable", "refused"):
+                errors.add_metric([line, reason], remote.errors.get(reason, 0))
+            fallback = CounterMetricFamily(
+                "linewatch_remote_fallback_batches",
+                "Batches scored locally while the server was unreachable",
+                labels=["line"],
+            )
+            fallback.add_metric([line], remote.fallback_batches)
+            yield from (errors, fallback)
+
 
 def _gauge(name: str, documentation: str, line: str, value: float) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=["line"])
@@ -328,13 +365,14 @@ def health(
     journal_error: str | None = None,
     journal_dropped: tuple[bool, dict[str, int]] = (False, {}),
     extra: Callable[[], dict[str, Any]] | None = None,
+    scoring_server: str | None = None,
 ) -> Health:
     """The health verdict: unhealthy when an enabled camera delivers nothing, the broker (if configured) is
-    ``disconnected``, the store cannot be written, the journal cannot be read (``backlogs`` None) or written
-    (``journal_error``: a full disk), the keeper had to drop undelivered records (``journal_dropped``: dropping
-    now, totals by class), or the scorer stopped making progress. Disabled cameras are fine, and
-    so is a camera that has not reported yet (None: still opening after a start) and a broker still
-    ``connecting`` for the first time."""
+    ``disconnected``, the scoring server (``scoring_server``, runtime triton) is ``unreachable``, the store
+    cannot be written, the journal cannot be read (``backlogs`` None) or written (``journal_error``: a full
+    disk), the keeper had to drop undelivered records (``journal_dropped``: dropping now, totals by class), or
+    the scorer stopped making progress. Disabled cameras are fine, and so is a camera that has not reported
+    yet (None: still opening after a start) and a broker still ``connecting`` for the first time."""
     problems = [f"camera {name} is {status}" for name, status in sorted(cameras.items()) if status in _DOWN]
     if broker == "disconnected":
         problems.append("MQTT broker disconnected")
@@ -349,6 +387,8 @@ def health(
         problems.append("disk below the journal watermark: undelivered records dropped")
     if scoring_stalled:
         problems.append("scoring made no progress")
+    if scoring_server == "unreachable":
+        problems.append("scoring server unreachable")
     document = {
         "status": "unhealthy" if problems else "ok",
         "problems": problems,
@@ -359,6 +399,7 @@ def health(
         "journal": "ok" if journal_error is None else f"not writable: {journal_error}",
         "journal_dropped": dict(sorted(dropped.items())),
         "model_version": model_version,
+        **({"scoring_server": scoring_server} if scoring_server is not None else {}),
         **(extra() if extra is not None else {}),
     }
     return Health(not problems, document)

@@ -14,8 +14,10 @@ from linewatch.daemon.cameras import CameraRuntime
 from linewatch.daemon.metrics import Health, health
 from linewatch.daemon.outputs import Outputs
 from linewatch.daemon.recording import JournalRecorder
+from linewatch.daemon.remote_scoring import RemoteScoring
 from linewatch.pipeline.batcher import Batcher
 from linewatch.pipeline.journal.records import JournalError
+from linewatch.pipeline.remote import RemoteStats
 from linewatch.types import CameraStatus
 
 SCORING_STALL_S = 30.0  # cameras deliver, yet no batch was journaled for this long: /healthz says unhealthy
@@ -34,6 +36,7 @@ class RunningParts(Protocol):
     started_mono: float
     last_progress: float  # monotonic time of the last journaled batch
     retrain_news: dict[str, object] | None
+    remote: RemoteScoring | None  # [scoring] runtime = "triton"
 
     @property
     def serving_version(self) -> str: ...
@@ -97,6 +100,9 @@ class AppState:
         counts.update({(kind, "throttled"): count for kind, count in throttle.refused.items()})
         return counts
 
+    def remote_scoring(self) -> RemoteStats | None:
+        return self._app.remote.stats if self._app.remote is not None else None
+
     def health(self) -> Health:
         """The cameras, the broker, the store, the backlog, the model, and whether scoring makes progress."""
         app = self._app
@@ -120,10 +126,11 @@ class AppState:
             flowing and app.clock.monotonic() - app.last_progress > SCORING_STALL_S,
             app.recorder.error if app.recorder is not None else None,
             (app.outputs.keeper is not None and app.outputs.keeper.stats.dropping, self.journal_dropped()),
-            lambda: {
+            extra=lambda: {
                 "line": f"{app.config.site.site}/{app.config.site.line}",
                 "uptime_s": round(app.clock.monotonic() - app.started_mono, 1),
                 "frames": {name: stats.frames for name, (_status, stats) in self.camera_states().items()},
                 "retrain": app.retrain_news,
             },
+            scoring_server=app.remote.health() if app.remote is not None else None,
         )

@@ -365,6 +365,29 @@ def export_openvino(
     except openvino.OpenVinoError as error:
         raise ExportError(f"{directory}: {error}") from error
     exported = {s.product: score_set(compiled.run, s) for s in sets}
+    record = _gated_record(directory, info, sets, reference, exported, "openvino", precision, sha, _versions(precision))
+    log(record.parity.describe())
+    target = export_dir(directory, "openvino", precision)
+    try:
+        write_export(target, record, lambda staging: openvino.save(ov_model, staging / IR_FILE))
+    except OSError as error:
+        raise ExportError(f"{target}: cannot write the export ({error}); the model folder must be writable") from error
+    return record
+
+
+def _gated_record(
+    directory: Path,
+    info: ArtifactInfo,
+    sets: list[CalibrationSet],
+    reference: dict[str, _Scores],
+    exported: dict[str, _Scores],
+    runtime: str,
+    precision: str,
+    sha: str,
+    versions: dict[str, str],
+) -> ExportRecord:
+    """Each product's own calibration from ``exported``'s scores, and the parity gate against ``reference``
+    (PyTorch fp32): the record of a runtime that passed, ExportError naming the check for one that did not."""
     calibrations, shifts = {}, {}
     for s in sets:
         recorded = info.products[s.product].calibration
@@ -378,24 +401,40 @@ def export_openvino(
         {p: info.products[p].calibration.threshold for p in reference},
         {p: c.threshold for p, c in calibrations.items()},
     )
-    log(check.describe())
     if not check.passed:
         raise ExportError(f"{directory}: export refused, {check.describe()}")
-    record = ExportRecord(
-        runtime="openvino",
+    return ExportRecord(
+        runtime=runtime,
         precision=precision,
         artifact_sha256=sha,
         calibrations=calibrations,
         threshold_shifts=shifts,
         parity=check,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        versions=_versions(precision),
+        versions=versions,
     )
-    target = export_dir(directory, "openvino", precision)
+
+
+def calibrate_remote(directory: Path, model: AnoPLe, info: ArtifactInfo, run: Runner, precision: str) -> ExportRecord:
+    """Thresholds for a scoring server that scores ``directory``'s model at another precision than fp32:
+    the calibration inputs scored through ``run`` (the server) and by PyTorch fp32 here, calibrated and gated
+    as an OpenVINO export is, and kept in ``exports/triton-<precision>/export.json`` (no model files: the
+    server holds the model), so the next activation of the same files reuses them."""
+    graph = ScoringGraph(model.to("cpu").eval()).eval()
+    sets = calibration_sets(directory, model, info, graph)
+    reference_run = torch_runner(graph)
+    reference = {s.product: score_set(reference_run, s) for s in sets}
+    exported = {s.product: score_set(run, s) for s in sets}
+    versions = {"linewatch": __version__, "torch": torch.__version__}
+    sha = artifact_sha256(directory)
+    record = _gated_record(directory, info, sets, reference, exported, "triton", precision, sha, versions)
+    target = export_dir(directory, "triton", precision)
     try:
-        write_export(target, record, lambda staging: openvino.save(ov_model, staging / IR_FILE))
+        write_export(target, record, lambda _staging: None)
     except OSError as error:
-        raise ExportError(f"{target}: cannot write the export ({error}); the model folder must be writable") from error
+        raise ExportError(f"{target}: cannot write the thresholds ({error}); the model folder must be writable") from (
+            error
+        )
     return record
 
 

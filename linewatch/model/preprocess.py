@@ -27,7 +27,16 @@ def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
+def resize_batch(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """RGB uint8 images of any sizes -> (B, size, size, 3) uint8: what a scoring server is sent."""
+    return np.stack([resize_rgb(image, size) for image in images])
+
+
+def frames_to_tensor(frames: np.ndarray) -> Tensor:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32 in [0, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def to_model_tensor(images: Sequence[np.ndarray], size: int) -> Tensor:
     """RGB uint8 images of any sizes -> (B, 3, size, size) float32 in [0, 1]."""
-    batch = np.stack([resize_rgb(image, size) for image in images])  # (B, S, S, 3) uint8
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    return frames_to_tensor(resize_batch(images, size))

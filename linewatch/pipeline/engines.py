@@ -1,8 +1,10 @@
-"""Where a batch is scored: the PyTorch model in this process, or its exported OpenVINO graph.
+"""Where a batch is scored: the PyTorch model in this process, its exported OpenVINO graph, or a scoring
+server (:mod:`linewatch.pipeline.remote`).
 
-Both take the same (B, 3, S, S) batch in [0, 1] and give image scores, global probabilities and maps; each
-answers with the calibration that belongs to its scores. An OpenVINO engine never sees a threshold fitted
-on PyTorch fp32 scores: its export calibrated its own (:mod:`linewatch.model.export`).
+All take the same (B, S, S, 3) uint8 frames, already resized to the model's input, and give image scores,
+global probabilities and maps; each answers with the calibration that belongs to its scores. An OpenVINO
+engine never sees a threshold fitted on PyTorch fp32 scores: its export calibrated its own
+(:mod:`linewatch.model.export`).
 
 Policy when an exported model does not compile or load on this CPU: the error names the model and the
 CPU, and nothing falls back to PyTorch. At start the daemon refuses to run (a 4x slower scorer would
@@ -23,6 +25,7 @@ import torch
 from linewatch.anople.artifact import ArtifactInfo
 from linewatch.anople.calibrate import Calibration
 from linewatch.anople.model import AnoPLe
+from linewatch.model.preprocess import frames_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,8 @@ Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # image score (B,), global 
 class Engine(Protocol):
     runtime: str
     precision: str
-    device: torch.device  # where batches go before predict
 
-    def predict(self, batch: torch.Tensor, product_ids: torch.Tensor) -> Outputs: ...
+    def predict(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs: ...
 
     def calibration(self, product: str) -> Calibration: ...
 
@@ -71,7 +73,8 @@ class TorchEngine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def predict(self, batch: torch.Tensor, product_ids: torch.Tensor) -> Outputs:
+    def predict(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs:
+        batch = frames_to_tensor(frames).to(self.device, non_blocking=True)
         with self._autocast():
             prediction = self.model.predict(batch, product_ids)
         return (
@@ -88,7 +91,6 @@ class OpenVinoEngine:
     """An exported scoring graph compiled for this CPU, with the thresholds its export calibrated."""
 
     runtime = "openvino"
-    device = torch.device("cpu")
 
     def __init__(
         self, directory: Path, products: list[str], precision: str, models_dir: Path, weights: Path | None, threads: int
@@ -119,8 +121,8 @@ class OpenVinoEngine:
         if unknown:
             raise ValueError(f"{target}: the export has no thresholds for product(s) {unknown}; export again")
 
-    def predict(self, batch: torch.Tensor, product_ids: torch.Tensor) -> Outputs:
-        return self.compiled.run(batch.numpy(), product_ids.numpy())
+    def predict(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs:
+        return self.compiled.run(frames_to_tensor(frames).numpy(), product_ids.numpy())
 
     def calibration(self, product: str) -> Calibration:
         return self.record.calibrations[product]

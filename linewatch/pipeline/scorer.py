@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,10 +15,13 @@ from linewatch.anople.artifact import ArtifactInfo, load_artifact, read_artifact
 from linewatch.anople.backbone import BackboneSpec
 from linewatch.anople.model import AnoPLe
 from linewatch.clock import Clock
-from linewatch.model.preprocess import to_model_tensor
+from linewatch.model.preprocess import resize_batch
 from linewatch.model.weights import backbone_loader
 from linewatch.pipeline.engines import Engine, OpenVinoEngine, TorchEngine
+from linewatch.pipeline.remote import ScoringStopped
 from linewatch.types import Batch, Verdict, VerdictLabel
+
+log = logging.getLogger(__name__)
 
 DEFECT = "defect"
 NORMAL = "normal"
@@ -118,8 +122,7 @@ class Scorer:
         if not images:
             return []
         product_ids = torch.tensor([self.product_index(p) for p in products])
-        batch = to_model_tensor(images, self.input_size).to(self.engine.device, non_blocking=True)
-        scores, probabilities, maps = self.engine.predict(batch, product_ids)
+        scores, probabilities, maps = self.engine.predict(resize_batch(images, self.input_size), product_ids)
         results = []
         for index, product in enumerate(products):
             score = float(scores[index])
@@ -277,4 +280,15 @@ class ScoringWorker:
         ``next_batch`` keeps returning drain batches after stop until nothing is pending, then None.
         """
         while (batch := self._next_batch(self._stop)) is not None:
-            self._on_scored(batch, *self.score_batch(batch))
+            scored = self.score_or_give_up(batch)
+            if scored is not None:
+                self._on_scored(batch, *scored)
+
+    def score_or_give_up(self, batch: Batch) -> tuple[list[Verdict], list[np.ndarray]] | None:
+        """:meth:`score_batch`, or None when the daemon stops while a scoring server that has no local
+        fallback does not answer: those frames cannot be scored, and saying so beats hanging the stop."""
+        try:
+            return self.score_batch(batch)
+        except ScoringStopped as error:
+            log.error("%d frame(s) not scored: %s", len(batch.frames), error)
+            return None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from linewatch.anople.files import MANIFEST
+from linewatch.anople.files import MANIFEST, model_version
 
 ACTIVE_FILE = "active.json"
 LOCK_FILE = ".retrain.lock"
@@ -69,12 +68,6 @@ class VersionEntry:
     path: Path
     created_at: str  # from anople.json "created_at" ("" if missing or unreadable)
     active: bool
-
-
-def model_version(path: Path) -> str:
-    """Stable id of a trained model: its folder name and the first 10 hex digits of its manifest's sha256."""
-    digest = hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest()[:10]
-    return f"{path.name}@{digest}"
 
 
 def _abs(path: Path) -> Path:

@@ -3,13 +3,14 @@ bank rebuilt without that shot (leave-one-out calibration at the exported precis
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from linewatch.anople.backbone import Backbone
-from linewatch.anople.graph import NO_SHOT_LEFT_OUT, ScoringGraph
-from linewatch.anople.model import AnoPLe
+from linewatch.anople.graph import NO_SHOT_LEFT_OUT, RemoteGraph, ScoringGraph
+from linewatch.anople.model import AnoPLe, pixel_map_from_grid
 from linewatch.anople.settings import AnoPLeSettings
 from linewatch.model.preprocess import to_model_tensor
 from tests.conftest import PRODUCT
@@ -48,6 +49,29 @@ def test_graph_equals_predict_on_a_batch_of_mixed_products(
     torch.testing.assert_close(score, expected.image_score, rtol=0, atol=1e-6)
     torch.testing.assert_close(probability, expected.global_probability, rtol=0, atol=1e-6)
     torch.testing.assert_close(pixel_map, expected.pixel_map, rtol=0, atol=1e-6)
+
+
+def test_remote_graph_sends_a_grid_that_rebuilds_the_local_map(
+    two_products: AnoPLe, normal_images: list[np.ndarray], defect_images: list[np.ndarray]
+) -> None:
+    """What a scoring server answers (score, probability, g x g grid from uint8 frames) rebuilds, with the
+    line PC's own upsample+blur matrix, the map and scores that local scoring gives on the same frames."""
+    size = two_products.input_size
+    frames = [*normal_images[8:12], *defect_images[:4]]
+    ids = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    resized = np.stack([cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA) for frame in frames])
+    remote = RemoteGraph(ScoringGraph(two_products)).eval()
+    with torch.inference_mode():
+        expected = two_products.predict(to_model_tensor(list(resized), size), ids)
+        score, probability, grid = remote(
+            torch.from_numpy(resized), ids[:, None], torch.full((8, 1), NO_SHOT_LEFT_OUT)
+        )
+    assert score.shape == probability.shape == (8, 1)
+    assert grid.shape == (8, two_products.grid, two_products.grid) and grid.dtype == torch.float32
+    rebuilt = pixel_map_from_grid(grid, two_products._upsample_blur(size), two_products.settings.fusion)
+    torch.testing.assert_close(score[:, 0], expected.image_score, rtol=0, atol=1e-6)
+    torch.testing.assert_close(probability[:, 0], expected.global_probability, rtol=0, atol=1e-6)
+    torch.testing.assert_close(rebuilt, expected.pixel_map, rtol=0, atol=1e-6)
 
 
 def test_left_out_shot_equals_a_bank_without_it(trained_model: AnoPLe, normal_images: list[np.ndarray]) -> None:

@@ -20,6 +20,7 @@ from linewatch.config import load_config
 from linewatch.daemon.app import App
 from linewatch.daemon.metrics import METRIC_NAMES, PipelineMetrics, StateCollector, health
 from linewatch.pipeline.camera.reader import CameraStats
+from linewatch.pipeline.remote import RemoteStats
 from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
 from tests.daemon.test_app import daemon_model, mqtt_section, write_config
 from tests.services.mosquitto import MosquittoBroker, wait_until
@@ -96,6 +97,7 @@ def test_pipeline_metrics_count_what_a_batch_did() -> None:
 @dataclass
 class FakeComponents:
     connected: bool = True
+    remote: bool = False
 
     def camera_states(self) -> dict[str, tuple[CameraStatus, Any]]:
         return {
@@ -125,6 +127,9 @@ class FakeComponents:
     def auth_attempts(self) -> dict[tuple[str, str], int]:
         return {("bearer", "wrong"): 12, ("login", "throttled"): 3}
 
+    def remote_scoring(self) -> RemoteStats | None:
+        return RemoteStats(reachable=False, errors={"unreachable": 4}, fallback_batches=2) if self.remote else None
+
 
 def test_the_state_collector_reads_the_components_counters() -> None:
     registry = CollectorRegistry()
@@ -149,6 +154,30 @@ def test_the_state_collector_reads_the_components_counters() -> None:
     assert got[("linewatch_disk_free_bytes", (line, ("volume", "evidence")))] == 20_000
     assert got[("linewatch_http_auth_refused_total", (("kind", "bearer"), line, ("outcome", "wrong")))] == 12
     assert got[("linewatch_http_auth_refused_total", (("kind", "login"), line, ("outcome", "throttled")))] == 3
+    assert not any(name.startswith(("linewatch_remote", "linewatch_scoring_server")) for name, _ in got)
+
+
+def test_remote_scoring_counters_appear_with_a_scoring_server() -> None:
+    registry = CollectorRegistry()
+    registry.register(StateCollector(FakeComponents(remote=True), "l1"))
+    got = samples(registry)
+    line = ("line", "l1")
+    assert got[("linewatch_scoring_server_up", (line,))] == 0
+    assert got[("linewatch_remote_scoring_errors_total", (line, ("reason", "unreachable")))] == 4
+    assert got[("linewatch_remote_scoring_errors_total", (line, ("reason", "refused")))] == 0
+    assert got[("linewatch_remote_fallback_batches_total", (line,))] == 2
+
+
+def test_health_names_an_unreachable_scoring_server() -> None:
+    verdict = health(
+        {"cam1": CameraStatus.ONLINE}, "connected", True, {"db": 0}, "v1@abc", False, scoring_server="unreachable"
+    )
+    assert not verdict.healthy and verdict.document["problems"] == ["scoring server unreachable"]
+    assert verdict.document["scoring_server"] == "unreachable"
+    fine = health(
+        {"cam1": CameraStatus.ONLINE}, "connected", True, {"db": 0}, "v1@abc", False, scoring_server="reachable"
+    )
+    assert fine.healthy and fine.document["scoring_server"] == "reachable"
 
 
 @pytest.mark.parametrize(
@@ -243,7 +272,10 @@ port = {free_port()}
             for family in text_string_to_metric_families(text)
         }
         not_yet = {"linewatch_retrain_last_success_timestamp_seconds"}  # a gauge set by the first successful run
-        assert set(METRIC_NAMES) - not_yet <= exposed
+        remote = {name for name in METRIC_NAMES if "remote" in name or "scoring_server" in name}  # runtime triton
+        assert set(METRIC_NAMES) - not_yet - remote <= exposed
+        # This daemon scores in-process: no scoring server to count (the round-trip histogram is an empty family).
+        assert not (remote - {"linewatch_remote_scoring_seconds"}) & exposed
 
         def inspected(scrape: dict[Any, float]) -> float:
             return sum(v for (name, _), v in scrape.items() if name == "linewatch_inspections_total")

@@ -22,6 +22,7 @@ from linewatch.clock import FakeClock
 from linewatch.daemon.systemd import STATUS_MAX_CHARS, Notifier, notify, watchdog_interval
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "linewatch.service"
+SERVE_UNIT = UNIT.with_name("linewatch-serve.service")
 INSTALLED_BINARY = "/opt/linewatch/.venv/bin/linewatch"
 
 
@@ -366,6 +367,17 @@ def test_the_unit_file_verifies_cleanly(tmp_path: Path) -> None:
     broken.write_text(copy.read_text().replace("WatchdogSec=60", "WatchdogSecs=60"))
     result = verify(broken)
     assert "WatchdogSecs" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_scoring_server_unit_verifies_cleanly(tmp_path: Path) -> None:
+    """The GPU server's unit (linewatch serve), checked like the daemon's."""
+    text = SERVE_UNIT.read_text()
+    assert text.count(INSTALLED_BINARY) == 1 and f"{INSTALLED_BINARY} serve " in text
+    copy = tmp_path / "linewatch-serve.service"
+    copy.write_text(text.replace(INSTALLED_BINARY, sys.executable))
+    result = verify(copy)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 def test_the_unit_matches_the_example_config() -> None:
