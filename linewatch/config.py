@@ -162,6 +162,13 @@ class StoreSection(_Section):
     backup_dir: Path | None = None  # default <data_dir>/backups
     retry_min_s: Number = Field(0.5, gt=0.0, le=3600.0)  # store down: first wait before the next try
     retry_max_s: Number = Field(30.0, gt=0.0, le=3600.0)  # store down: longest wait between tries
+    # Retention (docs/operations.md): per-minute counts of every deleted inspection stay in inspection_minutes.
+    keep_normal_days: Number = Field(30.0, gt=0.0, le=36500.0)  # normal frames without label or evidence
+    keep_days: Number = Field(365.0, gt=0.0, le=36500.0)  # every other frame: defects, evidence, labelled ones
+    keep_rollup_days: Number = Field(3650.0, gt=0.0, le=36500.0)  # the per-minute counts
+    retention_interval_s: Number = Field(300.0, gt=0.0, le=86400.0)  # how often retention looks for old rows
+    retention_batch_rows: StrictInt = Field(500, ge=1, le=100_000)  # rows deleted per transaction
+    retention_pause_ms: Number = Field(50.0, ge=0.0, le=10_000.0)  # between batches: the forwarder writes then
 
     @model_validator(mode="after")
     def _check(self) -> StoreSection:
@@ -169,6 +176,11 @@ class StoreSection(_Section):
             raise ValueError(f"url must start with one of {', '.join(STORE_URL_SCHEMES)} (psycopg 3 drives PostgreSQL)")
         if self.retry_min_s > self.retry_max_s:
             raise ValueError("retry_min_s must not exceed retry_max_s")
+        if not self.keep_normal_days <= self.keep_days <= self.keep_rollup_days:
+            raise ValueError(
+                f"keep_normal_days ({self.keep_normal_days:g}) <= keep_days ({self.keep_days:g}) <= keep_rollup_days "
+                f"({self.keep_rollup_days:g}) must hold: the roll-ups summarise rows that are gone"
+            )
         return self
 
 
@@ -412,6 +424,12 @@ class Config(_Section):
     def _review_within_the_journal(self) -> Config:
         # A label is checked against the journal, which keeps records keep_days: the queue must not offer
         # items that can no longer be labelled.
+        # A label names its inspection by id for journal.keep_days: the row must still be there to take it.
+        if self.store.keep_normal_days < self.journal.keep_days:
+            raise ValueError(
+                f"store.keep_normal_days ({self.store.keep_normal_days:g}) must not be below journal.keep_days "
+                f"({self.journal.keep_days:g}): a label for a frame could arrive after its row is gone"
+            )
         if self.web.review_hours > self.journal.keep_days * 24:
             raise ValueError(
                 f"web.review_hours ({self.web.review_hours:g}) must not exceed journal.keep_days "

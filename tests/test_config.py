@@ -534,3 +534,26 @@ def test_part_id_pattern_is_a_folder_cameras_regular_expression(tmp_path: Path) 
     config = load_config(_config(tmp_path, folder + 'part_id_pattern = "^(?P<part>[^_]+)_"\n[[stations]]\nname = "g"\n'
                                              'cameras = ["f"]'))  # fmt: skip
     assert config.stations[0].cameras == ["f"] and config.cameras[0].parts
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[store]\nkeep_normal_days = 400\n", "keep_normal_days (400) <= keep_days (365) <= keep_rollup_days (3650)"),
+        ("[store]\nkeep_rollup_days = 100\n", "keep_normal_days (30) <= keep_days (365) <= keep_rollup_days (100)"),
+        ("[store]\nkeep_days = 0\n", "store.keep_days: Input should be greater than 0"),
+        ("[store]\nretention_batch_rows = 0\n", "store.retention_batch_rows: Input should be greater than or equal"),
+        (
+            "[journal]\nkeep_days = 20\n[store]\nkeep_normal_days = 10\n",
+            "store.keep_normal_days (10) must not be below journal.keep_days (20)",
+        ),
+    ],
+)
+def test_store_retention_settings_that_would_lose_data_are_refused(tmp_path: Path, text: str, fragment: str) -> None:
+    assert fragment in _error(tmp_path, text)
+
+
+def test_store_retention_defaults(tmp_path: Path) -> None:
+    store = load_config(_config(tmp_path, "")).store
+    assert (store.keep_normal_days, store.keep_days, store.keep_rollup_days) == (30, 365, 3650)
+    assert store.retention_batch_rows == 500 and store.retention_pause_ms == 50

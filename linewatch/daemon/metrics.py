@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from linewatch.pipeline.remote import RemoteStats
+from linewatch.sinks.store_retention import StoreRetentionStats
 from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
 
 LATENCY_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -66,6 +67,8 @@ METRIC_NAMES = (
     "linewatch_remote_scoring_errors_total",
     "linewatch_remote_fallback_batches_total",
     "linewatch_scoring_server_up",
+    "linewatch_store_rows_deleted_total",
+    "linewatch_store_retention_batch_seconds",
 )
 
 
@@ -224,6 +227,8 @@ class Components(Protocol):
 
     def remote_scoring(self) -> RemoteStats | None: ...  # None: scoring in this process
 
+    def store_retention(self) -> StoreRetentionStats | None: ...  # None: before the outputs start
+
 
 class StateCollector(Collector):
     """Reads the components' counters at scrape time (see the module docstring)."""
@@ -305,6 +310,25 @@ class StateCollector(Collector):
         for kind, count in sorted(parts.journal_dropped().items()):
             journal.add_metric([line, kind], count)
         yield journal
+
+        retention = parts.store_retention()
+        if retention is not None:
+            deleted = CounterMetricFamily(
+                "linewatch_store_rows_deleted",
+                "Rows store retention deleted (inspections rolled up per minute first), by kind: normal after "
+                "keep_normal_days, old after keep_days, rollup after keep_rollup_days",
+                labels=["line", "kind"],
+            )
+            for kind, count in sorted(retention.deleted.items()):
+                deleted.add_metric([line, kind], count)
+            yield deleted
+            batch = GaugeMetricFamily(
+                "linewatch_store_retention_batch_seconds",
+                "The longest delete transaction of the last retention pass: the store forwarder's longest wait",
+                labels=["line"],
+            )
+            batch.add_metric([line], retention.longest_batch_s)
+            yield batch
 
         disk = GaugeMetricFamily(
             "linewatch_disk_free_bytes", "Free bytes where linewatch writes", labels=["line", "volume"]

@@ -35,6 +35,7 @@ from linewatch.sinks.mqtt import InboundHandlers, MqttForwarder, MqttLink
 from linewatch.sinks.mqtt_discovery import home_assistant_discovery
 from linewatch.sinks.mqtt_stats import LineStats, report_every
 from linewatch.sinks.retention import RetentionSweeper, disk_free_bytes, disk_usage
+from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
 from linewatch.types import CameraStatus, EventType, Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -138,9 +139,11 @@ class Outputs:
         self._threads: list[threading.Thread] = []
         self._sweeper_thread: threading.Thread | None = None
         self._keeper_thread: threading.Thread | None = None
+        self._store_retention_thread: threading.Thread | None = None
         self._stats_thread: threading.Thread | None = None
         self.stats: LineStats | None = None  # P/stats counters, with MQTT on
         self.keeper: JournalKeeper | None = None
+        self.store_retention: StoreRetention | None = None
         self.sampler = EvidenceSampler(
             config.evidence.every_nth_normal, config.evidence.close_call_band, config.evidence.close_call_interval_s
         )
@@ -227,6 +230,13 @@ class Outputs:
             target=self.keeper.run, args=(self._sweeper_stop, config.journal.prune_interval_s), name="journal-keeper"
         )
         self._keeper_thread.start()
+        self.store_retention = StoreRetention(self.engine, self.clock, StoreRetentionPolicy.from_config(config.store))
+        self._store_retention_thread = threading.Thread(
+            target=self.store_retention.run,
+            args=(self._sweeper_stop, config.store.retention_interval_s),
+            name="store-retention",
+        )
+        self._store_retention_thread.start()
         http = config.http
         self.http = HttpServer(http.host, http.port, http.token, self._routes(), http.scrape_token, http.tls_files)
         self.http.start()
@@ -346,7 +356,7 @@ class Outputs:
         if self.evidence is not None:
             self.evidence.stop(timeout=30)
         self._sweeper_stop.set()
-        for thread in (self._sweeper_thread, self._keeper_thread, self._stats_thread):
+        for thread in (self._sweeper_thread, self._keeper_thread, self._store_retention_thread, self._stats_thread):
             if thread is not None:
                 thread.join(timeout=30)
 

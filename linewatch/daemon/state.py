@@ -18,6 +18,7 @@ from linewatch.daemon.remote_scoring import RemoteScoring
 from linewatch.pipeline.batcher import Batcher
 from linewatch.pipeline.journal.records import JournalError
 from linewatch.pipeline.remote import RemoteStats
+from linewatch.sinks.store_retention import StoreRetentionStats
 from linewatch.types import CameraStatus
 
 SCORING_STALL_S = 30.0  # cameras deliver, yet no batch was journaled for this long: /healthz says unhealthy
@@ -99,6 +100,10 @@ class AppState:
         counts = {(kind, "wrong"): count for kind, count in throttle.failures.items()}
         counts.update({(kind, "throttled"): count for kind, count in throttle.refused.items()})
         return counts
+
+    def store_retention(self) -> StoreRetentionStats | None:
+        retention = self._app.outputs.store_retention if self._app.outputs is not None else None
+        return None if retention is None else retention.stats
 
     def remote_scoring(self) -> RemoteStats | None:
         return self._app.remote.stats if self._app.remote is not None else None

@@ -282,3 +282,26 @@ class PartRecord(Base):
     model_version: Mapped[str | None]
     product: Mapped[str | None]
     inspections: Mapped[list[str]] = mapped_column(JSON)
+
+
+class InspectionMinute(Base):
+    """Per-minute counts of inspections that retention deleted (linewatch/sinks/store_retention.py), by
+    camera, product, scorer's verdict and model version: what is left of a frame once its row is gone.
+    Written in the transaction that deletes the rows, and additive: a minute whose normal frames went at
+    ``keep_normal_days`` and its other frames at ``keep_days`` adds both. Kept ``keep_rollup_days``."""
+
+    __tablename__ = "inspection_minutes"
+
+    minute: Mapped[datetime] = mapped_column(primary_key=True)  # UTC, seconds zero
+    camera: Mapped[str] = mapped_column(primary_key=True)
+    product: Mapped[str] = mapped_column(primary_key=True)
+    verdict: Mapped[str] = mapped_column(
+        CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"), primary_key=True
+    )
+    model_version: Mapped[str] = mapped_column(primary_key=True)
+    frames: Mapped[int] = mapped_column(BigInteger)
+    score_sum: Mapped[float] = mapped_column(Float)  # mean = score_sum / frames
+    score_max: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)  # the version's threshold for the product (one per key)
+    labelled_normal: Mapped[int] = mapped_column(BigInteger)  # frames an operator confirmed normal
+    labelled_defect: Mapped[int] = mapped_column(BigInteger)  # frames an operator confirmed defective

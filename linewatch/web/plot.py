@@ -8,9 +8,10 @@ override (a stylesheet rule beats a presentation attribute):
 - ``score-plot``: the <svg>; it has a viewBox and no pixel size, so it scales to its container's width.
 - ``grid``, ``axis``: gridlines and the two axis lines; ``ticks-x``, ``ticks-y``: groups of tick labels; ``tz``:
   the time-zone caption under the time axis.
-- ``pt-normal``, ``pt-defect``: groups of points by the scorer's verdict; ``lbl-normal``, ``lbl-defect`` added
-  to the groups of operator-labelled points, drawn bigger with a ring so that, for instance, a false alarm that
-  an operator confirmed normal (``pt-defect lbl-normal``) stands out.
+- ``pt-normal``, ``pt-defect``: groups of points by the scorer's verdict (``rolled`` added to the groups of
+  hollow squares: minutes whose frames store retention rolled up, at their highest score); ``lbl-normal``,
+  ``lbl-defect`` added to the groups of operator-labelled points, drawn bigger with a ring so that, for
+  instance, a false alarm that an operator confirmed normal (``pt-defect lbl-normal``) stands out.
 - ``thr`` plus ``thr-0`` .. ``thr-5``: one threshold step line per product (in the group ``thresholds``), colours
   cycling; ``legend``: the legend naming each product's line, drawn only when more than one product is plotted.
 - ``empty``: the text of the plot for no points.
@@ -89,6 +90,7 @@ def score_plot(points: Sequence[ScorePoint], tz: tzinfo, width: int = 960, heigh
         f'{_SVG_OPEN} viewBox="0 0 {width} {height + legend_height}" font-size="{_FONT_PX}"'
         f' aria-label="{escape(_summary(ordered, tz))}">',
         _grid(frame, [x(t) for t, _ in x_ticks], [y(v) for v, _ in y_axis.ticks]),
+        *(group for verdict in _VERDICTS for group in _rolled_group(ordered, verdict, x, y)),
         *_point_group(ordered, _POINT_GROUPS[0], x, y),
         _threshold_lines(ordered, products, x, y),
         *(group for key in _POINT_GROUPS[1:] for group in _point_group(ordered, key, x, y)),
@@ -218,7 +220,7 @@ def _point_group(
 ) -> list[str]:
     """The points with this verdict and label as one <g>: class and colours once per group, not per circle."""
     verdict, label = key
-    members = [p for p in ordered if p.verdict == verdict and p.label == label]
+    members = [p for p in ordered if p.verdict == verdict and p.label == label and not p.rolled]
     if not members:
         return []
     if label is None:
@@ -233,6 +235,21 @@ def _point_group(
         radius = "3.5"
     circles = "".join(f'<circle cx="{_n(x(p.ts))}" cy="{_n(y(p.score))}" r="{radius}"/>' for p in members)
     return [f"{head}{circles}</g>"]
+
+
+def _rolled_group(
+    ordered: Sequence[ScorePoint], verdict: str, x: Callable[[datetime], float], y: Callable[[float], float]
+) -> list[str]:
+    """Rolled-up minutes of this verdict as hollow squares under the frames: a minute's highest score, its
+    frames gone (store retention)."""
+    members = [p for p in ordered if p.rolled and p.verdict == verdict]
+    if not members:
+        return []
+    head = f'<g class="pt-{verdict} rolled" fill="none" stroke="{_POINT_FILL[verdict]}" stroke-width="1">'
+    squares = "".join(
+        f'<rect x="{_n(x(p.ts) - 2.5)}" y="{_n(y(p.score) - 2.5)}" width="5" height="5"/>' for p in members
+    )
+    return [f"{head}{squares}</g>"]
 
 
 def _threshold_class(index: int) -> str:
@@ -389,9 +406,12 @@ def _tz_name(tz: tzinfo, at: datetime) -> str:
 
 def _summary(ordered: Sequence[ScorePoint], tz: tzinfo) -> str:
     """The aria-label: what a screen reader says instead of the picture."""
-    count, defects = len(ordered), sum(p.verdict == "defect" for p in ordered)
+    frames = [p for p in ordered if not p.rolled]
+    count, defects = len(frames), sum(p.verdict == "defect" for p in frames)
+    rolled = len(ordered) - count
+    minutes = f", {rolled} rolled-up minute{'s' if rolled != 1 else ''}" if rolled else ""
     first, last = ordered[0].ts.astimezone(tz), ordered[-1].ts.astimezone(tz)
     return (
-        f"Score over time: {count} inspection{'s' if count != 1 else ''}, {defects} flagged defect, "
+        f"Score over time: {count} inspection{'s' if count != 1 else ''}, {defects} flagged defect{minutes}, "
         f"from {first:%Y-%m-%d %H:%M:%S} to {last:%Y-%m-%d %H:%M:%S} ({_tz_name(tz, first)})"
     )

@@ -47,11 +47,20 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, exists, func, or_, select, true
 
 from linewatch.sinks.db import masked, require_aware, require_one_of, translated
-from linewatch.sinks.db_schema import LABEL_TARGETS, VERDICTS, ActionRecord, DefectEvent, Inspection, LabelRecord
+from linewatch.sinks.db_schema import (
+    LABEL_TARGETS,
+    VERDICTS,
+    ActionRecord,
+    DefectEvent,
+    Inspection,
+    InspectionMinute,
+    LabelRecord,
+)
 from linewatch.web.rows import HistoryFilter, InspectionRow, ReviewItem, ScorePoint
 
 LABEL_FILTERS = ("normal", "defect", "unlabelled")
 
+_HALF_MINUTE = timedelta(seconds=30)  # a rolled-up minute is drawn at its middle
 _EVENT_COLUMNS = (
     DefectEvent.event_id,
     DefectEvent.camera,
@@ -223,7 +232,9 @@ def history_page(
 
 
 def score_series(engine: Engine, filter: HistoryFilter, limit: int = 2000) -> list[ScorePoint]:
-    """The newest ``limit`` inspections matching ``filter`` as plot points, oldest first."""
+    """The newest ``limit`` points matching ``filter``, oldest first: inspections, and the minutes whose frames
+    retention rolled up (their highest score, ``rolled``), so a long window still shows its old days. Roll-ups
+    have no labels or parts: a filter on those shows inspections only."""
     _check_limit(limit)
     query = (
         _matching(
@@ -240,8 +251,36 @@ def score_series(engine: Engine, filter: HistoryFilter, limit: int = 2000) -> li
     )
     with translated(masked(engine.url), "reading the score series"), engine.connect() as conn:
         points = [ScorePoint(*row) for row in conn.execute(query)]
+        if filter.label is None and filter.part_id is None:
+            minutes = _rolled_minutes(filter).order_by(InspectionMinute.minute.desc()).limit(limit)
+            points += [
+                ScorePoint(
+                    row.minute + _HALF_MINUTE, row.score_max, row.threshold, row.product, row.verdict, None, rolled=True
+                )
+                for row in conn.execute(minutes)
+            ]
+    points.sort(key=lambda point: point.ts, reverse=True)
+    del points[limit:]
     points.reverse()
     return points
+
+
+def _rolled_minutes(filter: HistoryFilter) -> Select[Any]:
+    """Roll-up rows matching the filter's camera, product, verdict and time (down the primary key: minute first)."""
+    table = InspectionMinute
+    conditions: list[ColumnElement[bool]] = [true()]
+    if filter.camera is not None:
+        conditions.append(table.camera == filter.camera)
+    if filter.product is not None:
+        conditions.append(table.product == filter.product)
+    if filter.verdict is not None:
+        conditions.append(table.verdict == filter.verdict)
+    if filter.since is not None:
+        conditions.append(table.minute >= require_aware("since", filter.since))
+    if filter.until is not None:
+        conditions.append(table.minute < require_aware("until", filter.until))
+    columns = table.minute, table.score_max, table.threshold, table.product, table.verdict
+    return select(*columns).where(and_(*conditions))
 
 
 def label_history(engine: Engine, target: str, target_id: str, limit: int = 20) -> list[dict[str, Any]]:

@@ -67,7 +67,7 @@ class HistoryFilter:
 
 @dataclass(frozen=True)
 class ScorePoint:
-    """One inspection on the score-over-time plot."""
+    """One inspection on the score-over-time plot, or one rolled-up minute (``rolled``)."""
 
     ts: datetime
     score: float
@@ -75,3 +75,4 @@ class ScorePoint:
     product: str
     verdict: str
     label: str | None
+    rolled: bool = False  # a minute of frames that retention rolled up: its highest score (the frames are gone)

@@ -21,6 +21,7 @@ from linewatch.daemon.app import App
 from linewatch.daemon.metrics import METRIC_NAMES, PipelineMetrics, StateCollector, health
 from linewatch.pipeline.camera.reader import CameraStats
 from linewatch.pipeline.remote import RemoteStats
+from linewatch.sinks.store_retention import StoreRetentionStats
 from linewatch.types import CameraStatus, Event, EventType, Verdict, VerdictLabel
 from tests.daemon.test_app import daemon_model, mqtt_section, write_config
 from tests.services.mosquitto import MosquittoBroker, wait_until
@@ -130,6 +131,9 @@ class FakeComponents:
     def remote_scoring(self) -> RemoteStats | None:
         return RemoteStats(reachable=False, errors={"unreachable": 4}, fallback_batches=2) if self.remote else None
 
+    def store_retention(self) -> StoreRetentionStats | None:
+        return StoreRetentionStats(deleted={"normal": 3000, "old": 20, "rollup": 0}, longest_batch_s=0.04)
+
 
 def test_the_state_collector_reads_the_components_counters() -> None:
     registry = CollectorRegistry()
@@ -151,6 +155,8 @@ def test_the_state_collector_reads_the_components_counters() -> None:
     assert got[("linewatch_evidence_dropped_total", (line, ("reason", "queue_full")))] == 9
     assert got[("linewatch_journal_dropped_total", (("kind", "normal_verdict"), line))] == 940
     assert got[("linewatch_journal_dropped_total", (("kind", "event"), line))] == 2
+    assert got[("linewatch_store_rows_deleted_total", (("kind", "normal"), line))] == 3000
+    assert got[("linewatch_store_retention_batch_seconds", (line,))] == 0.04
     assert got[("linewatch_disk_free_bytes", (line, ("volume", "evidence")))] == 20_000
     assert got[("linewatch_http_auth_refused_total", (("kind", "bearer"), line, ("outcome", "wrong")))] == 12
     assert got[("linewatch_http_auth_refused_total", (("kind", "login"), line, ("outcome", "throttled")))] == 3

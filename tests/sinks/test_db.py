@@ -23,6 +23,7 @@ from tests.services.postgres import PASSWORD, PostgresServer
 
 TABLES = {
     "inspections", "events", "labels", "model_versions", "retrain_runs", "alembic_version", "users", "actions", "parts",
+    "inspection_minutes",
 }  # fmt: skip
 NOW = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
 
@@ -41,10 +42,10 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(store_url: s
             "ix_inspections_frame_ts_unlabelled_snapshot",
             "ix_inspections_part_id",
         }
-        assert database_revision(engine) == head_revision() == "0006"
+        assert database_revision(engine) == head_revision() == "0007"
     finally:
         engine.dispose()
-    assert upgrade_database(store_url, backups) == UpgradeResult("0006", "0006", None)
+    assert upgrade_database(store_url, backups) == UpgradeResult("0007", "0007", None)
     assert not backups.exists()  # a new SQLite file and a no-op upgrade need no backup
 
 
@@ -87,7 +88,7 @@ def test_an_existing_sqlite_file_is_backed_up_before_upgrading(tmp_path: Path) -
 
     result = upgrade_database(f"sqlite:///{path}", backups, now=NOW)
 
-    assert result == UpgradeResult(None, "0006", backups / "linewatch-empty-20260302T080000Z.sqlite3")
+    assert result == UpgradeResult(None, "0007", backups / "linewatch-empty-20260302T080000Z.sqlite3")
     assert sorted(p.name for p in backups.iterdir()) == ["linewatch-empty-20260302T080000Z.sqlite3"]
     backup_engine = make_engine(f"sqlite:///{result.backup}")
     try:
@@ -129,7 +130,7 @@ def test_a_failed_migration_leaves_nothing_behind(store_url: str, tmp_path: Path
     try:
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE labels (something INTEGER)"))  # makes 0001 fail midway
-        with pytest.raises(DatabaseError, match=r"upgrading the schema from empty to 0006 failed"):
+        with pytest.raises(DatabaseError, match=r"upgrading the schema from empty to 0007 failed"):
             upgrade_database(store_url, tmp_path / "backups")
         assert set(inspect(engine).get_table_names()) == {"labels"}
         assert database_revision(engine) is None

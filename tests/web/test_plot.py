@@ -420,3 +420,18 @@ def test_rejects_points_that_would_mislead(bad: ScorePoint):
 def test_rejects_a_viewbox_too_small_to_draw_in():
     with pytest.raises(ValueError):
         score_plot([point(0, 0.3)], UTC, width=100)
+
+
+def test_rolled_up_minutes_are_hollow_squares_under_the_frames_and_counted_apart():
+    rolled = ScorePoint(START + timedelta(seconds=30), 0.45, 0.5, "plate", "normal", None, rolled=True)
+    markup = score_plot([rolled, point(120, 0.2), point(180, 0.8)], UTC)
+    root = parse(markup)
+
+    found = groups(root)
+    assert set(found) == {"pt-normal rolled", "pt-normal", "pt-defect"}
+    squares = list(found["pt-normal rolled"].iter(f"{SVG}rect"))
+    assert len(squares) == 1 and found["pt-normal rolled"].get("fill") == "none"
+    assert len(circles(found["pt-normal"])) == 1  # the rolled minute is not drawn as a frame too
+    order = [g.get("class") for g in root.iter(f"{SVG}g") if g.get("class", "").startswith("pt-")]
+    assert order[0] == "pt-normal rolled"  # drawn first: frames stay on top
+    assert "2 inspections, 1 flagged defect, 1 rolled-up minute" in (root.get("aria-label") or "")

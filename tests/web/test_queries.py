@@ -14,9 +14,11 @@ from alembic import command
 from sqlalchemy import Engine, event, insert, inspect, update
 
 from linewatch.cli.main import main
+from linewatch.clock import FakeClock
 from linewatch.sinks.db import DatabaseError, make_engine, write_transaction
 from linewatch.sinks.db_migrate import alembic_config, database_revision, upgrade_database
 from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, LabelRecord
+from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
 from linewatch.web.queries import (
     history_page,
     label_history,
@@ -360,8 +362,8 @@ def test_a_0001_store_with_rows_upgrades_to_the_partial_index_and_keeps_its_queu
 
         assert main(["db", "upgrade", "--config", str(config)]) == 0
 
-        assert "database upgraded from 0001 to 0006" in capsys.readouterr().out
-        assert database_revision(engine) == "0006"
+        assert "database upgraded from 0001 to 0007" in capsys.readouterr().out
+        assert database_revision(engine) == "0007"
         index = {index["name"]: index for index in inspect(engine).get_indexes("inspections")}[REVIEW_INDEX]
         assert index["column_names"] == ["frame_ts"] and not index["unique"]
         where = str(index["dialect_options"][f"{engine.dialect.name}_where"])
@@ -660,3 +662,31 @@ def test_a_review_page_and_its_count_come_from_one_snapshot(engine: Engine) -> N
         event.remove(engine, "after_cursor_execute", move_the_episode_on)
     assert ids(items) == ["after-update", "ev-open"] and waiting == len(items) == 2
     assert review_count(engine, at(0), HOUR, 0.1) == 1  # afterwards the update covers the frame
+
+
+def test_the_score_series_adds_the_minutes_retention_rolled_up(engine: Engine) -> None:
+    """After retention, a window still shows its old minutes (their highest score), not a gap."""
+    add_inspections(
+        engine,
+        [
+            {"id": "old-1", "frame_ts": at(0) + timedelta(seconds=5), "score": 0.2, "snapshot": None},
+            {"id": "old-2", "frame_ts": at(0) + timedelta(seconds=9), "score": 0.3, "snapshot": None},
+            {"id": "old-bolt", "frame_ts": at(1), "score": 0.1, "snapshot": None, "product": "bolt"},
+            {"id": "old-defect", "frame_ts": at(2), "score": 0.9, "verdict": "defect"},  # kept: keep_days
+            {"id": "recent", "frame_ts": at(60 * 24 * 40), "score": 0.25, "snapshot": None},
+        ],
+    )
+    policy = StoreRetentionPolicy(timedelta(days=30), timedelta(days=365), timedelta(days=3650), 100, 0.0)
+    StoreRetention(engine, FakeClock(at(60 * 24 * 41)), policy).sweep()
+
+    points = score_series(engine, HistoryFilter())
+    assert [(p.ts, p.score, p.product, p.rolled) for p in points] == [
+        (at(0) + timedelta(seconds=30), pytest.approx(0.3), "metal plate", True),
+        (at(1) + timedelta(seconds=30), pytest.approx(0.1), "bolt", True),
+        (at(2), 0.9, "metal plate", False),
+        (at(60 * 24 * 40), 0.25, "metal plate", False),
+    ]
+    assert [p.rolled for p in score_series(engine, HistoryFilter(product="bolt"))] == [True]
+    assert score_series(engine, HistoryFilter(until=at(1))) == points[:1]
+    assert not any(p.rolled for p in score_series(engine, HistoryFilter(label="unlabelled")))  # roll-ups have none
+    assert [p.rolled for p in score_series(engine, HistoryFilter(), limit=2)] == [False, False]  # the newest two
