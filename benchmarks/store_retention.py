@@ -25,10 +25,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, text
 
@@ -234,7 +235,42 @@ def run(args: argparse.Namespace, url: str, folder: Path) -> None:
     print(f"per line per day ({FRAMES_PER_DAY:,} frames): {day_before / 2**30:.2f} GiB as rows; after roll-up "
           f"{day_after / 2**20:.0f} MiB ({kept_share:.0%} kept as rows for keep_days, "
           f"{1440 * keys_per_minute:,.0f} minute rows)")  # fmt: skip
+    time_queries(engine, now)
     engine.dispose()
+
+
+def time_queries(engine: Engine, now: datetime, repeats: int = 7) -> None:
+    """Milliseconds (median and max of ``repeats``) of the History page's reads, and on PostgreSQL of each
+    analytics panel over the last 7 days and over everything, on the store as retention left it."""
+    sys.path.insert(0, str(REPO))
+    from linewatch.web.queries import history_page, score_series
+    from linewatch.web.rows import HistoryFilter
+    from tests.services.grafana import panel_queries, render
+
+    def timed(run: Callable[[], object]) -> str:
+        seconds = []
+        for _ in range(repeats):
+            began = time.monotonic()
+            run()
+            seconds.append(time.monotonic() - began)
+        return f"{1000 * statistics.median(seconds):7.1f} {1000 * max(seconds):7.1f}"
+
+    print(f"\n{'query (ms)':<58} {'median':>7} {'max':>7}")
+    everything, week = HistoryFilter(), HistoryFilter(camera="cam1", since=now - timedelta(days=7))
+    print(f"{'History: first page, no filter':<58} {timed(lambda: history_page(engine, everything))}")
+    print(f"{'History: plot, 2000 newest points, no filter':<58} {timed(lambda: score_series(engine, everything))}")
+    print(f"{'History: plot, camera cam1, last 7 days':<58} {timed(lambda: score_series(engine, week))}")
+    if engine.dialect.name != "postgresql":
+        return
+    for title, sql in panel_queries().items():
+        for label, since in (("7 d", now - timedelta(days=7)), ("all", now - timedelta(days=3650))):
+            rendered = text(render(sql, since, now))
+
+            def run(rendered: Any = rendered) -> None:
+                with engine.connect() as conn:
+                    conn.execute(rendered).all()
+
+            print(f"{('Grafana: ' + title)[:52]:<52} {label:>5} {timed(run)}")
 
 
 def main() -> int:
