@@ -103,6 +103,9 @@ class ScoringSection(_Section):
 LOCAL_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "openvino": ("fp32", "bf16", "int8")}
 
 
+WATCHDOG_BUDGET_S = 30.0  # deploy/systemd/linewatch.service: WatchdogSec=60, pinged every half of it
+
+
 class TritonSection(_Section):
     """A remote scoring server ([scoring] runtime = "triton"): linewatch serve or a stock Triton server."""
 
@@ -127,6 +130,13 @@ class TritonSection(_Section):
             raise ValueError("cert_file and key_file go together (mutual TLS)")
         if self.cert_file is not None and self.ca_file is None:
             raise ValueError("cert_file needs ca_file: mutual TLS runs over TLS")
+        # A batch that loses the server: its call, the hold, one more call, all within WatchdogSec / 2.
+        worst_s = 2 * self.deadline_ms / 1000 + self.hold_s
+        if worst_s > WATCHDOG_BUDGET_S:
+            raise ValueError(
+                f"2 x deadline_ms + hold_s is {worst_s:g} s: a batch could wait longer than the watchdog's "
+                f"{WATCHDOG_BUDGET_S:g} s for the server; shorten deadline_ms or hold_s"
+            )
         return self
 
 

@@ -136,6 +136,7 @@ def test_triton_runtime_reads_its_section_and_checks_the_local_fallback(tmp_path
         ('cert_file = "c.pem"\nkey_file = "k.pem"\n', "cert_file needs ca_file"),
         ("hold_s = 40\n", "triton.hold_s"),
         ('model = "a b"\n', "triton.model"),
+        ("deadline_ms = 10000\nhold_s = 15\n", "2 x deadline_ms + hold_s is 35 s: a batch could wait longer"),
     ],
 )
 def test_triton_section_refuses_what_cannot_work(tmp_path: Path, text: str, expected: str) -> None:

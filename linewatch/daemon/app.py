@@ -180,7 +180,8 @@ class App(LineCommands):
             self.clock,
             self.boot_id,
         )
-        self.worker.warm_up(config.scoring.batch_max_size)
+        if self.remote is None:  # a scoring server is warm already; one away with fallback "none" would block start
+            self.worker.warm_up(config.scoring.batch_max_size)
         self.last_progress = self.clock.monotonic()
         self.metrics.set_model(self.worker.model_version, scorer.backbone_spec.model_name, self._active_thresholds())
         self._start_retraining()

@@ -210,6 +210,10 @@ def render_config(name: str, settings: TritonSettings, input_size: int, grid: in
         "version_policy: { all { } }",
         "dynamic_batching {",
         f"  max_queue_delay_microseconds: {settings.queue_delay_us}",
+        "  default_queue_policy {",  # lines send their deadline as the request timeout: late requests are dropped
+        "    timeout_action: REJECT",
+        "    allow_timeout_override: true",
+        "  }",
         "}",
         "instance_group [",
         "  {",

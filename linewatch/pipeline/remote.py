@@ -64,10 +64,6 @@ class ScoringStopped(RuntimeError):
     """The daemon stops while a batch still waits for an unreachable server (fallback "none")."""
 
 
-def _read(path: Path | None) -> bytes | None:
-    return None if path is None else path.read_bytes()
-
-
 class TritonConnection:
     """One gRPC client to the server, with the deadlines and TLS of ``[triton]``; errors become
     :class:`RemoteScoringError`. tritonclient is imported here, so daemons that score locally never load it."""
@@ -172,6 +168,7 @@ class TritonConnection:
                 inputs,
                 model_version=number,
                 parameters={remote_protocol.VERSION_PARAMETER: version},
+                timeout=int((timeout or self._deadline()) * 1e6),  # queued past it: the server drops it (us)
                 client_timeout=timeout or self._deadline(),
             ),
         )
@@ -342,7 +339,8 @@ class FailoverEngine:
         self.stats = stats
         self._on_round_trip = on_round_trip
         self._monotonic = monotonic
-        self._next_try = 0.0
+        self._next_try = 0.0  # unreachable: the next try after this
+        self._skip_until = 0.0  # refused: score locally until this
         self._last: Engine = remote
 
     @property
@@ -362,18 +360,18 @@ class FailoverEngine:
     def calibration(self, product: str) -> Calibration:
         return self._last.calibration(product)
 
-    def _try_remote(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs | None:
+    def _try_remote(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs | RemoteScoringError:
+        """The server's scores, or the error that kept it from giving them. An answer the client cannot use
+        (a malformed reply, an export record that cannot be read) is a refusal, logged with its traceback."""
         started = self._monotonic()
         self.stats.calls += 1
         try:
             outputs = self.remote.predict(frames, product_ids)
         except RemoteScoringError as error:
-            reason = "unreachable" if error.unreachable else "refused"
-            self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
-            if self.stats.reachable or str(error) != self.stats.last_error:
-                log.warning("%s", error)
-            self.stats.last_error = str(error)
-            return None
+            return self._failed(error)
+        except Exception as error:  # the scores come from outside: a bad answer must not kill scoring
+            log.exception("scoring server %s: unusable answer", self.remote.connection.settings.url)
+            return self._failed(RemoteScoringError(f"unusable answer: {type(error).__name__}: {error}", False))
         self._on_round_trip(self._monotonic() - started)
         if not self.stats.reachable:
             log.info("scoring server %s answers again", self.remote.connection.settings.url)
@@ -382,24 +380,43 @@ class FailoverEngine:
         self._last = self.remote
         return outputs
 
+    def _failed(self, error: RemoteScoringError) -> RemoteScoringError:
+        reason = "unreachable" if error.unreachable else "refused"
+        self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
+        if self.stats.reachable or str(error) != self.stats.last_error:
+            log.warning("%s", error)
+        self.stats.last_error = str(error)
+        return error
+
     def predict(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs:
-        if self.stats.reachable or self._monotonic() >= self._next_try:
+        now = self._monotonic()
+        if now >= self._skip_until and (self.stats.reachable or now >= self._next_try):
             was_reachable = self.stats.reachable
-            outputs = self._try_remote(frames, product_ids)
-            if outputs is not None:
-                return outputs
+            outcome = self._try_remote(frames, product_ids)
+            if not isinstance(outcome, RemoteScoringError):
+                return outcome
+            if not outcome.unreachable and self.local is not None:
+                # The server answered and said no (a version it cannot load, an unusable reply): waiting does not
+                # help, and it is not down. Score here and ask again after retry_s.
+                self._skip_until = self._monotonic() + self.retry_s
+                return self._score_locally(frames, product_ids)
             self.stats.reachable = False
             # fallback "none": wait as long as it takes; "local": hold a while after the first failure only
             hold = float("inf") if self.local is None else (self.hold_s if was_reachable else 0.0)
             hold_until = self._monotonic() + hold
             while (remaining := hold_until - self._monotonic()) > 0:
                 if self.stop.wait(min(self.retry_s, remaining)):
+                    if self.local is not None:
+                        break  # stopping: score what waits here rather than drop it
                     raise ScoringStopped(f"stopped while the scoring server is unreachable ({self.stats.last_error})")
-                outputs = self._try_remote(frames, product_ids)
-                if outputs is not None:
-                    return outputs
+                outcome = self._try_remote(frames, product_ids)
+                if not isinstance(outcome, RemoteScoringError):
+                    return outcome
             self._next_try = self._monotonic() + self.retry_s
-        assert self.local is not None  # without a fallback the loop above only ends with scores
+        return self._score_locally(frames, product_ids)
+
+    def _score_locally(self, frames: np.ndarray, product_ids: torch.Tensor) -> Outputs:
+        assert self.local is not None  # without a fallback predict only ends with the server's scores
         self.stats.fallback_batches += 1
         self._last = self.local
         return self.local.predict(frames, product_ids)

@@ -53,7 +53,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=_port, default=8002, help="Triton's Prometheus metrics")
     p.add_argument("--max-batch", type=_positive, default=64, help="largest batch the dynamic batcher forms")
     p.add_argument("--queue-delay-us", type=int, default=1000, help="how long a request may wait for company")
-    p.add_argument("--max-loaded", type=_positive, default=8, help="model versions kept loaded (least recent go)")
+    p.add_argument(
+        "--max-loaded", type=_positive, default=32,
+        help="model versions kept loaded, the least recent go: at least one per line (about 1 GB each at ViT-B size)",
+    )  # fmt: skip
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: gRPC over TLS (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--preload", action="append", default=[], metavar="VERSION", help="load this version at start")

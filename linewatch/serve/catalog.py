@@ -2,7 +2,7 @@
 use, the least recently used dropped beyond a limit.
 
 Lines name the version they score with (``NAME@HASH``, the registry's id); the server looks for a folder
-``NAME`` at most two levels below its models folder (``models/<line>/<NAME>``, the registry layout, or
+``NAME`` at most three levels below its models folder (``models/<line>/<NAME>``, the registry layout, or
 ``models/<NAME>``) whose manifest hashes to ``HASH``. A folder of that name with another hash holds a
 different model and is refused, never served under the wrong id. Folders get there by copying a line's
 ``models/<line>`` (rsync) or by sharing it; backbones are looked up in ``models/backbones`` as on a line PC.
@@ -73,8 +73,8 @@ def find_version(root: Path, version: str) -> Path:
 
 
 class VersionCatalog:
-    """Loaded versions on one device at one precision. Thread-safe: loads are serialised, so two requests
-    for a new version load it once."""
+    """Loaded versions on one device at one precision, the least recently used dropped beyond ``max_loaded``.
+    Thread-safe (see :meth:`get`)."""
 
     def __init__(self, root: Path, device: str, precision: str, max_loaded: int, weights: Path | None = None) -> None:
         if precision not in TORCH_DTYPES:
@@ -91,6 +91,7 @@ class VersionCatalog:
         self.max_loaded = max_loaded
         self._load_backbone = backbone_loader(root, weights)
         self._loaded: OrderedDict[str, LoadedVersion] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}  # versions being loaded, each by one thread
         self._lock = threading.Lock()
 
     def loaded(self) -> list[str]:
@@ -98,17 +99,38 @@ class VersionCatalog:
             return list(self._loaded)
 
     def get(self, version: str) -> LoadedVersion:
+        """The loaded version, loading it first if need be. A load (seconds for a full-size model) holds only
+        that version's lock: the other lines' versions keep scoring meanwhile, and two requests for the same
+        new version load it once."""
         with self._lock:
-            found = self._loaded.get(version)
+            found = self._cached(version)
             if found is not None:
-                self._loaded.move_to_end(version)
                 return found
-            loaded = self._load(version)
-            self._loaded[version] = loaded
-            while len(self._loaded) > self.max_loaded:
-                dropped, _ = self._loaded.popitem(last=False)
-                log.info("dropped model %s (more than %d loaded)", dropped, self.max_loaded)
+            loading = self._loading.setdefault(version, threading.Lock())
+        with loading:
+            with self._lock:
+                found = self._cached(version)
+            if found is not None:
+                return found
+            try:
+                loaded = self._load(version)
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(version, None)
+                raise
+            with self._lock:  # cached before its lock goes: a request arriving now finds it, never loads again
+                self._loaded[version] = loaded
+                self._loading.pop(version, None)
+                while len(self._loaded) > self.max_loaded:
+                    dropped, _ = self._loaded.popitem(last=False)
+                    log.info("dropped model %s (more than %d loaded)", dropped, self.max_loaded)
             return loaded
+
+    def _cached(self, version: str) -> LoadedVersion | None:
+        found = self._loaded.get(version)
+        if found is not None:
+            self._loaded.move_to_end(version)
+        return found
 
     def _load(self, version: str) -> LoadedVersion:
         path = find_version(self.root, version)

@@ -122,7 +122,7 @@ def serve(settings: ServerSettings) -> None:
     """Start tritonserver with both models bound and block until it stops (SIGINT or SIGTERM)."""
     import signal
 
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import Triton, TritonConfig
 
     catalog = VersionCatalog(
@@ -160,7 +160,12 @@ def serve(settings: ServerSettings) -> None:
     ]
     batching = ModelConfig(
         max_batch_size=settings.max_batch,
-        batcher=DynamicBatcher(max_queue_delay_microseconds=settings.queue_delay_us),
+        batcher=DynamicBatcher(
+            max_queue_delay_microseconds=settings.queue_delay_us,
+            # A line gives up after its deadline and sends the request again: one that waited that long in the
+            # queue is rejected rather than scored for nobody (lines send their deadline as the timeout).
+            default_queue_policy=QueuePolicy(timeout_action=TimeoutAction.REJECT, allow_timeout_override=True),
+        ),
     )
     with Triton(config=config) as triton:
         triton.bind(settings.model_name, models.score, score_inputs, score_outputs, config=batching)

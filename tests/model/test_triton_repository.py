@@ -118,7 +118,12 @@ def test_the_repository_holds_a_config_triton_reads_and_version_1(
     config = parse_config(text)
     assert config["name"] == [DEFAULT_MODEL_NAME] and config["backend"] == ["onnxruntime"]
     assert config["max_batch_size"] == [64] and config["version_policy"] == [{"all": [{}]}]
-    assert config["dynamic_batching"] == [{"max_queue_delay_microseconds": [2000]}]
+    assert config["dynamic_batching"] == [
+        {
+            "max_queue_delay_microseconds": [2000],
+            "default_queue_policy": [{"timeout_action": ["REJECT"], "allow_timeout_override": ["true"]}],
+        }
+    ]
     assert config["instance_group"] == [{"count": [1], "kind": ["KIND_GPU"]}]
     assert {t["name"][0]: (t["data_type"][0], t["dims"]) for t in config["input"]} == {
         "images": ("TYPE_UINT8", [size, size, 3]),

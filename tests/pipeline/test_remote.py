@@ -145,6 +145,45 @@ def test_without_a_fallback_a_batch_waits_until_the_daemon_stops(artifact: Path,
     assert engine.waiting and engine.stats.calls >= 3 and engine.stats.fallback_batches == 0
 
 
+def test_a_stop_during_the_hold_scores_the_batch_locally_rather_than_dropping_it(
+    artifact: Path, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    local = Scorer.from_artifact(artifact, tmp_path)
+    scorer = _remote_scorer(f"127.0.0.1:{free_port()}", artifact, local, hold_s=10.0, retry_s=0.1, deadline_ms=100.0)
+    engine = scorer.engine
+    assert isinstance(engine, FailoverEngine)
+    engine.stats.reachable = True  # the server was up: the first failure holds up to hold_s
+    threading.Timer(0.4, engine.stop.set).start()
+    started = time.monotonic()
+    results = scorer.score(frames[:2], ["plate", "plate"])
+    assert time.monotonic() - started < 5.0  # the stop ended the hold
+    assert [r.score for r in results] == [r.score for r in local.score(frames[:2], ["plate", "plate"])]
+    assert engine.stats.fallback_batches == 1
+
+
+def test_a_refusal_goes_to_the_fallback_at_once_and_the_server_stays_up(
+    scoring_server: ScoringServer, tiny_backbone: Backbone, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A version the server cannot load is no outage: no hold, no "unreachable", asked again after retry_s."""
+    rng = np.random.default_rng(6)
+    images = [SyntheticProduct(style_seed=9, width=96, height=80).normal(rng).image for _ in range(4)]
+    never_copied = quick_artifact(tmp_path / "line" / "not-there", tiny_backbone, images, "plate", 2, 0.2)
+    local = Scorer.from_artifact(never_copied, tmp_path / "local")
+    scorer = _remote_scorer(scoring_server.url, never_copied, local, hold_s=10.0, retry_s=0.5)
+    engine = scorer.engine
+    assert isinstance(engine, FailoverEngine)
+    engine.stats.reachable = True
+    started = time.monotonic()
+    scorer.score(frames[:1], ["plate"])
+    scorer.score(frames[:1], ["plate"])
+    assert time.monotonic() - started < 5.0  # no hold_s
+    assert engine.stats.reachable and engine.stats.errors == {"refused": 1}  # the second batch did not ask
+    assert engine.stats.fallback_batches == 2 and scorer.runtime == "torch"
+    time.sleep(0.55)
+    scorer.score(frames[:1], ["plate"])
+    assert engine.stats.errors == {"refused": 2}
+
+
 def test_a_bf16_server_gets_thresholds_calibrated_on_its_own_scores_once(
     own_scoring_server: ScoringServer, exportable_artifact: Path, artifact: Path, tmp_path: Path
 ) -> None:
