@@ -316,7 +316,7 @@ class StateCollector(Collector):
             deleted = CounterMetricFamily(
                 "linewatch_store_rows_deleted",
                 "Rows store retention deleted (inspections rolled up per minute first), by kind: normal after "
-                "keep_normal_days, old after keep_days, rollup after keep_rollup_days",
+                "keep_normal_days, old and parts after keep_days, rollup after keep_rollup_days",
                 labels=["line", "kind"],
             )
             for kind, count in sorted(retention.deleted.items()):

@@ -8,6 +8,8 @@ age, in two classes:
 - everything else (defects, close calls and every frame with evidence, labelled frames: what an operator
   may want to look at again, and retraining's material) after ``keep_days``.
 
+Part verdicts (``parts``) go after ``keep_days`` too.
+
 Before a row goes, it is counted into ``inspection_minutes`` (per minute, camera, product, verdict and
 model version: frames, score sum and maximum, the threshold, labels) in the same transaction that deletes it, so the
 counts are exact whatever crashes when: a batch is either deleted and counted, or neither. The History
@@ -42,7 +44,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from linewatch.clock import Clock
 from linewatch.config import StoreSection
 from linewatch.sinks.db import DatabaseError, masked, translated, write_transaction
-from linewatch.sinks.db_schema import Inspection, InspectionMinute
+from linewatch.sinks.db_schema import Inspection, InspectionMinute, PartRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class StoreRetentionPolicy:
 
 @dataclass
 class StoreRetentionStats:
-    deleted: dict[str, int] = field(default_factory=lambda: {"normal": 0, "old": 0, "rollup": 0})
+    deleted: dict[str, int] = field(default_factory=lambda: {"normal": 0, "old": 0, "parts": 0, "rollup": 0})
     passes: int = 0
     failures: int = 0
     longest_batch_s: float = 0.0  # the longest delete transaction of the last pass
@@ -82,6 +84,7 @@ class StoreRetentionStats:
 class SweepResult:
     normal: int  # plain normals deleted (rolled up)
     old: int  # other inspections deleted after keep_days (rolled up)
+    parts: int  # part verdicts deleted after keep_days
     rollups: int  # roll-up rows deleted after keep_rollups
     longest_batch_s: float
 
@@ -161,11 +164,11 @@ class StoreRetention:
         while not stop.is_set():
             try:
                 result = self.sweep(stop)
-                if result.normal or result.old or result.rollups:
+                if result.normal or result.old or result.parts or result.rollups:
                     log.info(
                         "store retention: deleted %d plain normal and %d other inspection(s) (rolled up per "
-                        "minute), %d roll-up row(s); longest batch %.0f ms",
-                        result.normal, result.old, result.rollups, 1000 * result.longest_batch_s,
+                        "minute), %d part verdict(s), %d roll-up row(s); longest batch %.0f ms",
+                        result.normal, result.old, result.parts, result.rollups, 1000 * result.longest_batch_s,
                     )  # fmt: skip
             except DatabaseError as problem:
                 self.stats.failures += 1
@@ -182,9 +185,10 @@ class StoreRetention:
         self.stats.longest_batch_s = 0.0
         old = self._delete_rolled(now - self.policy.keep, true(), None, stop)
         normal = self._delete_rolled(now - self.policy.keep_normal, plain_normal(), "normal", stop)
+        parts = self._delete_parts(now - self.policy.keep, stop)
         rollups = self._delete_rollups(now - self.policy.keep_rollups, stop)
         self.stats.passes += 1
-        return SweepResult(normal, old, rollups, self.stats.longest_batch_s)
+        return SweepResult(normal, old, parts, rollups, self.stats.longest_batch_s)
 
     def _delete_rolled(
         self, cutoff: datetime, condition: ColumnElement[bool], walk: str | None, stop: threading.Event
@@ -243,6 +247,28 @@ class StoreRetention:
                 "labelled_defect": table.c.labelled_defect + added.labelled_defect,
             },
         )
+
+    def _delete_parts(self, cutoff: datetime, stop: threading.Event) -> int:
+        """Part verdicts older than ``keep_days``, oldest first (``ix_parts_at``), in bounded batches. Their
+        frames go with the inspections' own retention; the per-minute counts keep the frames' verdicts."""
+        total = 0
+        while not stop.is_set():
+            candidates = (
+                select(PartRecord.result_id).where(PartRecord.at < cutoff).order_by(PartRecord.at)
+            ).limit(self.policy.batch_rows)
+            with translated(self._where, "reading old part verdicts"), self._engine.connect() as conn:
+                ids = list(conn.scalars(candidates))
+            if not ids:
+                return total
+            started = time.monotonic()
+            with translated(self._where, "deleting old part verdicts"), write_transaction(self._engine) as conn:
+                count = conn.execute(delete(PartRecord).where(PartRecord.result_id.in_(ids))).rowcount
+            self.stats.longest_batch_s = max(self.stats.longest_batch_s, time.monotonic() - started)
+            self.stats.deleted["parts"] += count
+            total += count
+            if len(ids) < self.policy.batch_rows or stop.wait(self.policy.pause_s):
+                return total
+        return total
 
     def _delete_rollups(self, cutoff: datetime, stop: threading.Event) -> int:
         total = 0

@@ -132,7 +132,7 @@ class FakeComponents:
         return RemoteStats(reachable=False, errors={"unreachable": 4}, fallback_batches=2) if self.remote else None
 
     def store_retention(self) -> StoreRetentionStats | None:
-        return StoreRetentionStats(deleted={"normal": 3000, "old": 20, "rollup": 0}, longest_batch_s=0.04)
+        return StoreRetentionStats(deleted={"normal": 3000, "old": 20, "parts": 5, "rollup": 0}, longest_batch_s=0.04)
 
 
 def test_the_state_collector_reads_the_components_counters() -> None:

@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 
 from linewatch.clock import FakeClock
 from linewatch.sinks.db import make_engine
 from linewatch.sinks.db_migrate import upgrade_database
-from linewatch.sinks.db_schema import Inspection, InspectionMinute
+from linewatch.sinks.db_schema import Inspection, InspectionMinute, PartRecord
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
 from tests.store_rows import insert_inspections, inspection_row
 
@@ -75,14 +75,14 @@ def test_plain_normals_go_after_keep_normal_days_and_the_rest_after_keep_days(en
 
     assert _ids(engine) == {"plain-recent", "evidence-old", "defect-old", "labelled-old"}
     assert (result.normal, result.old, result.rollups) == (1, 2, 0)
-    assert retention.stats.deleted == {"normal": 1, "old": 2, "rollup": 0}
+    assert retention.stats.deleted == {"normal": 1, "old": 2, "parts": 0, "rollup": 0}
     rolled = {(row.minute, row.verdict): (row.frames, row.score_max) for row in _rollups(engine)}
     assert rolled == {
         (ancient.replace(second=0), "normal"): (1, 0.1),
         (ancient.replace(second=0), "defect"): (1, 0.8),
         (old.replace(second=0), "normal"): (1, 0.1),
     }
-    assert retention.sweep() == type(result)(0, 0, 0, retention.stats.longest_batch_s)  # nothing left to do
+    assert retention.sweep() == type(result)(0, 0, 0, 0, retention.stats.longest_batch_s)  # nothing left to do
 
 
 def test_nothing_is_lost_rows_left_plus_rolled_up_frames_are_what_was_written(engine: Engine) -> None:
@@ -195,3 +195,20 @@ def test_retention_runs_in_the_daemon_thread_and_reports_failures(tmp_path: Path
     engine.dispose()
     assert retention.stats.failures == 2
     assert "inspections" in (retention.stats.last_error or "")
+
+
+def test_part_verdicts_go_after_keep_days_in_batches(engine: Engine) -> None:
+    def part(result_id: str, at: datetime) -> dict[str, object]:
+        return {"result_id": result_id, "station": "s1", "part_id": result_id, "verdict": "OK", "score": 0.2,
+                "reason": "", "at": at, "model_version": "v1", "product": "plate", "inspections": []}  # fmt: skip
+
+    rows = [part(f"old-{i}", NOW - timedelta(days=400, minutes=i)) for i in range(7)]
+    rows.append(part("recent", NOW - timedelta(days=364)))
+    with engine.begin() as conn:
+        conn.execute(insert(PartRecord), rows)
+    retention = StoreRetention(engine, FakeClock(NOW), replace(POLICY, batch_rows=3))
+
+    assert retention.sweep().parts == 7
+    with engine.connect() as conn:
+        assert list(conn.scalars(select(PartRecord.result_id))) == ["recent"]
+    assert retention.stats.deleted["parts"] == 7
