@@ -73,6 +73,7 @@ class TritonConnection:
 
         self._grpc = grpcclient
         self.settings = settings
+        self._max_batch: int | None = None  # the model's max_batch_size, asked at the first score
         self.client = grpcclient.InferenceServerClient(
             settings.url,
             ssl=settings.ca_file is not None,
@@ -87,6 +88,7 @@ class TritonConnection:
         try:
             return call()
         except InferenceServerException as error:
+            self._max_batch = None  # asked again: a server that failed may come back configured otherwise
             status = str(error.status() or "")
             unreachable = any(code in status for code in _UNREACHABLE) or not status
             raise RemoteScoringError(
@@ -138,6 +140,17 @@ class TritonConnection:
             f"load {self.settings.model}", lambda: self.client.load_model(self.settings.model, client_timeout=timeout)
         )
 
+    def max_batch(self, timeout: float) -> int:
+        """The most frames the model takes in one request (its config's max_batch_size; 0: no limit known),
+        asked once per connection and again after a failed call (the server may have restarted)."""
+        if self._max_batch is None:
+            config = self._call(
+                f"model config of {self.settings.model}",
+                lambda: self.client.get_model_config(self.settings.model, as_json=True, client_timeout=timeout),
+            )
+            self._max_batch = int(config.get("config", {}).get("max_batch_size", 0) or 0)
+        return self._max_batch
+
     def score(
         self,
         frames: np.ndarray,
@@ -148,7 +161,22 @@ class TritonConnection:
         timeout: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, S, S, 3) uint8 frames, (B,) product ids, (B,) shots to leave out (calibration only) -> the
-        server's image scores (B, 1), global probabilities (B, 1) and fused grids (B, g, g)."""
+        server's image scores (B, 1), global probabilities (B, 1) and fused grids (B, g, g). A batch larger
+        than the server's max batch goes in several requests, each with its own deadline."""
+        limit = self.max_batch(timeout or self._deadline())
+        if 0 < limit < frames.shape[0]:
+            pieces = [
+                self.score(
+                    frames[start : start + limit],
+                    ids[start : start + limit],
+                    version,
+                    number,
+                    None if left_out is None else left_out[start : start + limit],
+                    timeout,
+                )
+                for start in range(0, frames.shape[0], limit)
+            ]
+            return tuple(np.concatenate(outputs, axis=0) for outputs in zip(*pieces, strict=True))  # type: ignore[return-value]
         grpc = self._grpc
         skip = np.full(frames.shape[0], -1, np.int64) if left_out is None else left_out.astype(np.int64)
         columns = (

@@ -184,6 +184,21 @@ def test_a_refusal_goes_to_the_fallback_at_once_and_the_server_stays_up(
     assert engine.stats.errors == {"refused": 2}
 
 
+def test_a_batch_larger_than_the_servers_max_batch_goes_in_several_requests(
+    own_scoring_server: ScoringServer, artifact: Path, frames: list[np.ndarray], tmp_path: Path
+) -> None:
+    server = own_scoring_server
+    server.extra_args = ("--max-batch", "2")
+    served = serve_copy(server, artifact, "small-batches")
+    server.start()  # returns once it answers
+    local = Scorer.from_artifact(artifact, tmp_path)
+    remote = _remote_scorer(server.url, served, local)  # a refusal would show as a local fallback
+    got = remote.score(frames, ["plate"] * len(frames))  # six frames, three requests
+    expected = local.score(frames, ["plate"] * len(frames))
+    assert [abs(a.score - b.score) < 1e-5 for a, b in zip(expected, got, strict=True)] == [True] * len(frames)
+    assert remote.engine.stats.errors == {} and remote.runtime == "triton"  # type: ignore[attr-defined]
+
+
 def test_a_bf16_server_gets_thresholds_calibrated_on_its_own_scores_once(
     own_scoring_server: ScoringServer, exportable_artifact: Path, artifact: Path, tmp_path: Path
 ) -> None:
