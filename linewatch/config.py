@@ -113,7 +113,7 @@ class TritonSection(_Section):
     model: StrictStr = Field("linewatch", pattern=r"^[A-Za-z0-9_.-]+$")  # the Triton model to call
     # one remote call: far under the watchdog (a batch must be journaled within WatchdogSec/2, 30 s as shipped)
     deadline_ms: Number = Field(2000.0, gt=0.0, le=10_000.0)
-    load_timeout_s: Number = Field(120.0, gt=0.0)  # activation: the server loads a version (full size: a while)
+    load_timeout_s: Number = Field(120.0, gt=0.0, le=3600.0)  # activation: the server loads a version (a while)
     hold_s: Number = Field(10.0, ge=0.0, le=15.0)  # server unreachable: a batch waits this long, then the fallback
     retry_s: Number = Field(5.0, gt=0.0, le=60.0)  # while unreachable: how often the server is tried again
     # local: score on this PC (model.device, local_runtime, [scoring] precision) until the server is back;

@@ -137,6 +137,8 @@ def test_triton_runtime_reads_its_section_and_checks_the_local_fallback(tmp_path
         ("hold_s = 40\n", "triton.hold_s"),
         ('model = "a b"\n', "triton.model"),
         ("deadline_ms = 10000\nhold_s = 15\n", "2 x deadline_ms + hold_s is 35 s: a batch could wait longer"),
+        ("load_timeout_s = 1e300\n", "triton.load_timeout_s: Input should be less than or equal to 3600"),
+        ("load_timeout_s = nan\n", "triton.load_timeout_s: Input should be a finite number"),
     ],
 )
 def test_triton_section_refuses_what_cannot_work(tmp_path: Path, text: str, expected: str) -> None:

@@ -24,7 +24,9 @@ forwarder's next chunk gets the lock. ``longest_batch_s`` reports the longest su
 The plain-normal pass walks the frame-time index from where its last batch ended (a keyset on frame time
 and id): the rows it skips (defects, frames with evidence) stay until ``keep_days``, so walking them again
 on every batch would grow slower with every day of history. A row never becomes a plain normal later
-(labels are set, never removed; evidence paths stay), so nothing it skipped is missed.
+(labels are set, never removed; evidence paths stay), so nothing it skipped is missed. Nor does a row
+arrive behind the walk: the forwarder replays at most the journal's ``keep_days``, which the config keeps
+within ``keep_normal_days``.
 """
 
 from __future__ import annotations
