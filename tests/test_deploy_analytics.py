@@ -1,6 +1,7 @@
-"""deploy/grafana/linewatch-analytics.json runs on a real PostgreSQL store: every panel's SQL, with Grafana's
-macros and the dashboard's variables filled in as Grafana would, against rows still stored and rows that
-retention rolled up; and the provisioning files name what the dashboards use."""
+"""deploy/grafana/linewatch-analytics.json runs on a real PostgreSQL store of two lines: every panel's SQL, with
+Grafana's macros and the dashboard's variables filled in as Grafana would, over a day whose rows retention
+deleted and a day still stored (the counts are the same either way); and the provisioning files name what
+the dashboards use."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import pytest
 from sqlalchemy import Engine, insert, text
 
 from linewatch.clock import FakeClock
-from linewatch.sinks.db import make_engine
+from linewatch.sinks.db import LineScope, make_engine
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import PartRecord
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
-from tests.services.grafana import VARIABLE, dashboard, panel_queries, render
-from tests.store_rows import insert_inspections, inspection_row
+from tests.services.grafana import VARIABLE, dashboard, panel_queries, render, sql_list
+from tests.store_rows import insert_counted_inspections, inspection_row
 
 yaml = pytest.importorskip("yaml", reason="PyYAML (installed with huggingface_hub and timm) reads the provisioning")
 
@@ -27,13 +28,15 @@ GRAFANA = Path(__file__).resolve().parent.parent / "deploy" / "grafana"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=40)  # rolled up by retention (keep_normal_days 30)
 RECENT = NOW - timedelta(days=1)
+LINE_A, LINE_B = LineScope("plant", "press-1"), LineScope("plant", "press-2")
 
 
 @pytest.fixture
 def store(postgres_url: str, tmp_path: Path) -> Iterator[Engine]:
-    """Two cameras, two products, two model versions; the old day rolled up, the recent one still rows."""
-    upgrade_database(postgres_url, tmp_path / "backups")
-    engine = make_engine(postgres_url)
+    """Line A: two cameras, two products, two model versions; the old day's normal rows deleted, the recent
+    one's all there. Line B: one camera of the same name, with frames of the recent day only."""
+    upgrade_database(postgres_url, tmp_path / "backups", scope=LINE_A)
+    engine = make_engine(postgres_url, LINE_A)
     rows = []
     for day, version in ((OLD, "v1"), (RECENT, "v2")):
         for index in range(40):
@@ -53,16 +56,22 @@ def store(postgres_url: str, tmp_path: Path) -> Iterator[Engine]:
                     label=label,
                     labelled_at=day if label else None,
                     snapshot=None,
+                    **LINE_A.columns(),
                 )
             )
-    insert_inspections(engine, rows)
-    policy = StoreRetentionPolicy(timedelta(days=30), timedelta(days=30), timedelta(days=3650), 500, 0.0)
+    other = [
+        inspection_row(f"v2-{index}", RECENT.replace(hour=7, minute=index), index, score=0.9 if index < 5 else 0.1,
+                       verdict="defect" if index < 5 else "normal", model_version="v2", **LINE_B.columns())
+        for index in range(20)
+    ]  # fmt: skip
+    insert_counted_inspections(engine, rows + other)
+    policy = StoreRetentionPolicy(timedelta(days=30), timedelta(days=60), timedelta(days=3650), 500, 0.0)
     result = StoreRetention(engine, FakeClock(NOW), policy).sweep()
-    assert result.normal + result.old == 40  # the old day is only roll-ups now
+    assert (result.normal, result.old) == (36, 0)  # the old day keeps only its 4 defect rows; counts keep all 40
     parts = [
-        {"result_id": f"p{i}", "station": "s1", "part_id": f"P{i}", "verdict": "NOK" if i < 2 else "OK", "score": 0.5,
-         "reason": "", "at": RECENT.replace(hour=9, minute=i), "model_version": "v2", "product": "plate",
-         "inspections": []}
+        {**LINE_A.columns(), "result_id": f"p{i}", "station": "s1", "part_id": f"P{i}",
+         "verdict": "NOK" if i < 2 else "OK", "score": 0.5, "reason": "", "at": RECENT.replace(hour=9, minute=i),
+         "model_version": "v2", "product": "plate", "inspections": []}
         for i in range(5)
     ]  # fmt: skip
     with engine.begin() as conn:
@@ -71,8 +80,9 @@ def store(postgres_url: str, tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def run(engine: Engine, title: str, **variables: str) -> list[Any]:
-    sql = render(panel_queries()[title], OLD - timedelta(days=1), NOW, **variables)
+def run(engine: Engine, title: str, lines: tuple[LineScope, ...] = (LINE_A,), **variables: str) -> list[Any]:
+    chosen = {"site": sql_list("plant"), "line": sql_list(*(scope.line for scope in lines)), **variables}
+    sql = render(panel_queries()[title], OLD - timedelta(days=1), NOW, **chosen)
     with engine.connect() as conn:
         return list(conn.execute(text(sql)))
 
@@ -80,23 +90,34 @@ def run(engine: Engine, title: str, **variables: str) -> list[Any]:
 def test_every_panel_reads_the_store_with_its_variables_filled_in(store: Engine) -> None:
     for title in panel_queries():
         assert run(store, title), f"{title!r} returned nothing"
+    for variable in (v for v in dashboard()["templating"]["list"] if v["type"] == "query"):
+        with store.connect() as conn:  # as Grafana runs it when the dashboard opens, a day after the frames
+            sql = variable["query"].replace("now()", f"'{RECENT.replace(hour=12).isoformat()}'::timestamptz")
+            values = set(conn.scalars(text(sql.replace("$site", sql_list("plant")))))
+        assert values == ({"plant"} if variable["name"] == "site" else {"press-1", "press-2"}), variable["name"]
     defined = {v["name"] for v in dashboard()["templating"]["list"]}
     names = {a or b for sql in panel_queries().values() for a, b in VARIABLE.findall(sql)}
     used = {name for name in names if not name.startswith("__")}  # Grafana's own macros
     assert used <= defined, f"undefined variables {used - defined}"
 
 
-def test_top_cameras_count_rolled_up_and_stored_defects(store: Engine) -> None:
-    assert [(row.camera, row.defects, row.frames) for row in run(store, "Top cameras by defects")] == [
-        ("cam1", 6, 60),
-        ("cam2", 2, 20),
+def test_top_cameras_count_deleted_and_stored_frames_alike_per_line(store: Engine) -> None:
+    assert [(row.line, row.camera, row.defects, row.frames) for row in run(store, "Top cameras by defects")] == [
+        ("press-1", "cam1", 6, 60),
+        ("press-1", "cam2", 2, 20),
+    ]
+    both = run(store, "Top cameras by defects", lines=(LINE_A, LINE_B))
+    assert [(row.line, row.camera, row.defects, row.frames) for row in both] == [
+        ("press-1", "cam1", 6, 60),
+        ("press-2", "cam1", 5, 20),  # the same camera name, another line: counted apart
+        ("press-1", "cam2", 2, 20),
     ]
 
 
 def test_labels_and_false_alarms_per_model_version(store: Engine) -> None:
-    rows = {row[0]: row for row in run(store, "Labels and false alarms per model version")}
-    for version in ("v1", "v2"):  # v1's day is roll-ups only, v2's still rows: the same answer
-        _, frames, flagged, confirmed, false_alarms, missed, share = rows[version]
+    rows = {row[1]: row for row in run(store, "Labels and false alarms per model version")}
+    for version in ("v1", "v2"):  # v1's day has no rows left, v2's has them all: the same answer
+        _, _, frames, flagged, confirmed, false_alarms, missed, share = rows[version]
         assert (frames, flagged, confirmed, false_alarms, missed) == (40, 4, 1, 1, 0)
         assert float(share) == 50.0
 
@@ -104,11 +125,11 @@ def test_labels_and_false_alarms_per_model_version(store: Engine) -> None:
 def test_shifts_follow_the_first_shift_and_the_time_zone(store: Engine) -> None:
     """Frames run 05:30-06:09 UTC: 30 of them before 06:00 (shift 3 of 3 from 06:00), 10 after (shift 1)."""
     by_shift = {}
-    for row in run(store, "Defect rate per product and shift"):
+    for row in run(store, "Defect rate per line, product and shift"):
         by_shift[row.shift] = by_shift.get(row.shift, 0) + row.frames
     assert by_shift == {1: 20, 3: 60}
     berlin = {}  # 07:30-08:09 in Berlin (summer): shifts from 08:00 local
-    for row in run(store, "Defect rate per product and shift", timezone="Europe/Berlin", first_shift="8"):
+    for row in run(store, "Defect rate per line, product and shift", timezone="Europe/Berlin", first_shift="8"):
         berlin[row.shift] = berlin.get(row.shift, 0) + row.frames
     assert berlin == {1: 20, 3: 60}
 

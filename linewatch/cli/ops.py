@@ -52,12 +52,12 @@ def _login_name() -> str | None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from linewatch.sinks.db import DatabaseError
+    from linewatch.sinks.db import DatabaseError, LineScope
     from linewatch.sinks.db_migrate import upgrade_database
 
     config = load_config(args.config)
     try:
-        result = upgrade_database(config.store_url, config.backup_dir)
+        result = upgrade_database(config.store_url, config.backup_dir, scope=LineScope.of(config.site))
     except DatabaseError as error:
         raise ValueError(str(error)) from None
     if result.from_revision == result.to_revision:

@@ -23,7 +23,7 @@ from linewatch.config import Config, load_config
 from linewatch.pipeline.scorer import Scorer
 from linewatch.retrain.runner import Retrainer, RetrainOutcome
 from linewatch.retrain.versions import ModelRegistry
-from linewatch.sinks.db import make_engine
+from linewatch.sinks.db import LineScope, make_engine
 
 FINAL = {"accepted", "rejected", "failed", "skipped", "recalibrated", "busy"}
 WAIT_POLL_S = 2.0
@@ -56,7 +56,7 @@ def offline_retrainer(config: Config, stop: threading.Event | None = None) -> Re
     return Retrainer(
         config,
         registry,
-        make_engine(config.store_url),
+        make_engine(config.store_url, LineScope.of(config.site)),
         SystemClock(),
         load,
         lambda _loaded, _path, _version: None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from linewatch.config import load_config
-from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db import DatabaseError, LineScope, make_engine
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.users import add_user, list_users, remove_user, set_password, set_role
 from linewatch.web.logins import LOGINS_FILE, LoginRegistry
@@ -22,10 +22,10 @@ from linewatch.web.logins import LOGINS_FILE, LoginRegistry
 def cmd_user(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
-        upgraded = upgrade_database(config.store_url, config.backup_dir)
+        upgraded = upgrade_database(config.store_url, config.backup_dir, scope=LineScope.of(config.site))
         if upgraded.from_revision != upgraded.to_revision:
             print(f"database upgraded from {upgraded.from_revision or 'empty'} to {upgraded.to_revision}")
-        engine = make_engine(config.store_url)
+        engine = make_engine(config.store_url, LineScope.of(config.site))
         try:
             return _carry_out(args, engine, config.site.data_dir / LOGINS_FILE)
         finally:

@@ -14,7 +14,7 @@ from typing import Any
 from linewatch.config import load_config
 from linewatch.retrain.store import list_runs, list_versions
 from linewatch.retrain.versions import ModelRegistry
-from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db import DatabaseError, LineScope, make_engine
 
 RUNS_SHOWN = 5
 
@@ -24,7 +24,7 @@ def cmd_model_versions(args: argparse.Namespace) -> int:
     registry = ModelRegistry(config.versions_dir, config.model.path)
     rows: dict[str, dict[str, Any]] = {}
     runs: list[dict[str, Any]] = []
-    engine = make_engine(config.store_url)
+    engine = make_engine(config.store_url, LineScope.of(config.site))
     try:
         rows = {Path(row["artifact_path"]).name: row for row in list_versions(engine)}
         runs = list_runs(engine, RUNS_SHOWN)

@@ -69,6 +69,7 @@ METRIC_NAMES = (
     "linewatch_scoring_server_up",
     "linewatch_store_rows_deleted_total",
     "linewatch_store_retention_batch_seconds",
+    "linewatch_store_partitions_total",
 )
 
 
@@ -315,7 +316,7 @@ class StateCollector(Collector):
         if retention is not None:
             deleted = CounterMetricFamily(
                 "linewatch_store_rows_deleted",
-                "Rows store retention deleted (inspections rolled up per minute first), by kind: normal after "
+                "Rows store retention deleted (inspections counted per minute), by kind: normal after "
                 "keep_normal_days, old and parts after keep_days, rollup after keep_rollup_days",
                 labels=["line", "kind"],
             )
@@ -329,6 +330,15 @@ class StateCollector(Collector):
             )
             batch.add_metric([line], retention.longest_batch_s)
             yield batch
+            partitions = CounterMetricFamily(
+                "linewatch_store_partitions",
+                "Daily partitions of inspections this daemon changed (PostgreSQL): created ahead, compacted at "
+                "keep_normal_days, dropped at keep_days",
+                labels=["line", "change"],
+            )
+            for change, count in sorted(retention.partitions.items()):
+                partitions.add_metric([line, change], count)
+            yield partitions
 
         disk = GaugeMetricFamily(
             "linewatch_disk_free_bytes", "Free bytes where linewatch writes", labels=["line", "volume"]

@@ -26,7 +26,7 @@ from linewatch.feedback import FEEDBACK_MAX_BYTES, FeedbackError, parse_feedback
 from linewatch.pipeline.journal.forwarding import Forwarder, ForwarderRunner, LoggingForwarder
 from linewatch.pipeline.journal.outbox import Journal
 from linewatch.pipeline.journal.records import JournalError, JournalRecord, event_from_payload
-from linewatch.sinks.db import DatabaseError, confirmed_normal_inspections, make_engine, masked
+from linewatch.sinks.db import DatabaseError, LineScope, confirmed_normal_inspections, make_engine, masked
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import database_revision, head_revision, upgrade_database
 from linewatch.sinks.evidence import EvidenceJob, EvidenceSampler, EvidenceWriter, evidence_paths
@@ -62,7 +62,7 @@ class StoreForwarder:
     def ensure_schema(self) -> None:
         config = self._config
         if config.store.upgrade_at_start:
-            result = upgrade_database(config.store_url, config.backup_dir)
+            result = upgrade_database(config.store_url, config.backup_dir, scope=LineScope.of(config.site))
             if result.from_revision != result.to_revision:
                 log.info("store migrated from %s to %s", result.from_revision or "empty", result.to_revision)
             if result.backup is not None:
@@ -156,7 +156,7 @@ class Outputs:
     # ---- start ---------------------------------------------------------------------------------
     def start(self) -> None:
         config = self.config
-        self.engine = make_engine(config.store_url)
+        self.engine = make_engine(config.store_url, LineScope.of(config.site))
         store = StoreForwarder(config, self.engine)
         try:
             store.ensure_schema()

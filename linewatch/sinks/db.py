@@ -13,6 +13,11 @@ SQLite (embedded default) and PostgreSQL via psycopg 3 (plants). Decisions:
   ``connect_timeout`` so a down server fails fast and the forwarder backs off, TCP keepalives so a
   vanished server is noticed in seconds rather than hours.
 - Errors are :class:`DatabaseError` naming the URL with its password masked, never the SQL parameters.
+- One store may serve many lines (one PostgreSQL for a plant): every row carries ``site`` and ``line``, and
+  every key starts with them. An engine knows the line it works for (:class:`LineScope`, set by
+  :func:`make_engine` as an execution option, so it travels with every connection); each writer stamps its
+  rows with it and each reader filters by it (:func:`in_line`), so two lines with a camera of the same name
+  never see each other's rows.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, and_, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError, StatementError
 
@@ -43,6 +49,27 @@ _DRIVERS = {  # accepted URL schemes -> the driver used; plain postgresql:// mea
     "postgresql": "postgresql+psycopg",
     "postgresql+psycopg": "postgresql+psycopg",
 }
+
+
+@dataclass(frozen=True)
+class LineScope:
+    """The line an engine reads and writes for: the ``[site]`` section's names."""
+
+    site: str
+    line: str
+
+    @classmethod
+    def of(cls, names: Any) -> LineScope:
+        """The scope of a ``[site]`` section (linewatch.config.SiteSection: its ``site`` and ``line``)."""
+        return cls(names.site, names.line)
+
+    def columns(self) -> dict[str, str]:
+        """The values every row this line writes carries."""
+        return {"site": self.site, "line": self.line}
+
+
+DEFAULT_SCOPE = LineScope("site", "line1")  # the [site] section's defaults
+_SCOPE_OPTION = "linewatch_scope"
 
 
 class DatabaseError(Exception):
@@ -90,8 +117,27 @@ def require_aware(name: str, value: datetime) -> datetime:
     return value
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``sqlite:///path`` or ``postgresql[+psycopg]://user:password@host:port/db``."""
+def make_engine(url: str, scope: LineScope = DEFAULT_SCOPE) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql[+psycopg]://user:password@host:port/db``, working for
+    the line ``scope`` (:func:`scope_of`)."""
+    return _make_engine(url).execution_options(**{_SCOPE_OPTION: scope})
+
+
+def scope_of(bind: Engine | Connection) -> LineScope:
+    """The line an engine (or a connection of it) works for."""
+    scope = bind.get_execution_options().get(_SCOPE_OPTION, DEFAULT_SCOPE)
+    if not isinstance(scope, LineScope):
+        raise TypeError(f"execution option {_SCOPE_OPTION} must be a LineScope; got {scope!r}")
+    return scope
+
+
+def in_line(entity: Any, scope: LineScope) -> ColumnElement[bool]:
+    """The rows of ``entity`` (a mapped class or a Table) that belong to ``scope``'s line."""
+    columns = entity.c if hasattr(entity, "c") else entity
+    return and_(columns.site == scope.site, columns.line == scope.line)
+
+
+def _make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -163,7 +209,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 def confirmed_normal_inspections(engine: Engine, unused_only: bool = True) -> set[str]:
     """Ids of inspections an operator confirmed normal; only those no retraining used yet when ``unused_only``.
     Retraining trains on them, and evidence retention keeps their images until then."""
-    query = select(Inspection.id).where(Inspection.label == "normal")
+    query = select(Inspection.id).where(in_line(Inspection, scope_of(engine)), Inspection.label == "normal")
     if unused_only:
         query = query.where(Inspection.trained_into.is_(None))
     with translated(masked(engine.url), "reading confirmed normals"), engine.connect() as conn:
@@ -171,14 +217,16 @@ def confirmed_normal_inspections(engine: Engine, unused_only: bool = True) -> se
 
 
 def inspection_counts(engine: Engine) -> dict[str, int]:
-    """Row counts for the CLI and tests: inspections (all, scorer's defects, operator-labelled), events, labels."""
+    """This line's row counts for the CLI and tests: inspections (all, scorer's defects, operator-labelled),
+    events, labels."""
+    scope = scope_of(engine)
     queries = {
-        "inspections": select(func.count()).select_from(Inspection),
-        "defects": select(func.count()).where(Inspection.verdict == "defect"),
-        "labelled": select(func.count()).where(Inspection.label.is_not(None)),
-        "events": select(func.count()).select_from(DefectEvent),
-        "open_events": select(func.count()).where(DefectEvent.ended_at.is_(None)),
-        "labels": select(func.count()).select_from(LabelRecord),
+        "inspections": select(func.count()).select_from(Inspection).where(in_line(Inspection, scope)),
+        "defects": select(func.count()).where(in_line(Inspection, scope), Inspection.verdict == "defect"),
+        "labelled": select(func.count()).where(in_line(Inspection, scope), Inspection.label.is_not(None)),
+        "events": select(func.count()).select_from(DefectEvent).where(in_line(DefectEvent, scope)),
+        "open_events": select(func.count()).where(in_line(DefectEvent, scope), DefectEvent.ended_at.is_(None)),
+        "labels": select(func.count()).select_from(LabelRecord).where(in_line(LabelRecord, scope)),
     }
     with translated(masked(engine.url), "counting rows"), engine.connect() as conn:
         return {name: int(conn.scalar(query) or 0) for name, query in queries.items()}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Select, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,8 +30,9 @@ from linewatch.pipeline.journal.records import (
     part_from_payload,
     verdict_from_payload,
 )
-from linewatch.sinks.db import DatabaseError, masked, reason, write_transaction
+from linewatch.sinks.db import DatabaseError, LineScope, in_line, masked, reason, scope_of, write_transaction
 from linewatch.sinks.db_schema import ActionRecord, DefectEvent, Inspection, LabelRecord, LatestLabel, PartRecord
+from linewatch.sinks.rollups import add_minutes, label_moves, minute_counts
 from linewatch.types import Action, Event, EventType, Label, LabelTarget, PartResult, Verdict, VerdictLabel
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class DbForwarder:
     """Writes journal records (verdicts, event messages, labels) into the main store, one transaction per chunk,
     in journal order, idempotently: a replayed chunk leaves the same rows.
 
-    - verdict: upsert of the inspection row; a replay rewrites the scorer's fields, never the label ones.
+    - verdict: upsert of the inspection row; a replay rewrites the scorer's fields, never the label ones. Rows
+      new to the store are added to their minute's counts (``inspection_minutes``) in the same transaction,
+      so the counts never miss a row nor count a replayed one twice.
     - event: folded into one row per episode. A message older than the row's ``last_seq`` (a replay) changes
       nothing, so state never moves backwards; ``new`` always restores the start; ``update`` sets the peak
       (and its evidence); ``end`` sets ``ended_at``.
@@ -63,7 +66,8 @@ class DbForwarder:
     - action: stored once per action id (who switched a camera, changed a product, asked for a retrain).
     - label: stored in the history (once per label id), then set as the latest label on its target unless that
       already carries a later one: the inspection, or the event and every defect inspection of its camera
-      inside the episode ``[started_at, ended_at or last_at]`` (the frames the operator judged).
+      inside the episode ``[started_at, ended_at or last_at]`` (the frames the operator judged). Each frame
+      whose label changes moves between its minute's ``labelled_*`` counts.
 
     An operator may label an episode while it is still open: its later defect frames are not covered yet.
     So every event message folded into an episode that carries a label applies that label again over the
@@ -74,8 +78,9 @@ class DbForwarder:
     (Only a wall clock stepped back mid-episode could journal a frame inside a span already folded; that
     frame would keep no label.)
 
-    ``send`` raises :class:`DatabaseError` when the database fails; the runner backs off and offers the same
-    chunk again.
+    Every row is stamped with the engine's line (:func:`linewatch.sinks.db.scope_of`) and every lookup stays
+    inside it. ``send`` raises :class:`DatabaseError` when the database fails; the runner backs off and offers
+    the same chunk again.
     """
 
     kinds: Collection[str] | None = None
@@ -84,12 +89,13 @@ class DbForwarder:
         self.name = name
         self.stats = DbStats()
         self._engine = engine
+        self._scope = scope_of(engine)
         self._where = masked(engine.url)
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         table = Inspection.__table__
         upsert = self._insert(table)
         self._upsert_inspections = upsert.on_conflict_do_update(
-            index_elements=["id"],
+            index_elements=["site", "line", "id", "frame_ts"],
             set_={column.name: upsert.excluded[column.name] for column in table.c if column.name in _SCORER_FIELDS},
         )
 
@@ -103,7 +109,7 @@ class DbForwarder:
                 verdicts: list[dict[str, Any]] = []  # the current run of consecutive verdicts
                 for position, value in parsed:
                     if isinstance(value, Verdict):
-                        verdicts.append(_inspection_row(value, position))
+                        verdicts.append(_inspection_row(value, position, self._scope))
                         continue
                     self._write_inspections(conn, verdicts, counts)
                     verdicts = []
@@ -126,18 +132,32 @@ class DbForwarder:
         return len(records)
 
     def _write_inspections(self, conn: Connection, rows: list[dict[str, Any]], counts: DbStats) -> None:
-        if rows:
-            conn.execute(self._upsert_inspections, rows)  # the journal holds each key once
-            counts.inspections += len(rows)
+        if not rows:
+            return
+        # Which rows are new: a replayed chunk rewrites its rows but must not count them again. The time range
+        # lets PostgreSQL look in the one or two daily partitions the chunk falls in.
+        times = [row["frame_ts"] for row in rows]
+        stored = set(
+            conn.scalars(
+                select(Inspection.id).where(
+                    in_line(Inspection, self._scope),
+                    Inspection.id.in_([row["id"] for row in rows]),
+                    Inspection.frame_ts.between(min(times), max(times)),
+                )
+            )
+        )
+        conn.execute(self._upsert_inspections, rows)  # the journal holds each key once
+        add_minutes(conn, minute_counts(row for row in rows if row["id"] not in stored))
+        counts.inspections += len(rows)
 
     def _write_event(self, conn: Connection, event: Event) -> None:
         table = DefectEvent.__table__
-        stmt = self._insert(table).values(_event_row(event))
+        stmt = self._insert(table).values(_event_row(event, self._scope))
         new = stmt.excluded
         if event.type is EventType.NEW:
             # Only the opening's own fields: a later message seen first created the row from itself.
             fold = stmt.on_conflict_do_update(
-                index_elements=["event_id"],
+                index_elements=_EVENT_KEY,
                 set_={"started_at": new.started_at, "first_inspection_id": new.first_inspection_id},
             )
         else:
@@ -150,16 +170,17 @@ class DbForwarder:
                 for name in ("peak_score", "threshold", "model_version", "snapshot", "heatmap"):
                     changes[name] = new[name]
             fold = stmt.on_conflict_do_update(
-                index_elements=["event_id"], set_=changes, where=table.c.last_seq < new.last_seq
+                index_elements=_EVENT_KEY, set_=changes, where=table.c.last_seq < new.last_seq
             )
         conn.execute(fold)
-        episode = _episode(conn, event.event_id)
+        episode = self._episode(conn, event.event_id)
         if episode is not None and episode.labelled_at is not None:
             # Frames already carrying this very label (labelled_at equal) are left as they are: no rewrite.
-            _label_frames(conn, episode, _latest(episode), _older_than(Inspection, episode.labelled_at))
+            self._label_frames(conn, episode, _latest(episode), _older_than(Inspection, episode.labelled_at))
 
     def _write_action(self, conn: Connection, action: Action) -> None:
         row = {
+            **self._scope.columns(),
             "action_id": action.action_id,
             "kind": action.kind,
             "actor": action.by,
@@ -168,11 +189,14 @@ class DbForwarder:
             "detail": action.detail,
         }
         conn.execute(
-            self._insert(ActionRecord.__table__).values(row).on_conflict_do_nothing(index_elements=["action_id"])
+            self._insert(ActionRecord.__table__)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["site", "line", "action_id"])
         )
 
     def _write_part(self, conn: Connection, part: PartResult) -> None:
         row = {
+            **self._scope.columns(),
             "result_id": part.result_id,
             "station": part.station,
             "part_id": part.part_id,
@@ -185,14 +209,16 @@ class DbForwarder:
             "inspections": list(part.inspections),
         }
         conn.execute(
-            self._insert(PartRecord.__table__).values(row).on_conflict_do_nothing(index_elements=["result_id"])
+            self._insert(PartRecord.__table__)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["site", "line", "result_id"])
         )
 
     def _write_label(self, conn: Connection, label: Label, counts: DbStats) -> None:
         conn.execute(
             self._insert(LabelRecord.__table__)
-            .values(_label_row(label))
-            .on_conflict_do_nothing(index_elements=["label_id"])
+            .values(_label_row(label, self._scope))
+            .on_conflict_do_nothing(index_elements=["site", "line", "label_id"])
         )
         latest = {
             "label": label.label.value,
@@ -201,21 +227,24 @@ class DbForwarder:
             "labelled_at": label.labelled_at,
         }
         at, target_id = label.labelled_at, label.target_id
+        mine = in_line(Inspection, self._scope)
         if label.target is LabelTarget.INSPECTION:
-            done = conn.execute(
-                update(Inspection).where(Inspection.id == target_id, _not_newer(Inspection, at)).values(latest)
-            )
+            changed = self._relabel(conn, [mine, Inspection.id == target_id, _not_newer(Inspection, at)], latest)
             found = (
-                done.rowcount > 0 or conn.scalar(select(Inspection.id).where(Inspection.id == target_id)) is not None
+                changed > 0 or conn.scalar(select(Inspection.id).where(mine, Inspection.id == target_id)) is not None
             )
         else:
             conn.execute(
-                update(DefectEvent).where(DefectEvent.event_id == target_id, _not_newer(DefectEvent, at)).values(latest)
+                update(DefectEvent)
+                .where(
+                    in_line(DefectEvent, self._scope), DefectEvent.event_id == target_id, _not_newer(DefectEvent, at)
+                )
+                .values(latest)
             )
-            episode = _episode(conn, target_id)
+            episode = self._episode(conn, target_id)
             found = episode is not None
             if episode is not None:
-                _label_frames(conn, episode, latest, _not_newer(Inspection, at))
+                self._label_frames(conn, episode, latest, _not_newer(Inspection, at))
         counts.labels += 1
         if not found:
             counts.orphan_labels += 1
@@ -226,39 +255,64 @@ class DbForwarder:
                 target_id,
             )
 
+    def _episode(self, conn: Connection, event_id: str) -> Row[Any] | None:
+        """The episode's span and its latest label; None when the store has no such episode."""
+        names = ("camera", "started_at", "last_at", "ended_at", *_LATEST_LABEL)
+        where = in_line(DefectEvent, self._scope), DefectEvent.event_id == event_id
+        return conn.execute(select(*(getattr(DefectEvent, name) for name in names)).where(*where)).first()
 
-# Inspection columns a verdict record sets; the label columns and trained_into belong to later writers.
-_SCORER_FIELDS = frozenset(
-    {"camera", "product", "seq", "frame_ts", "score", "threshold", "verdict", "model_version", "part_id"}
-    | {"snapshot", "heatmap", "journal_position"}
-)
-_LATEST_LABEL = ("label", "label_source", "label_user", "labelled_at")
-
-
-def _episode(conn: Connection, event_id: str) -> Row[Any] | None:
-    """The episode's span and its latest label; None when the store has no such episode."""
-    columns = [getattr(DefectEvent, name) for name in ("camera", "started_at", "last_at", "ended_at", *_LATEST_LABEL)]
-    return conn.execute(select(*columns).where(DefectEvent.event_id == event_id)).first()
-
-
-def _latest(episode: Row[Any]) -> dict[str, Any]:
-    return {name: getattr(episode, name) for name in _LATEST_LABEL}
-
-
-def _label_frames(conn: Connection, episode: Row[Any], latest: dict[str, Any], replaces: ColumnElement[bool]) -> None:
-    """Set ``latest`` on the episode's defect frames (its camera's defect inspections within its span) that
-    ``replaces`` selects."""
-    conn.execute(
-        update(Inspection)
-        .where(
+    def _label_frames(
+        self, conn: Connection, episode: Row[Any], latest: dict[str, Any], replaces: ColumnElement[bool]
+    ) -> None:
+        """Set ``latest`` on the episode's defect frames (its camera's defect inspections within its span) that
+        ``replaces`` selects."""
+        where = [
+            in_line(Inspection, self._scope),
             Inspection.camera == episode.camera,
             Inspection.verdict == VerdictLabel.DEFECT.value,
             Inspection.frame_ts >= episode.started_at,
             Inspection.frame_ts <= (episode.ended_at or episode.last_at),
             replaces,
-        )
-        .values(latest)
-    )
+        ]
+        self._relabel(conn, where, latest)
+
+    def _relabel(self, conn: Connection, where: list[ColumnElement[bool]], latest: dict[str, Any]) -> int:
+        """Set ``latest`` on the inspections ``where`` selects and move each between its minute's labelled
+        counts; returns how many rows changed. The rows are read first, and locked on PostgreSQL (retention may
+        be deleting them), since an UPDATE cannot return the values it replaced on both dialects."""
+        rows = conn.execute(_minute_columns().where(*where).with_for_update()).all()
+        for start in range(0, len(rows), _ID_CHUNK):
+            chunk = rows[start : start + _ID_CHUNK]
+            keys = (
+                Inspection.id.in_([row.id for row in chunk]),
+                Inspection.frame_ts.in_({row.frame_ts for row in chunk}),
+            )
+            conn.execute(update(Inspection).where(*where, *keys).values(latest))
+        add_minutes(conn, label_moves((row, row.label, latest["label"]) for row in rows))
+        return len(rows)
+
+
+# Inspection columns a verdict record sets; the label columns and trained_into belong to later writers.
+# (frame_ts is part of the key.)
+_SCORER_FIELDS = frozenset(
+    {"camera", "product", "seq", "score", "threshold", "verdict", "model_version", "part_id"}
+    | {"snapshot", "heatmap", "journal_position"}
+)
+_EVENT_KEY = ["site", "line", "event_id"]
+_ID_CHUNK = 500  # ids per UPDATE (bound-parameter limits)
+
+
+def _minute_columns() -> Select[Any]:
+    """What a relabelled inspection's minute needs: its key columns, score, threshold and current label."""
+    names = ("id", "site", "line", "frame_ts", "camera", "product", "verdict", "model_version", "score", "threshold")
+    return select(*(getattr(Inspection, name) for name in names), Inspection.label)
+
+
+_LATEST_LABEL = ("label", "label_source", "label_user", "labelled_at")
+
+
+def _latest(episode: Row[Any]) -> dict[str, Any]:
+    return {name: getattr(episode, name) for name in _LATEST_LABEL}
 
 
 def _not_newer(entity: type[LatestLabel], at: datetime) -> ColumnElement[bool]:
@@ -298,8 +352,9 @@ def _parse(
     return parsed
 
 
-def _inspection_row(verdict: Verdict, position: int) -> dict[str, Any]:
+def _inspection_row(verdict: Verdict, position: int, scope: LineScope) -> dict[str, Any]:
     return {
+        **scope.columns(),
         "id": verdict.inspection_id,
         "camera": verdict.camera,
         "product": verdict.product,
@@ -316,9 +371,10 @@ def _inspection_row(verdict: Verdict, position: int) -> dict[str, Any]:
     }
 
 
-def _event_row(event: Event) -> dict[str, Any]:
+def _event_row(event: Event, scope: LineScope) -> dict[str, Any]:
     """The episode row as this message alone describes it; _write_event folds it into the stored one."""
     return {
+        **scope.columns(),
         "event_id": event.event_id,
         "camera": event.camera,
         "product": event.product,
@@ -338,8 +394,9 @@ def _event_row(event: Event) -> dict[str, Any]:
     }
 
 
-def _label_row(label: Label) -> dict[str, Any]:
+def _label_row(label: Label, scope: LineScope) -> dict[str, Any]:
     return {
+        **scope.columns(),
         "label_id": label.label_id,
         "target": label.target.value,
         "target_id": label.target_id,

@@ -24,8 +24,10 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 
 from linewatch.sinks.db import (
+    DEFAULT_SCOPE,
     SQLITE_BUSY_TIMEOUT_MS,
     DatabaseError,
+    LineScope,
     make_engine,
     masked,
     reason,
@@ -56,11 +58,13 @@ def translated_migration(where: str, what: str) -> Iterator[None]:
         raise DatabaseError(f"{where}: {what} failed: {reason(exc)}") from exc
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's config without a file: the scripts inside the package, the connection (if any) for env.py."""
+def alembic_config(connection: Connection | None = None, scope: LineScope = DEFAULT_SCOPE) -> Config:
+    """Alembic's config without a file: the scripts inside the package, the connection (if any) for env.py,
+    and the line running the upgrade (migration 0008 files the rows already there under it)."""
     config = Config()
     config.set_main_option("script_location", "linewatch:migrations")
     config.set_main_option("path_separator", "os")
+    config.attributes["scope"] = scope
     if connection is not None:
         config.attributes["connection"] = connection
     return config
@@ -87,8 +91,11 @@ def _revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade_database(url: str, backup_dir: Path, now: datetime | None = None) -> UpgradeResult:
-    """Migrate the database at ``url`` to this linewatch's schema (no-op when already there).
+def upgrade_database(
+    url: str, backup_dir: Path, now: datetime | None = None, scope: LineScope = DEFAULT_SCOPE
+) -> UpgradeResult:
+    """Migrate the database at ``url`` to this linewatch's schema (no-op when already there); ``scope`` is the
+    line running it, whose rows the store held before it could hold several lines (migration 0008).
 
     An existing SQLite file that needs upgrading is first copied with SQLite's online backup API to
     ``backup_dir/<stem>-<revision or 'empty'>-<UTC time>.sqlite3`` (``now`` fixes that time; tests). PostgreSQL
@@ -117,7 +124,7 @@ def upgrade_database(url: str, backup_dir: Path, now: datetime | None = None) ->
             locked = _revision(conn)  # another process may have migrated since the first look
             _check_known(locked, head, where)
             if locked != head:
-                command.upgrade(alembic_config(conn), "head")
+                command.upgrade(alembic_config(conn, scope), "head")
         log.info("%s: schema upgraded from %s to %s", where, current or "empty", head)
         return UpgradeResult(current, head, backup)
     finally:

@@ -5,6 +5,11 @@ Decisions:
 
 - Ids are the daemon's own stable strings (inspection id, event id, label id), so every write is an upsert
   keyed on them and a replay from the journal can never duplicate a row.
+- One store may hold many lines (one PostgreSQL for a plant): every table of a line's data has ``site`` and
+  ``line`` (:class:`LineOwned`) and every such key starts with them, so ids need only be unique within their
+  line and two lines may well have a ``cam1`` and the same model version. ``users`` is plant-wide: one
+  account logs in to every line of the store. ``inspections``' key ends with ``frame_ts``: on PostgreSQL the
+  table is partitioned by it (migration 0008), and a partitioned table's keys must hold its partition key.
 - Strings have no length limit (VARCHAR on PostgreSQL, TEXT on SQLite): a long id or path must never
   make an insert fail and wedge the forwarder.
 - Timestamps are timezone-aware UTC in and out (:class:`UtcDateTime`), on SQLite too, where they are
@@ -36,6 +41,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     text,
 )
@@ -61,6 +67,7 @@ USER_ROLES = ("viewer", "operator", "engineer", "admin")  # each may do what the
 # The rows of the partial index the review queue reads. The same text on both dialects, in the migration
 # too: SQLite uses a partial index only for a query whose WHERE has these very terms.
 REVIEWABLE = "label IS NULL AND snapshot IS NOT NULL"
+ROLLED = "deleted > 0"  # the minutes some of whose rows retention deleted; the History plot reads these
 
 
 def _one_of(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
@@ -95,6 +102,18 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime, dict[str, Any]: JSON, str: String()}
 
 
+class LineOwned:
+    """The line a row belongs to (linewatch.sinks.db.LineScope). Sorted last: migration 0008 added them to
+    tables that existed before, and the keys name them first."""
+
+    site: Mapped[str] = mapped_column(sort_order=2)
+    line: Mapped[str] = mapped_column(sort_order=2)
+
+
+def _line_key(table: str, *columns: str) -> PrimaryKeyConstraint:
+    return PrimaryKeyConstraint("site", "line", *columns, name=f"pk_{table}")
+
+
 class LatestLabel:
     """The operator's latest judgement of a row (an inspection, or a whole defect episode); None until
     labelled. One definition for both tables, so the DB forwarder's "a later label wins" rule
@@ -110,24 +129,27 @@ class LatestLabel:
     labelled_at: Mapped[datetime | None]
 
 
-class Inspection(LatestLabel, Base):
+class Inspection(LatestLabel, LineOwned, Base):
     """One verdict of the scorer: every inspected frame, whatever its result."""
 
     __tablename__ = "inspections"
     __table_args__ = (
+        _line_key("inspections", "id", "frame_ts"),
         CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
-        Index("ix_inspections_camera_frame_ts", "camera", "frame_ts"),
-        Index("ix_inspections_frame_ts", "frame_ts"),
-        Index("ix_inspections_part_id", "part_id"),  # a part's frames, for the history filter and its part row
+        Index("ix_inspections_site_camera_frame_ts", "site", "line", "camera", "frame_ts"),
+        Index("ix_inspections_site_frame_ts", "site", "line", "frame_ts"),
+        Index("ix_inspections_site_part_id", "site", "line", "part_id"),  # a part's frames (history filter, parts)
         Index(
-            "ix_inspections_frame_ts_unlabelled_snapshot",
+            "ix_inspections_site_frame_ts_unlabelled_snapshot",
+            "site",
+            "line",
             "frame_ts",
             sqlite_where=text(REVIEWABLE),
             postgresql_where=text(REVIEWABLE),
         ),
     )
 
-    id: Mapped[str] = mapped_column(primary_key=True)  # the inspection id
+    id: Mapped[str]  # the inspection id
     inspection_id = synonym("id")
     camera: Mapped[str]
     product: Mapped[str]
@@ -145,16 +167,17 @@ class Inspection(LatestLabel, Base):
     journal_position: Mapped[int] = mapped_column(BigInteger, sort_order=1)
 
 
-class DefectEvent(LatestLabel, Base):
+class DefectEvent(LatestLabel, LineOwned, Base):
     """One defect episode, folded from its journal messages (new, updates, end)."""
 
     __tablename__ = "events"
     __table_args__ = (
+        _line_key("events", "event_id"),
         CheckConstraint(_one_of("last_type", EVENT_TYPES), name="last_type"),
-        Index("ix_events_camera_started_at", "camera", "started_at"),
+        Index("ix_events_site_camera_started_at", "site", "line", "camera", "started_at"),
     )
 
-    event_id: Mapped[str] = mapped_column(primary_key=True)
+    event_id: Mapped[str]
     camera: Mapped[str]
     product: Mapped[str]
     started_at: Mapped[datetime]  # frame time of the "new" message
@@ -175,17 +198,18 @@ class DefectEvent(LatestLabel, Base):
     )
 
 
-class LabelRecord(Base):
+class LabelRecord(LineOwned, Base):
     """Every operator judgement ever submitted, deduplicated on its id."""
 
     __tablename__ = "labels"
     __table_args__ = (
+        _line_key("labels", "label_id"),
         CheckConstraint(_one_of("target", LABEL_TARGETS), name="target"),
         CheckConstraint(_one_of("label", VERDICTS), name="label"),
-        Index("ix_labels_target_target_id", "target", "target_id"),
+        Index("ix_labels_site_target_target_id", "site", "line", "target", "target_id"),
     )
 
-    label_id: Mapped[str] = mapped_column(primary_key=True)
+    label_id: Mapped[str]
     target: Mapped[str]  # "inspection" | "event"
     target_id: Mapped[str]
     camera: Mapped[str]
@@ -195,13 +219,16 @@ class LabelRecord(Base):
     labelled_at: Mapped[datetime]
 
 
-class ModelVersion(Base):
+class ModelVersion(LineOwned, Base):
     """A trained model artifact and its fate; filled by retraining."""
 
     __tablename__ = "model_versions"
-    __table_args__ = (CheckConstraint(_one_of("status", MODEL_STATUSES), name="status"),)
+    __table_args__ = (
+        _line_key("model_versions", "version"),
+        CheckConstraint(_one_of("status", MODEL_STATUSES), name="status"),
+    )
 
-    version: Mapped[str] = mapped_column(primary_key=True)
+    version: Mapped[str]
     artifact_path: Mapped[str]
     backbone: Mapped[str]
     backbone_sha256: Mapped[str]
@@ -214,8 +241,9 @@ class ModelVersion(Base):
     activated_at: Mapped[datetime | None]
 
 
-class RetrainRun(Base):
-    """One retraining attempt, whatever its outcome; filled by retraining."""
+class RetrainRun(LineOwned, Base):
+    """One retraining attempt, whatever its outcome; filled by retraining. Its key is a number the store
+    hands out, unique in the whole store."""
 
     __tablename__ = "retrain_runs"
 
@@ -242,18 +270,19 @@ class User(Base):
     changed_at: Mapped[datetime]  # the last change of role or password
 
 
-class ActionRecord(Base):
+class ActionRecord(LineOwned, Base):
     """Who did what to the line: camera switches, product changes, retrain and rollback requests (from the
     journal, so one asked for while the store is down still arrives), account changes (written with the
     change itself). The page's Models view lists the latest."""
 
     __tablename__ = "actions"
     __table_args__ = (
+        _line_key("actions", "action_id"),
         CheckConstraint(_one_of("kind", ACTION_KINDS), name="kind"),
-        Index("ix_actions_at", "at"),
+        Index("ix_actions_site_at", "site", "line", "at"),
     )
 
-    action_id: Mapped[str] = mapped_column(primary_key=True)
+    action_id: Mapped[str]
     kind: Mapped[str]
     actor: Mapped[str]  # who: "web: erin", "mqtt: operator-anna", "http", "cli"; ``by`` is an SQL keyword
     at: Mapped[datetime]
@@ -261,18 +290,19 @@ class ActionRecord(Base):
     detail: Mapped[str | None]
 
 
-class PartRecord(Base):
+class PartRecord(LineOwned, Base):
     """A station's verdict on one part (linewatch/plant/stations.py): the worst of its cameras' frame verdicts,
     or ``incomplete``; its frames are the inspections with the same ``part_id`` (listed in ``inspections``)."""
 
     __tablename__ = "parts"
     __table_args__ = (
+        _line_key("parts", "result_id"),
         CheckConstraint(_one_of("verdict", PART_VERDICTS), name="verdict"),
-        Index("ix_parts_part_id", "part_id"),
-        Index("ix_parts_at", "at"),
+        Index("ix_parts_site_part_id", "site", "line", "part_id"),
+        Index("ix_parts_site_at", "site", "line", "at"),
     )
 
-    result_id: Mapped[str] = mapped_column(primary_key=True)
+    result_id: Mapped[str]
     station: Mapped[str]
     part_id: Mapped[str]
     verdict: Mapped[str]  # "OK" | "NOK" | "incomplete"
@@ -284,24 +314,72 @@ class PartRecord(Base):
     inspections: Mapped[list[str]] = mapped_column(JSON)
 
 
-class InspectionMinute(Base):
-    """Per-minute counts of inspections that retention deleted (linewatch/sinks/store_retention.py), by
-    camera, product, scorer's verdict and model version: what is left of a frame once its row is gone.
-    Written in the transaction that deletes the rows, and additive: a minute whose normal frames went at
-    ``keep_normal_days`` and its other frames at ``keep_days`` adds both. Kept ``keep_rollup_days``."""
+class FrameCounts:
+    """The counts of the frames of one key (camera, product, scorer's verdict, model version) in a minute or an
+    hour: :class:`InspectionMinute` and :class:`InspectionHour` (linewatch/sinks/rollups.py adds to them). After
+    the class's own time column: a mixin's columns come after the class's own."""
 
-    __tablename__ = "inspection_minutes"
-
-    minute: Mapped[datetime] = mapped_column(primary_key=True)  # UTC, seconds zero
-    camera: Mapped[str] = mapped_column(primary_key=True)
-    product: Mapped[str] = mapped_column(primary_key=True)
-    verdict: Mapped[str] = mapped_column(
-        CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"), primary_key=True
-    )
-    model_version: Mapped[str] = mapped_column(primary_key=True)
+    camera: Mapped[str]
+    product: Mapped[str]
+    verdict: Mapped[str]
+    model_version: Mapped[str]
     frames: Mapped[int] = mapped_column(BigInteger)
     score_sum: Mapped[float] = mapped_column(Float)  # mean = score_sum / frames
     score_max: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)  # the version's threshold for the product (one per key)
     labelled_normal: Mapped[int] = mapped_column(BigInteger)  # frames an operator confirmed normal
     labelled_defect: Mapped[int] = mapped_column(BigInteger)  # frames an operator confirmed defective
+
+
+class InspectionMinute(FrameCounts, LineOwned, Base):
+    """Per-minute counts of a line's inspections by camera, product, scorer's verdict and model version, kept
+    ``keep_days`` (as long as the rows kept longest; :class:`InspectionHour` keeps ``keep_rollup_days``).
+
+    The DB forwarder adds each chunk's new rows in the transaction that inserts them (a replayed row is not
+    counted twice) and moves a frame between ``labelled_*`` when its label changes; retention adds the rows it
+    deletes to ``deleted``, so ``frames - deleted`` of a minute are still rows and the History plot knows
+    which minutes it can only draw from here. Migration 0008 counted the rows that were there before."""
+
+    __tablename__ = "inspection_minutes"
+    __table_args__ = (
+        _line_key("inspection_minutes", "minute", "camera", "product", "verdict", "model_version"),
+        CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
+        Index("ix_inspection_minutes_minute", "minute"),  # the whole plant's range (dashboard, retention)
+        # The History plot's rolled-up minutes (those with rows gone), newest first, with or without a camera:
+        # a year of a line's minutes is millions, and the plot wants the newest 2000 of the few that qualify.
+        Index(
+            "ix_inspection_minutes_site_camera_minute_deleted",
+            "site",
+            "line",
+            "camera",
+            "minute",
+            sqlite_where=text(ROLLED),
+            postgresql_where=text(ROLLED),
+        ),
+        Index(
+            "ix_inspection_minutes_site_minute_deleted",
+            "site",
+            "line",
+            "minute",
+            sqlite_where=text(ROLLED),
+            postgresql_where=text(ROLLED),
+        ),
+    )
+
+    minute: Mapped[datetime]  # UTC, seconds zero
+    deleted: Mapped[int] = mapped_column(BigInteger, sort_order=1)  # of the frames, rows retention deleted
+
+
+class InspectionHour(FrameCounts, LineOwned, Base):
+    """The same counts per hour (:class:`InspectionMinute` without ``deleted``), written with them: what the
+    analytics dashboard reads, since a week of a plant's minutes is millions of rows and its hours some tens of
+    thousands (deploy/grafana/linewatch-analytics.json)."""
+
+    __tablename__ = "inspection_hours"
+    __table_args__ = (
+        _line_key("inspection_hours", "hour", "camera", "product", "verdict", "model_version"),
+        CheckConstraint(_one_of("verdict", VERDICTS), name="verdict"),
+        Index("ix_inspection_hours_hour", "hour"),  # the whole plant's range
+    )
+
+    hour: Mapped[datetime]  # UTC, minutes zero

@@ -10,10 +10,16 @@ age, in two classes:
 
 Part verdicts (``parts``) go after ``keep_days`` too.
 
-Before a row goes, it is counted into ``inspection_minutes`` (per minute, camera, product, verdict and
-model version: frames, score sum and maximum, the threshold, labels) in the same transaction that deletes it, so the
-counts are exact whatever crashes when: a batch is either deleted and counted, or neither. The History
-page and the dashboards add those counts to the rows still there. Roll-ups go after ``keep_rollup_days``.
+Every frame is already counted in ``inspection_minutes`` (per minute, camera, product, verdict and model
+version; the DB forwarder adds it as it arrives). What retention adds is *that* it went: each deleted row
+adds one to its minute's ``deleted``, in the transaction that deletes it (a batch is either deleted and
+counted, or neither), so the History plot knows which minutes it must draw from the counts. Minutes go
+after ``keep_days`` (the plot's reach), the hourly counts the dashboards read after ``keep_rollup_days``.
+
+On PostgreSQL ``inspections`` is partitioned by day, and whole days go at once
+(:mod:`linewatch.sinks.store_partitions`: compacted at ``keep_normal_days``, dropped at ``keep_days``), for
+every line of the store; the row-by-row deletion below then only serves the default partition's strays. On
+SQLite (one line per file) it serves everything. A line deletes only its own rows, parts and roll-ups.
 
 Deletion never blocks the DB forwarder for long: candidates are read outside any write transaction
 (WAL readers do not block writers on SQLite), then each batch of at most ``batch_rows`` is deleted in one
@@ -34,24 +40,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, true
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import ColumnElement, Engine, MetaData, Table, and_, delete, func, or_, select, true
 
 from linewatch.clock import Clock
 from linewatch.config import StoreSection
-from linewatch.sinks.db import DatabaseError, masked, translated, write_transaction
-from linewatch.sinks.db_schema import Inspection, InspectionMinute, PartRecord
+from linewatch.sinks.db import DatabaseError, in_line, masked, scope_of, translated, write_transaction
+from linewatch.sinks.db_schema import Inspection, InspectionHour, InspectionMinute, PartRecord
+from linewatch.sinks.rollups import add_minutes, minute_counts
+from linewatch.sinks.store_partitions import InspectionPartitions
 
 log = logging.getLogger(__name__)
 
 _DAY_S = 86400.0
 _ROLLUP_SLICE = timedelta(hours=6)  # roll-ups deleted per transaction: 6 h of minutes at most
+# PostgreSQL: the partition that catches frames outside every day's partition; deleted from row by row.
+_DEFAULT_PARTITION = Inspection.__table__.to_metadata(MetaData(), name="inspections_default")
 
 
 @dataclass(frozen=True)
@@ -76,79 +82,38 @@ class StoreRetentionPolicy:
 @dataclass
 class StoreRetentionStats:
     deleted: dict[str, int] = field(default_factory=lambda: {"normal": 0, "old": 0, "parts": 0, "rollup": 0})
+    partitions: dict[str, int] = field(default_factory=lambda: {"created": 0, "compacted": 0, "dropped": 0})
     passes: int = 0
     failures: int = 0
-    longest_batch_s: float = 0.0  # the longest delete transaction of the last pass
+    longest_batch_s: float = 0.0  # the longest delete (or partition swap) transaction of the last pass
     last_error: str | None = None
 
 
 @dataclass(frozen=True)
 class SweepResult:
-    normal: int  # plain normals deleted (rolled up)
-    old: int  # other inspections deleted after keep_days (rolled up)
+    normal: int  # plain normals deleted
+    old: int  # other inspections deleted after keep_days
     parts: int  # part verdicts deleted after keep_days
-    rollups: int  # roll-up rows deleted after keep_rollups
+    rollups: int  # minutes deleted after keep, hours after keep_rollups
     longest_batch_s: float
 
 
-_ROLLED_COLUMNS = (
-    Inspection.id,
-    Inspection.frame_ts,
-    Inspection.camera,
-    Inspection.product,
-    Inspection.verdict,
-    Inspection.model_version,
-    Inspection.score,
-    Inspection.threshold,
-    Inspection.label,
-)
+_COUNTED = ("site", "line", "frame_ts", "camera", "product", "verdict", "model_version", "score", "threshold")
 
 
-def plain_normal() -> ColumnElement[bool]:
+def plain_normal(table: Table) -> ColumnElement[bool]:
     """The rows that go after ``keep_normal_days``: normal, unlabelled, without evidence.
 
     One COALESCE rather than three ``IS NULL`` terms: SQLite, without statistics, takes ``label IS NULL`` for a
     selective use of ``ix_inspections_label`` and walked every unlabelled row (nearly all of them) for each
     batch, 270 ms per SELECT and 190 ms per DELETE on 1.2 million rows; a COALESCE uses no index, so the
     SELECT walks the frame-time index and the DELETE the primary key."""
-    return and_(
-        Inspection.verdict == "normal",
-        func.coalesce(Inspection.label, Inspection.snapshot, Inspection.heatmap).is_(None),
-    )
-
-
-def minute_rollups(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """Deleted rows (with the :data:`_ROLLED_COLUMNS`) as ``inspection_minutes`` rows, one per key, sorted."""
-    groups: dict[tuple[datetime, str, str, str, str], dict[str, Any]] = {}
-    for row in rows:
-        minute = row.frame_ts.replace(second=0, microsecond=0)
-        key = (minute, row.camera, row.product, row.verdict, row.model_version)
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = {
-                "minute": minute,
-                "camera": row.camera,
-                "product": row.product,
-                "verdict": row.verdict,
-                "model_version": row.model_version,
-                "frames": 0,
-                "score_sum": 0.0,
-                "score_max": row.score,
-                "threshold": row.threshold,
-                "labelled_normal": 0,
-                "labelled_defect": 0,
-            }
-        group["frames"] += 1
-        group["score_sum"] += row.score
-        group["score_max"] = max(group["score_max"], row.score)
-        group["threshold"] = max(group["threshold"], row.threshold)  # one value per version and product
-        group["labelled_normal"] += row.label == "normal"
-        group["labelled_defect"] += row.label == "defect"
-    return [groups[key] for key in sorted(groups)]
+    return and_(table.c.verdict == "normal", func.coalesce(table.c.label, table.c.snapshot, table.c.heatmap).is_(None))
 
 
 class StoreRetention:
-    """Deletes old inspections in bounded batches, rolling each batch up first; :meth:`run` every interval."""
+    """Deletes old inspections (whole days on PostgreSQL, bounded batches of rows otherwise), counting them
+    in their minutes; :meth:`run` every interval."""
 
     def __init__(self, engine: Engine, clock: Clock, policy: StoreRetentionPolicy) -> None:
         self._engine = engine
@@ -156,9 +121,10 @@ class StoreRetention:
         self.policy = policy
         self.stats = StoreRetentionStats()
         self._where = masked(engine.url)
+        self._scope = scope_of(engine)
         postgres = engine.dialect.name == "postgresql"
-        self._insert = pg_insert if postgres else sqlite_insert
-        self._greatest = func.greatest if postgres else func.max  # SQLite's two-argument max() is scalar
+        self._partitions = InspectionPartitions(engine) if postgres else None
+        self._rows: Table = _DEFAULT_PARTITION if postgres else Inspection.__table__  # deleted row by row
         self._normal_floor: tuple[datetime, str] | None = None  # where the plain-normal walk goes on
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
@@ -168,7 +134,7 @@ class StoreRetention:
                 result = self.sweep(stop)
                 if result.normal or result.old or result.parts or result.rollups:
                     log.info(
-                        "store retention: deleted %d plain normal and %d other inspection(s) (rolled up per "
+                        "store retention: deleted %d plain normal and %d other inspection(s) (counted per "
                         "minute), %d part verdict(s), %d roll-up row(s); longest batch %.0f ms",
                         result.normal, result.old, result.parts, result.rollups, 1000 * result.longest_batch_s,
                     )  # fmt: skip
@@ -180,32 +146,43 @@ class StoreRetention:
                 return
 
     def sweep(self, stop: threading.Event | None = None) -> SweepResult:
-        """One pass: everything older than ``keep`` first (so the normal walk starts on less), then plain
-        normals older than ``keep_normal``, then old roll-ups. ``stop`` ends it between batches."""
+        """One pass: on PostgreSQL the day partitions first; then rows older than ``keep`` (so the normal walk
+        starts on less), plain normals older than ``keep_normal``, part verdicts, old roll-ups. ``stop`` ends
+        it between batches."""
         stop = stop or threading.Event()
         now = self._clock.now()
         self.stats.longest_batch_s = 0.0
-        old = self._delete_rolled(now - self.policy.keep, true(), None, stop)
-        normal = self._delete_rolled(now - self.policy.keep_normal, plain_normal(), "normal", stop)
+        normal = old = 0
+        if self._partitions is not None:
+            days = self._partitions.maintain(now, self.policy.keep_normal, self.policy.keep)
+            normal, old = days.normal_rows, days.old_rows
+            self.stats.deleted["normal"] += normal
+            self.stats.deleted["old"] += old
+            for change in self.stats.partitions:
+                self.stats.partitions[change] += getattr(days, change)
+            self.stats.longest_batch_s = days.longest_lock_s
+        old += self._delete_rows(now - self.policy.keep, true(), None, stop)
+        normal += self._delete_rows(now - self.policy.keep_normal, plain_normal(self._rows), "normal", stop)
         parts = self._delete_parts(now - self.policy.keep, stop)
-        rollups = self._delete_rollups(now - self.policy.keep_rollups, stop)
+        rollups = self._delete_rollups(now - self.policy.keep, now - self.policy.keep_rollups, stop)
         self.stats.passes += 1
         return SweepResult(normal, old, parts, rollups, self.stats.longest_batch_s)
 
-    def _delete_rolled(
+    def _delete_rows(
         self, cutoff: datetime, condition: ColumnElement[bool], walk: str | None, stop: threading.Event
     ) -> int:
-        """Delete rows older than ``cutoff`` matching ``condition``, batch by batch, rolling each up; ``walk``
-        set: resume from (and remember) the keyset floor of the plain-normal walk."""
-        total = 0
+        """Delete this line's rows older than ``cutoff`` matching ``condition``, batch by batch, each counted in
+        its minute; ``walk`` set: resume from (and remember) the keyset floor of the plain-normal walk."""
+        table, total = self._rows, 0
+        mine = in_line(table, self._scope)
         while not stop.is_set():
-            candidates = select(Inspection.id, Inspection.frame_ts).where(Inspection.frame_ts < cutoff, condition)
+            candidates = select(table.c.id, table.c.frame_ts).where(mine, table.c.frame_ts < cutoff, condition)
             floor = self._normal_floor if walk else None
             if floor is not None:
                 candidates = candidates.where(
-                    Inspection.frame_ts >= floor[0], or_(Inspection.frame_ts > floor[0], Inspection.id > floor[1])
+                    table.c.frame_ts >= floor[0], or_(table.c.frame_ts > floor[0], table.c.id > floor[1])
                 )
-            candidates = candidates.order_by(Inspection.frame_ts, Inspection.id).limit(self.policy.batch_rows)
+            candidates = candidates.order_by(table.c.frame_ts, table.c.id).limit(self.policy.batch_rows)
             with translated(self._where, "reading old inspections"), self._engine.connect() as conn:
                 found = conn.execute(candidates).all()
             if not found:
@@ -215,13 +192,11 @@ class StoreRetention:
             with translated(self._where, "deleting old inspections"), write_transaction(self._engine) as conn:
                 # The condition again, under the write lock: a row labelled since the read stays.
                 deleted = conn.execute(
-                    delete(Inspection)
-                    .where(Inspection.id.in_(ids), Inspection.frame_ts < cutoff, condition)
-                    .returning(*_ROLLED_COLUMNS)
+                    delete(table)
+                    .where(mine, table.c.id.in_(ids), table.c.frame_ts < cutoff, condition)
+                    .returning(*(table.c[name] for name in _COUNTED))
                 ).all()
-                rollups = minute_rollups(deleted)
-                if rollups:
-                    conn.execute(self._add_rollups(rollups))
+                add_minutes(conn, minute_counts((row._mapping for row in deleted), deleted=True))
             self.stats.longest_batch_s = max(self.stats.longest_batch_s, time.monotonic() - started)
             self.stats.deleted["normal" if walk else "old"] += len(deleted)
             total += len(deleted)
@@ -233,30 +208,15 @@ class StoreRetention:
                 return total
         return total
 
-    def _add_rollups(self, rows: list[dict[str, Any]]) -> Any:
-        """An upsert that adds to a minute's existing counts (another class's rows may be there already)."""
-        table = InspectionMinute.__table__
-        statement = self._insert(table).values(rows)
-        added = statement.excluded
-        return statement.on_conflict_do_update(
-            index_elements=["minute", "camera", "product", "verdict", "model_version"],
-            set_={
-                "frames": table.c.frames + added.frames,
-                "score_sum": table.c.score_sum + added.score_sum,
-                "score_max": self._greatest(table.c.score_max, added.score_max),
-                "threshold": self._greatest(table.c.threshold, added.threshold),
-                "labelled_normal": table.c.labelled_normal + added.labelled_normal,
-                "labelled_defect": table.c.labelled_defect + added.labelled_defect,
-            },
-        )
-
     def _delete_parts(self, cutoff: datetime, stop: threading.Event) -> int:
         """Part verdicts older than ``keep_days``, oldest first (``ix_parts_at``), in bounded batches. Their
         frames go with the inspections' own retention; the per-minute counts keep the frames' verdicts."""
         total = 0
         while not stop.is_set():
             candidates = (
-                select(PartRecord.result_id).where(PartRecord.at < cutoff).order_by(PartRecord.at)
+                select(PartRecord.result_id)
+                .where(in_line(PartRecord, self._scope), PartRecord.at < cutoff)
+                .order_by(PartRecord.at)
             ).limit(self.policy.batch_rows)
             with translated(self._where, "reading old part verdicts"), self._engine.connect() as conn:
                 ids = list(conn.scalars(candidates))
@@ -264,7 +224,9 @@ class StoreRetention:
                 return total
             started = time.monotonic()
             with translated(self._where, "deleting old part verdicts"), write_transaction(self._engine) as conn:
-                count = conn.execute(delete(PartRecord).where(PartRecord.result_id.in_(ids))).rowcount
+                count = conn.execute(
+                    delete(PartRecord).where(in_line(PartRecord, self._scope), PartRecord.result_id.in_(ids))
+                ).rowcount
             self.stats.longest_batch_s = max(self.stats.longest_batch_s, time.monotonic() - started)
             self.stats.deleted["parts"] += count
             total += count
@@ -272,20 +234,27 @@ class StoreRetention:
                 return total
         return total
 
-    def _delete_rollups(self, cutoff: datetime, stop: threading.Event) -> int:
+    def _delete_rollups(self, minutes_cutoff: datetime, cutoff: datetime, stop: threading.Event) -> int:
+        """This line's hours older than ``cutoff`` and minutes older than ``keep`` (the History plot draws
+        minutes as long as rows are kept; the dashboards read hours), a slice of time per transaction."""
         total = 0
-        while not stop.is_set():
-            with translated(self._where, "reading old roll-ups"), self._engine.connect() as conn:
-                oldest = conn.scalar(select(func.min(InspectionMinute.minute)))
-            if oldest is None or oldest >= cutoff:
-                return total
-            upper = min(cutoff, oldest + _ROLLUP_SLICE)
-            started = time.monotonic()
-            with translated(self._where, "deleting old roll-ups"), write_transaction(self._engine) as conn:
-                count = conn.execute(delete(InspectionMinute).where(InspectionMinute.minute < upper)).rowcount
-            self.stats.longest_batch_s = max(self.stats.longest_batch_s, time.monotonic() - started)
-            self.stats.deleted["rollup"] += count
-            total += count
-            if stop.wait(self.policy.pause_s):
-                return total
+        for table, time_column, older_than in (
+            (InspectionMinute.__table__, "minute", minutes_cutoff),
+            (InspectionHour.__table__, "hour", cutoff),
+        ):
+            mine, at = in_line(table, self._scope), table.c[time_column]
+            while not stop.is_set():
+                with translated(self._where, "reading old roll-ups"), self._engine.connect() as conn:
+                    oldest = conn.scalar(select(func.min(at)).where(mine))
+                if oldest is None or oldest >= older_than:
+                    break
+                upper = min(older_than, oldest + _ROLLUP_SLICE)
+                started = time.monotonic()
+                with translated(self._where, "deleting old roll-ups"), write_transaction(self._engine) as conn:
+                    count = conn.execute(delete(table).where(mine, at < upper)).rowcount
+                self.stats.longest_batch_s = max(self.stats.longest_batch_s, time.monotonic() - started)
+                self.stats.deleted["rollup"] += count
+                total += count
+                if stop.wait(self.policy.pause_s):
+                    return total
         return total

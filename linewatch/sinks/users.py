@@ -10,9 +10,11 @@ account, the page logs in by name and password only; until then the ``[http] tok
 docs/http.md).
 
 Every change is written with an ``actions`` row naming who made it, in the same transaction: an account
-change and its record exist together or not at all. While any account remains, one admin remains: the
-last one cannot be removed or demoted, so the page never locks its managers out (the command line could
-still repair that, but nobody should have to).
+change and its record exist together or not at all. Accounts are plant-wide (one login for every line of a
+shared store) but actions belong to a line: the row goes to the line whose engine made the change
+(:func:`linewatch.sinks.db.scope_of`), whose page then lists it. While any account remains, one admin
+remains: the last one cannot be removed or demoted, so the page never locks its managers out (the command
+line could still repair that, but nobody should have to).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from linewatch.sinks.db import masked, translated, write_transaction
+from linewatch.sinks.db import masked, scope_of, translated, write_transaction
 from linewatch.sinks.db_schema import USER_ROLES, ActionRecord, User
 
 MIN_PASSWORD_LENGTH = 10
@@ -128,8 +130,9 @@ def _keep_an_admin(conn: Connection, name: str, new_role: str | None) -> None:
 
 def _record(conn: Connection, kind: str, by: str, at: datetime, detail: str) -> None:
     """The ``actions`` row of an account change, in the change's own transaction (no secret in ``detail``)."""
-    conn.execute(ActionRecord.__table__.insert().values(action_id=uuid.uuid4().hex, kind=kind, actor=by, at=at,
-                                                        camera=None, detail=detail))  # fmt: skip
+    conn.execute(ActionRecord.__table__.insert().values(**scope_of(conn).columns(), action_id=uuid.uuid4().hex,
+                                                        kind=kind, actor=by, at=at, camera=None,
+                                                        detail=detail))  # fmt: skip
 
 
 def list_users(engine: Engine) -> list[Account]:

@@ -3,6 +3,11 @@
 
 Decisions:
 
+- Every query reads only the rows of the engine's own line (:func:`linewatch.sinks.db.scope_of`,
+  :func:`~linewatch.sinks.db.in_line`): one store may serve many lines, two of them may both have a ``cam1``,
+  and ids are unique only within a line, so a lookup by id names the line too. The ``site = ? AND line = ?``
+  terms are equalities on the leading columns of the indexes these queries walk, so each plan below still
+  seeks into and walks the same index it did before the store was shared.
 - Every function raises :class:`DatabaseError` (URL password masked) when the database fails, and
   ``ValueError`` for arguments refused before touching it (naive datetime, unknown target or filter value,
   negative band, limit below 1), so the page can tell "the store is down" from a bad request.
@@ -15,17 +20,17 @@ Decisions:
 - Newest first is ``(time desc, id desc)`` everywhere: frames of several cameras share timestamps, and a
   page boundary must split them the same way every time. History pages are keyset pages on that order
   (``frame_ts <= t AND (frame_ts < t OR id < i)``: the ``frame_ts`` bound alone is what an index on
-  ``frame_ts`` can seek to on both dialects; a row-value comparison needs an index on both columns).
+  ``(site, line, frame_ts)`` can seek to on both dialects; a row-value comparison needs one on both columns).
 - The history's "unlabelled" filter writes ``label IS NULL`` so SQLite cannot use ``ix_inspections_label``
   for it: without ANALYZE statistics SQLite takes any equality on an indexed column for a selective one and
   would read every unlabelled row (nearly the whole table) through that index and sort them, instead of
   walking the time index and stopping after ``limit`` rows (benchmarks/web_queries.py: 0.9 s against 1 ms
   for the unlabelled history page on 1M rows). PostgreSQL, which has statistics, walks the time index
   either way.
-- Close calls are walked newest first down the partial index ``ix_inspections_frame_ts_unlabelled_snapshot``
+- Close calls are walked newest first down the partial index ``ix_inspections_site_frame_ts_unlabelled_snapshot``
   (unlabelled rows with a snapshot, :data:`linewatch.sinks.db_schema.REVIEWABLE`) and stopped at ``limit``
   rows or at the window's start. Close calls are rare, so the walk usually reaches the window's start: down
-  ``ix_inspections_frame_ts`` it read every frame of the window, down the partial index only the ~1% with
+  ``ix_inspections_site_frame_ts`` it read every frame of the window, down the partial index only the ~1% with
   evidence (benchmarks/web_queries.py, 24 h of a 4-camera line, 333k rows: the queue took 100 ms -> 6 ms on
   SQLite, 150 ms -> 5 ms on PostgreSQL). A planner uses a partial index only when the query's WHERE holds the
   index's terms, so the query says ``label IS NULL`` and ``snapshot IS NOT NULL`` literally. On SQLite the
@@ -44,11 +49,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, exists, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, exists, func, or_, select, text
 
-from linewatch.sinks.db import masked, require_aware, require_one_of, translated
+from linewatch.sinks.db import LineScope, in_line, masked, require_aware, require_one_of, scope_of, translated
 from linewatch.sinks.db_schema import (
     LABEL_TARGETS,
+    ROLLED,
     VERDICTS,
     ActionRecord,
     DefectEvent,
@@ -181,13 +187,18 @@ def _review_queries(engine: Engine, now: datetime, window: timedelta, band: floa
     since = require_aware("now", now) - window
     if band < 0:
         raise ValueError(f"band must be at least 0, got {band}")
-    events = select(*_EVENT_COLUMNS).where(DefectEvent.label.is_(None), DefectEvent.last_at >= since)
-    covered = exists().where(
+    scope = scope_of(engine)
+    events = select(*_EVENT_COLUMNS).where(
+        in_line(DefectEvent, scope), DefectEvent.label.is_(None), DefectEvent.last_at >= since
+    )
+    covered = exists().where(  # down ix_events_site_camera_started_at: the frame's own line and camera
+        in_line(DefectEvent, scope),
         DefectEvent.camera == Inspection.camera,
         DefectEvent.started_at <= Inspection.frame_ts,
         func.coalesce(DefectEvent.ended_at, DefectEvent.last_at) >= Inspection.frame_ts,
     )
     close_calls = select(*_INSPECTION_COLUMNS).where(
+        in_line(Inspection, scope),
         _reviewable(engine),
         Inspection.frame_ts >= since,
         func.abs(Inspection.score - Inspection.threshold) <= band * func.abs(Inspection.threshold),
@@ -200,10 +211,11 @@ def review_item(engine: Engine, target: str, target_id: str) -> ReviewItem | Non
     """One episode or inspection as a review item, labelled or not (the page re-renders it after a label);
     None when there is no such row."""
     require_one_of("target", target, LABEL_TARGETS)
+    scope = scope_of(engine)
     if target == "event":
-        query = select(*_EVENT_COLUMNS).where(DefectEvent.event_id == target_id)
+        query = select(*_EVENT_COLUMNS).where(in_line(DefectEvent, scope), DefectEvent.event_id == target_id)
     else:
-        query = select(*_INSPECTION_COLUMNS).where(Inspection.id == target_id)
+        query = select(*_INSPECTION_COLUMNS).where(in_line(Inspection, scope), Inspection.id == target_id)
     with translated(masked(engine.url), f"reading {target} {target_id!r}"), engine.connect() as conn:
         row = conn.execute(query).first()
     if row is None:
@@ -218,7 +230,7 @@ def history_page(
     of the next page: the (frame_ts, id) of this page's last row, None when no older row matches. ``before``
     is the cursor a previous call returned; the page holds only rows strictly after it in that order."""
     _check_limit(limit)
-    query = _matching(filter)
+    query = _matching(scope_of(engine), filter)
     if before is not None:
         ts, inspection_id = require_aware("before", before[0]), before[1]
         query = query.where(Inspection.frame_ts <= ts, or_(Inspection.frame_ts < ts, Inspection.id < inspection_id))
@@ -232,12 +244,14 @@ def history_page(
 
 
 def score_series(engine: Engine, filter: HistoryFilter, limit: int = 2000) -> list[ScorePoint]:
-    """The newest ``limit`` points matching ``filter``, oldest first: inspections, and the minutes whose frames
-    retention rolled up (their highest score, ``rolled``), so a long window still shows its old days. Roll-ups
+    """The newest ``limit`` points matching ``filter``, oldest first: inspections, and the minutes some of whose
+    rows retention deleted (their highest score, ``rolled``), so a long window still shows its old days. Roll-ups
     have no labels or parts: a filter on those shows inspections only."""
     _check_limit(limit)
+    scope = scope_of(engine)
     query = (
         _matching(
+            scope,
             filter,
             Inspection.frame_ts,
             Inspection.score,
@@ -252,7 +266,7 @@ def score_series(engine: Engine, filter: HistoryFilter, limit: int = 2000) -> li
     with translated(masked(engine.url), "reading the score series"), engine.connect() as conn:
         points = [ScorePoint(*row) for row in conn.execute(query)]
         if filter.label is None and filter.part_id is None:
-            minutes = _rolled_minutes(filter).order_by(InspectionMinute.minute.desc()).limit(limit)
+            minutes = _rolled_minutes(scope, filter).order_by(InspectionMinute.minute.desc()).limit(limit)
             points += [
                 ScorePoint(
                     row.minute + _HALF_MINUTE, row.score_max, row.threshold, row.product, row.verdict, None, rolled=True
@@ -265,10 +279,15 @@ def score_series(engine: Engine, filter: HistoryFilter, limit: int = 2000) -> li
     return points
 
 
-def _rolled_minutes(filter: HistoryFilter) -> Select[Any]:
-    """Roll-up rows matching the filter's camera, product, verdict and time (down the primary key: minute first)."""
+def _rolled_minutes(scope: LineScope, filter: HistoryFilter) -> Select[Any]:
+    """The line's roll-up rows matching the filter's camera, product, verdict and time. Only minutes some of whose
+    rows retention deleted: the forwarder counts every frame into its minute as it arrives, so any other minute's
+    rows are all still there, drawn as themselves. Newest first down a partial index of just those minutes
+    (``ix_inspection_minutes_site_camera_minute_deleted``, or ``..._site_minute_deleted`` for every camera): a
+    year of a line's minutes is millions of rows. The term is :data:`ROLLED`'s literal text, as for the review
+    queue's index, since SQLite uses a partial index only for a WHERE that holds its very terms."""
     table = InspectionMinute
-    conditions: list[ColumnElement[bool]] = [true()]
+    conditions: list[ColumnElement[bool]] = [in_line(table, scope), text(ROLLED)]
     if filter.camera is not None:
         conditions.append(table.camera == filter.camera)
     if filter.product is not None:
@@ -290,7 +309,7 @@ def label_history(engine: Engine, target: str, target_id: str, limit: int = 20) 
     _check_limit(limit)
     query = (
         select(LabelRecord.label, LabelRecord.source, LabelRecord.username, LabelRecord.labelled_at)
-        .where(LabelRecord.target == target, LabelRecord.target_id == target_id)
+        .where(in_line(LabelRecord, scope_of(engine)), LabelRecord.target == target, LabelRecord.target_id == target_id)
         .order_by(LabelRecord.labelled_at.desc(), LabelRecord.label_id.desc())
         .limit(limit)
     )
@@ -299,13 +318,13 @@ def label_history(engine: Engine, target: str, target_id: str, limit: int = 20) 
 
 
 def recent_actions(engine: Engine, kinds: tuple[str, ...], limit: int = 30) -> list[dict[str, Any]]:
-    """The latest actions of ``kinds``, newest first, as dicts of kind, actor, at, camera and detail (down the
-    ``at`` index: a few rows however long the history)."""
+    """The line's latest actions of ``kinds``, newest first, as dicts of kind, actor, at, camera and detail (down
+    ``ix_actions_site_at``: a few rows however long the history)."""
     _check_limit(limit)
     columns = ActionRecord.kind, ActionRecord.actor, ActionRecord.at, ActionRecord.camera, ActionRecord.detail
     query = (
         select(*columns)
-        .where(ActionRecord.kind.in_(kinds))
+        .where(in_line(ActionRecord, scope_of(engine)), ActionRecord.kind.in_(kinds))
         .order_by(ActionRecord.at.desc(), ActionRecord.action_id.desc())
         .limit(limit)
     )
@@ -313,9 +332,9 @@ def recent_actions(engine: Engine, kinds: tuple[str, ...], limit: int = 30) -> l
         return [dict(row) for row in conn.execute(query).mappings()]
 
 
-def _matching(filter: HistoryFilter, *columns: Any) -> Select[Any]:
-    """Inspections matching the filter; the InspectionRow columns unless others are given."""
-    conditions: list[ColumnElement[bool]] = [true()]
+def _matching(scope: LineScope, filter: HistoryFilter, *columns: Any) -> Select[Any]:
+    """The line's inspections matching the filter; the InspectionRow columns unless others are given."""
+    conditions: list[ColumnElement[bool]] = [in_line(Inspection, scope)]
     if filter.camera is not None:
         conditions.append(Inspection.camera == filter.camera)
     if filter.product is not None:
@@ -326,7 +345,7 @@ def _matching(filter: HistoryFilter, *columns: Any) -> Select[Any]:
     if filter.label is not None:
         require_one_of("label", filter.label, LABEL_FILTERS)
         conditions.append(_unlabelled() if filter.label == "unlabelled" else Inspection.label == filter.label)
-    if filter.part_id is not None:  # ix_inspections_part_id
+    if filter.part_id is not None:  # ix_inspections_site_part_id
         conditions.append(Inspection.part_id == filter.part_id)
     if filter.since is not None:
         conditions.append(Inspection.frame_ts >= require_aware("since", filter.since))

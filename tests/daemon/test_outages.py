@@ -21,7 +21,7 @@ from linewatch.daemon.app import App
 from linewatch.pipeline.journal.records import JournalRecord
 from linewatch.retrain.store import list_versions
 from linewatch.retrain.versions import model_version
-from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db import DatabaseError, LineScope, make_engine
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord
 from tests.daemon.test_app import daemon_model, journal_records, mqtt_section, write_config  # noqa: F401  (a module-scoped fixture)
 from tests.services.mosquitto import MosquittoBroker, MqttWatcher, wait_until
@@ -255,7 +255,7 @@ def test_the_active_model_is_recorded_once_a_store_down_at_start_returns(
     try:
         wait_until(_grows_by(config, 8), timeout=60, interval=0.1)  # inspecting without a store
         postgres_server.start()
-        engine = make_engine(postgres_url)
+        engine = make_engine(postgres_url, LineScope.of(config.site))
 
         def recorded() -> list[dict]:
             try:

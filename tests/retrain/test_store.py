@@ -25,13 +25,14 @@ from linewatch.retrain.store import (
     record_version,
     start_run,
 )
-from linewatch.sinks.db import DatabaseError, make_engine
+from linewatch.sinks.db import DatabaseError, LineScope, in_line, make_engine, scope_of
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import Inspection
 from tests.services.postgres import PASSWORD
 from tests.store_rows import insert_inspections, inspection_row
 
 T0 = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
+LINE1 = {"site": "site", "line": "line1"}  # a plain make_engine's line (DEFAULT_SCOPE)
 
 
 @pytest.fixture
@@ -42,25 +43,35 @@ def engine(store_url: str, tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture
+def line2(engine: Engine, store_url: str) -> Iterator[Engine]:
+    """A second line of the same store (``engine`` migrated it): same site, line "line2"."""
+    other = make_engine(store_url, LineScope("site", "line2"))
+    yield other
+    other.dispose()
+
+
 def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
 def add_inspections(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Inspection rows (tests/store_rows.py defaults, model v0, an hour ago); each row may set id, verdict,
-    snapshot, label, labelled_at and trained_into (label source and user follow the label)."""
+    """Inspection rows of the engine's line (tests/store_rows.py defaults, model v0, an hour ago); each row may
+    set id, verdict, snapshot, label, labelled_at and trained_into (label source and user follow the label)."""
     full = []
     for position, row in enumerate(rows):
         labelled = {"label_source": "cli", "label_user": "ana"} if row.get("label") is not None else {}
-        fields = {"model_version": "v0", **labelled, **row}
+        fields = {**scope_of(engine).columns(), "model_version": "v0", **labelled, **row}
         inspection_id = fields.pop("id")
         full.append(inspection_row(inspection_id, at(-60 + position / 1000), position, **fields))
     insert_inspections(engine, full)
 
 
 def trained_into(engine: Engine) -> dict[str, str | None]:
+    """The engine's line's inspections and the version each was trained into."""
+    query = select(Inspection.id, Inspection.trained_into).where(in_line(Inspection, scope_of(engine)))
     with engine.connect() as conn:
-        return {row.id: row.trained_into for row in conn.execute(select(Inspection.id, Inspection.trained_into))}
+        return {row.id: row.trained_into for row in conn.execute(query)}
 
 
 def record(engine: Engine, version: str, created_at: datetime, **changes: Any) -> None:
@@ -154,6 +165,7 @@ def test_a_run_is_started_running_and_finished_with_its_outcome(engine: Engine) 
     assert second != first
 
     assert last_run(engine) == {
+        **LINE1,
         "id": second,
         "trigger": "mqtt",
         "started_at": at(5),
@@ -169,6 +181,7 @@ def test_a_run_is_started_running_and_finished_with_its_outcome(engine: Engine) 
 
     runs = {run["id"]: run for run in list_runs(engine)}
     assert runs[first] == {
+        **LINE1,
         "id": first,
         "trigger": "schedule",
         "started_at": at(0),
@@ -254,6 +267,7 @@ def test_recording_a_version_twice_updates_it_in_place(engine: Engine) -> None:
 
     assert list_versions(engine) == [
         {
+            **LINE1,
             "version": "v1",
             "artifact_path": "models/v1-retry",
             "backbone": "ViT-B-16",
@@ -360,3 +374,97 @@ def test_interrupted_runs_are_closed_as_failed_and_keep_existing_leaves_a_row_al
     record(engine, "v1", at(5), metrics=None, reason=None, status="active", keep_existing=True)
     row = versions_by_name(engine)["v1"]
     assert (row["metrics"], row["reason"], row["status"]) == ({"gate": {"accepted": True}}, "gate passed", "candidate")
+
+
+# --- two lines in one store ----------------------------------------------------------------------------------
+
+
+def test_each_line_gathers_and_marks_only_its_own_confirmed_images(engine: Engine, line2: Engine) -> None:
+    """Both lines have a cam1 and an inspection "shared": each line trains on its own, and marking one line's
+    training set leaves the other line's rows of the same ids untrained."""
+    add_inspections(
+        engine,
+        [
+            {"id": "shared", "label": "normal", "labelled_at": at(1), "product": "plate"},
+            {"id": "line1-only", "label": "normal", "labelled_at": at(2), "product": "plate"},
+        ],
+    )
+    add_inspections(
+        line2,
+        [
+            {"id": "shared", "label": "normal", "labelled_at": at(0), "product": "bolt"},
+            {"id": "line2-only", "label": "normal", "labelled_at": at(3), "product": "bolt"},
+            {"id": "line2-defect", "label": "defect", "labelled_at": at(4), "product": "bolt"},
+        ],
+    )
+
+    assert confirmed_images(engine, "normal", untrained_only=True) == [
+        LabelledImage("shared", "cam1", "plate", "cam1/shared.jpg", at(1)),
+        LabelledImage("line1-only", "cam1", "plate", "cam1/line1-only.jpg", at(2)),
+    ]
+    assert [image.inspection_id for image in confirmed_images(line2, "normal", untrained_only=True)] == [
+        "shared",
+        "line2-only",
+    ]
+    assert confirmed_images(engine, "defect", untrained_only=False) == []
+
+    assert mark_trained(engine, ["shared", "line2-only"], "v2") == 1  # line2-only is not this line's
+
+    assert trained_into(engine) == {"shared": "v2", "line1-only": None}
+    assert trained_into(line2) == {"shared": None, "line2-only": None, "line2-defect": None}
+    assert [image.inspection_id for image in confirmed_images(line2, "normal", untrained_only=True)] == [
+        "shared",
+        "line2-only",
+    ]
+
+
+def test_the_same_version_on_two_lines_is_two_rows_and_activating_one_retires_nothing_on_the_other(
+    engine: Engine, line2: Engine
+) -> None:
+    record(engine, "v1", at(0), artifact_path="models/line1/v1")
+    record(engine, "v2", at(1), artifact_path="models/line1/v2")
+    record(line2, "v1", at(2), artifact_path="models/line2/v1")
+    activate_version(line2, "v1", at(3))
+
+    activate_version(engine, "v1", at(4))
+    activate_version(engine, "v2", at(5))  # retires line1's v1 only
+
+    ours, theirs = versions_by_name(engine), versions_by_name(line2)
+    assert {name: (row["status"], row["artifact_path"]) for name, row in ours.items()} == {
+        "v1": ("retired", "models/line1/v1"),
+        "v2": ("active", "models/line1/v2"),
+    }
+    assert {name: (row["status"], row["artifact_path"]) for name, row in theirs.items()} == {
+        "v1": ("active", "models/line2/v1"),
+    }
+    assert (theirs["v1"]["activated_at"], theirs["v1"]["line"]) == (at(3), "line2")
+
+    record(line2, "v1", at(6), artifact_path="models/line2/v1-retry", status="failed")  # a replay: line2's row
+    assert versions_by_name(engine)["v1"]["artifact_path"] == "models/line1/v1"
+    assert versions_by_name(line2)["v1"]["artifact_path"] == "models/line2/v1-retry"
+    record(engine, "v2", at(7), artifact_path="elsewhere", keep_existing=True)  # line1's row exists: kept
+    assert versions_by_name(engine)["v2"]["artifact_path"] == "models/line1/v2"
+
+    with pytest.raises(DatabaseError, match=r"activating model version 'v2' failed: no such version"):
+        activate_version(line2, "v2", at(8))  # line1 has a v2; line2 has none
+    assert versions_by_name(line2)["v1"]["status"] == "failed"
+    assert versions_by_name(engine)["v2"]["status"] == "active"
+
+
+def test_each_line_lists_finishes_and_closes_only_its_own_runs(engine: Engine, line2: Engine) -> None:
+    ours = start_run(engine, "schedule", at(0))
+    theirs = start_run(line2, "schedule", at(1))
+    theirs_done = start_run(line2, "cli", at(2))
+    finish_run(line2, theirs_done, "skipped", "too few", None, None, at(3))
+
+    assert [run["id"] for run in list_runs(engine)] == [ours]
+    assert [run["id"] for run in list_runs(line2)] == [theirs_done, theirs]
+    assert last_run(engine, trigger="cli") is None
+    assert last_run(line2, "skipped")["id"] == theirs_done
+    with pytest.raises(DatabaseError, match=rf"finishing retrain run {theirs} failed: no such run"):
+        finish_run(engine, theirs, "failed", "not ours", None, None, at(4))
+
+    assert fail_interrupted_runs(engine, at(5)) == 1  # line2's running run is line2's daemon's business
+
+    assert [(run["id"], run["status"]) for run in list_runs(engine)] == [(ours, "failed")]
+    assert [(run["id"], run["status"]) for run in list_runs(line2)] == [(theirs_done, "skipped"), (theirs, "running")]

@@ -24,8 +24,22 @@ def panel_queries(path: Path = ANALYTICS) -> dict[str, str]:
 
 
 def render(sql: str, since: datetime, until: datetime, path: Path = ANALYTICS, **variables: str) -> str:
+    """The SQL Grafana sends: textbox variables default to their text; query variables (site, line) must be
+    given as Grafana formats a multi-value selection for SQL: ``"'line-a','line-b'"``."""
     values = {v["name"]: v.get("query", "") for v in dashboard(path)["templating"]["list"] if v["type"] == "textbox"}
     values.update(variables)
     sql = sql.replace("$__timeFrom()", f"'{since.isoformat()}'::timestamptz")
     sql = sql.replace("$__timeTo()", f"'{until.isoformat()}'::timestamptz")
-    return VARIABLE.sub(lambda match: values[match.group(1) or match.group(2)], sql)
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in values:
+            raise ValueError(f"no value for the dashboard variable ${name}")
+        return values[name]
+
+    return VARIABLE.sub(value, sql)
+
+
+def sql_list(*values: str) -> str:
+    """A multi-value variable as Grafana's PostgreSQL data source formats it: quoted, comma-separated."""
+    return ",".join("'" + value.replace("'", "''") + "'" for value in values)

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import pytest
 from sqlalchemy import insert, select
 
+from linewatch.sinks.db import scope_of
 from linewatch.sinks.db_schema import DefectEvent, Inspection, LabelRecord, RetrainRun
 from linewatch.web.site import CSP
 from tests.store_rows import inspection_row
@@ -163,7 +164,9 @@ FILTER_ROWS = [
 
 @pytest.fixture(scope="module")
 def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
-    """History rows of the past (2020 for the filters, 2021 to page through) and rows with hostile text."""
+    """History rows of the past (2020 for the filters, 2021 to page through) and rows with hostile text, on the
+    daemon's own line (its ``[site]``, not the store rows' default): its page reads no other line's rows."""
+    line = scope_of(web_daemon.engine).columns()
     filter_rows = [
         probe_row(
             row.inspection_id,
@@ -176,6 +179,7 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
             label_user="probe" if row.label else None,
             labelled_at=row.frame_ts if row.label else None,
             snapshot=f"{row.camera}/2020-01-01/{row.inspection_id}-{row.verdict}.jpg",
+            **line,
         )
         for row in FILTER_ROWS
     ]
@@ -185,6 +189,7 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
             PAGE_DAY + timedelta(seconds=index // 3),
             product="probe-page",
             snapshot=f"probe/2021-01-01/{ID_FORMAT.format(index)}-normal.jpg",
+            **line,
         )
         for index in range(PAGE_ROWS)
     ]
@@ -200,9 +205,11 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
         label_user=PAYLOAD,
         labelled_at=now,
         snapshot="probe/2022-01-01/xss-inspection-normal.jpg",
+        **line,
     )
-    neighbour = probe_row("xss-neighbour", HOSTILE_DAY + timedelta(minutes=1))  # a second product: a legend
+    neighbour = probe_row("xss-neighbour", HOSTILE_DAY + timedelta(minutes=1), **line)  # a second product: a legend
     hostile_event = {
+        **line,
         "event_id": "xss-event",
         "camera": "probe",
         "product": PAYLOAD,
@@ -220,6 +227,7 @@ def probe_rows(web_daemon: WebDaemon) -> None:  # noqa: F811
         "heatmap": None,
     }
     hostile_run = {
+        **line,
         "trigger": PAYLOAD,
         "started_at": now - timedelta(hours=1),
         "finished_at": now - timedelta(hours=1),

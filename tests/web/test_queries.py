@@ -11,17 +11,20 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, event, insert, inspect, update
+from sqlalchemy import Engine, MetaData, event, insert, inspect, update
 
 from linewatch.cli.main import main
 from linewatch.clock import FakeClock
-from linewatch.sinks.db import DatabaseError, make_engine, write_transaction
+from linewatch.sinks import rollups
+from linewatch.sinks.db import DatabaseError, LineScope, make_engine, scope_of, write_transaction
 from linewatch.sinks.db_migrate import alembic_config, database_revision, upgrade_database
-from linewatch.sinks.db_schema import REVIEWABLE, DefectEvent, LabelRecord
+from linewatch.sinks.db_schema import REVIEWABLE, ActionRecord, DefectEvent, InspectionMinute, LabelRecord
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
+from linewatch.sinks.users import add_user, authenticate
 from linewatch.web.queries import (
     history_page,
     label_history,
+    recent_actions,
     review_count,
     review_item,
     review_page,
@@ -35,7 +38,7 @@ from tests.store_rows import insert_inspections, inspection_row
 
 T0 = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
-REVIEW_INDEX = "ix_inspections_frame_ts_unlabelled_snapshot"
+REVIEW_INDEX = "ix_inspections_site_frame_ts_unlabelled_snapshot"
 
 
 @pytest.fixture
@@ -44,6 +47,14 @@ def engine(store_url: str, tmp_path: Path) -> Iterator[Engine]:
     engine = make_engine(store_url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def line2(engine: Engine, store_url: str) -> Iterator[Engine]:
+    """A second line of the same store (``engine`` migrated it): same site, line "line2"."""
+    other = make_engine(store_url, LineScope("site", "line2"))
+    yield other
+    other.dispose()
 
 
 @pytest.fixture
@@ -58,24 +69,33 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def add_inspections(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Inspection rows (tests/store_rows.py defaults); each row sets at least id and frame_ts and may override
-    any column. A label brings its user and time with it."""
+def inspection_rows(engine: Engine, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inspection rows of the engine's line (tests/store_rows.py defaults); each row sets at least id and
+    frame_ts and may override any column. A label brings its user and time with it."""
     full = []
     for position, row in enumerate(rows):
         labelled = {"label_source": "web", "label_user": "ana", "labelled_at": row["frame_ts"] + HOUR}
-        fields = {**(labelled if row.get("label") is not None else {}), **row}
+        fields = {**scope_of(engine).columns(), **(labelled if row.get("label") is not None else {}), **row}
         full.append(inspection_row(fields.pop("id"), fields.pop("frame_ts"), position, **fields))
+    return full
+
+
+def add_inspections(engine: Engine, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inserts :func:`inspection_rows`; returns them."""
+    full = inspection_rows(engine, rows)
     insert_inspections(engine, full)
+    return full
 
 
-def add_events(engine: Engine, rows: list[dict[str, Any]]) -> None:
-    """Episode rows on cam1, unlabelled; each sets event_id, started_at and last_at (ended_at None: open)."""
+def event_rows(engine: Engine, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Episode rows of the engine's line on cam1, unlabelled; each sets event_id, started_at and last_at (ended_at
+    None: open)."""
     full = []
     for row in rows:
         label = row.get("label")
         full.append(
             {
+                **scope_of(engine).columns(),
                 "camera": "cam1",
                 "product": "metal plate",
                 "ended_at": None,
@@ -95,8 +115,12 @@ def add_events(engine: Engine, rows: list[dict[str, Any]]) -> None:
                 **row,
             }
         )
+    return full
+
+
+def add_events(engine: Engine, rows: list[dict[str, Any]]) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(DefectEvent), full)
+        conn.execute(insert(DefectEvent), event_rows(engine, rows))
 
 
 def ids(items: list[ReviewItem]) -> list[str]:
@@ -283,9 +307,10 @@ def test_the_queue_refuses_bad_arguments(unmigrated: Engine, arguments: dict[str
         review_queue(unmigrated, **call)
 
 
-def busy_line(engine: Engine, count: int) -> list[str]:
+def busy_rows(count: int) -> tuple[list[dict[str, Any]], list[str]]:
     """``count`` seeded frames of 4 cameras over the last hour before at(0), a snapshot on every 100th like the
-    evidence sampler, a few labelled, no episodes; returns the ids of its close calls (band 0.1) newest first."""
+    evidence sampler, a few labelled, no episodes (:func:`add_inspections` rows), and the ids of their close
+    calls (band 0.1) newest first."""
     rng = random.Random(11)
     rows = []
     for number in range(count):
@@ -300,9 +325,15 @@ def busy_line(engine: Engine, count: int) -> list[str]:
                 "label": "normal" if rng.random() < 0.05 else None,
             }
         )
-    add_inspections(engine, rows)
     close = [row for row in rows if row["snapshot"] and row["label"] is None and row["score"] in (0.47, 0.53)]
-    return [row["id"] for row in sorted(close, key=lambda row: (row["frame_ts"], row["id"]), reverse=True)]
+    return rows, [row["id"] for row in sorted(close, key=lambda row: (row["frame_ts"], row["id"]), reverse=True)]
+
+
+def busy_line(engine: Engine, count: int) -> list[str]:
+    """:func:`busy_rows` in the engine's line; returns the ids of the close calls newest first."""
+    rows, close_calls = busy_rows(count)
+    add_inspections(engine, rows)
+    return close_calls
 
 
 def inspections_plan(engine: Engine, call: Callable[[], object]) -> str:
@@ -323,11 +354,32 @@ def inspections_plan(engine: Engine, call: Callable[[], object]) -> str:
     return "\n".join(str(row[-1]) for plan in plans for row in plan if "inspections" in str(row[-1]))
 
 
-def test_close_calls_are_read_through_the_partial_index_on_both_dialects(engine: Engine) -> None:
-    """The plan each planner really picks on a store shaped like a line (PostgreSQL with the statistics its
+def plan_indexes(plan: str) -> set[str]:
+    """The indexes an :func:`inspections_plan` reads inspections through (on PostgreSQL, its partitions')."""
+    sqlite = re.findall(r"USING (?:COVERING )?INDEX (\S+)", plan)
+    postgres = re.findall(r"Index (?:Only )?Scan(?: Backward)? using (\S+) on inspections", plan)
+    return {*sqlite, *postgres, *re.findall(r"Bitmap Index Scan on (\S+)", plan)}
+
+
+def review_indexes(engine: Engine) -> set[str]:
+    """The review queue's partial index and, on PostgreSQL, where ``inspections`` is partitioned by day, the
+    partitions' own copies of it (the indexes a plan names)."""
+    if engine.dialect.name == "sqlite":
+        return {REVIEW_INDEX}
+    partitions = (
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = CAST(%(name)s AS regclass)"
+    )
+    with engine.connect() as conn:
+        return {REVIEW_INDEX, *conn.exec_driver_sql(partitions, {"name": REVIEW_INDEX}).scalars()}
+
+
+def test_close_calls_are_read_through_the_partial_index_on_both_dialects(engine: Engine, line2: Engine) -> None:
+    """The plan each planner really picks on a store shaped like two lines (PostgreSQL with the statistics its
     autovacuum would have gathered, SQLite with none, as in production): without the literal index terms
     SQLite walks the time index, and with a bare ``label IS NULL`` it reads ``ix_inspections_label``."""
     expected = busy_line(engine, 4000)
+    add_inspections(line2, busy_rows(4000)[0])  # the same frames on another line: the index seeks past them
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE inspections")
@@ -335,49 +387,56 @@ def test_close_calls_are_read_through_the_partial_index_on_both_dialects(engine:
 
     plan = inspections_plan(engine, queue)
 
-    assert REVIEW_INDEX in plan, plan
-    assert "ix_inspections_label" not in plan, plan
+    used = plan_indexes(plan)
+    assert used and used <= review_indexes(engine), plan
     assert len(expected) > 50
     assert ids(review_queue(engine, at(0), HOUR, 0.1, limit=1000)) == expected
     assert ids(review_queue(engine, at(0), HOUR, 0.1)) == expected[:50]
 
 
-def test_a_0001_store_with_rows_upgrades_to_the_partial_index_and_keeps_its_queue(
+def unlined(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as a store before migration 0008 held them: without site and line."""
+    return [{name: value for name, value in row.items() if name not in ("site", "line")} for row in rows]
+
+
+def test_a_0001_store_with_rows_upgrades_to_the_partial_index_and_its_queue_is_the_upgrading_lines(
     store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``linewatch db upgrade`` on a store that 0001 made and the forwarder filled: the index is built over
-    the rows already there, with the model's WHERE, and the queue is the same before and after (and after a
-    downgrade, which drops the index again)."""
+    """``linewatch db upgrade`` on a store that 0001 made and the forwarder filled (no site or line then): the
+    index is built over the rows already there, with the model's WHERE, and the rows are the queue of the line
+    that ran the upgrade (the ``[site]`` defaults here) and of no other. 0008 has no way back down."""
     engine = make_engine(store_url)
+    other = make_engine(store_url, LineScope("site", "line2"))
     try:
         with write_transaction(engine) as conn:
             command.upgrade(alembic_config(conn), "0001")
-        add_events(engine, [{"event_id": "ev-1", "started_at": at(-30), "last_at": at(-25), "ended_at": at(-25)}])
-        expected = busy_line(engine, 600)
-        add_inspections(engine, [{"id": "in-episode", "frame_ts": at(-27), "verdict": "defect", "score": 0.52}])
-        before = review_queue(engine, at(0), HOUR, 0.1)
-        assert [item for item in ids(before) if item != "ev-1"] == expected and "ev-1" in ids(before)
+        rows, expected = busy_rows(600)
+        rows.append({"id": "in-episode", "frame_ts": at(-27), "verdict": "defect", "score": 0.52})  # ev-1 covers it
+        episode = {"event_id": "ev-1", "started_at": at(-30), "last_at": at(-25), "ended_at": at(-25)}
+        tables = MetaData()
+        tables.reflect(engine, only=["inspections", "events"])  # 0001's tables, keyed on the ids alone
+        with engine.begin() as conn:
+            conn.execute(insert(tables.tables["inspections"]), unlined(inspection_rows(engine, rows)))
+            conn.execute(insert(tables.tables["events"]), unlined(event_rows(engine, [episode])))
         config = tmp_path / "linewatch.toml"
         config.write_text(f'[site]\ndata_dir = "{tmp_path / "data"}"\n\n[store]\nurl = "{store_url}"\n')
 
         assert main(["db", "upgrade", "--config", str(config)]) == 0
 
-        assert "database upgraded from 0001 to 0007" in capsys.readouterr().out
-        assert database_revision(engine) == "0007"
+        assert "database upgraded from 0001 to 0008" in capsys.readouterr().out
+        assert database_revision(engine) == "0008"
         index = {index["name"]: index for index in inspect(engine).get_indexes("inspections")}[REVIEW_INDEX]
-        assert index["column_names"] == ["frame_ts"] and not index["unique"]
+        assert index["column_names"] == ["site", "line", "frame_ts"] and not index["unique"]
         where = str(index["dialect_options"][f"{engine.dialect.name}_where"])
         if engine.dialect.name == "sqlite":
             assert where == REVIEWABLE  # SQLite keeps the text it was given
         else:
             assert where == "((label IS NULL) AND (snapshot IS NOT NULL))"  # PostgreSQL's rendering of it
-        assert review_queue(engine, at(0), HOUR, 0.1) == before
-
-        with write_transaction(engine) as conn:
-            command.downgrade(alembic_config(conn), "0001")
-        assert REVIEW_INDEX not in {index["name"] for index in inspect(engine).get_indexes("inspections")}
-        assert review_queue(engine, at(0), HOUR, 0.1) == before
+        queue = ids(review_queue(engine, at(0), HOUR, 0.1))
+        assert [item for item in queue if item != "ev-1"] == expected and "ev-1" in queue
+        assert review_queue(other, at(0), HOUR, 0.1) == []
     finally:
+        other.dispose()
         engine.dispose()
 
 
@@ -570,32 +629,38 @@ def test_the_score_series_is_the_newest_matching_points_in_time_order(engine: En
 # --- label history -------------------------------------------------------------------------------------------
 
 
-def test_label_history_lists_one_targets_labels_newest_first(engine: Engine) -> None:
-    def record(
-        label_id: str, target: str, target_id: str, label: str, source: str, user: str | None, minute: int
-    ) -> dict[str, Any]:
-        return {
-            "label_id": label_id,
-            "target": target,
-            "target_id": target_id,
-            "camera": "cam1",
-            "label": label,
-            "source": source,
-            "username": user,
-            "labelled_at": at(minute),
-        }
+def label_record(
+    label_id: str, target: str, target_id: str, label: str, source: str, user: str | None, minute: int
+) -> dict[str, Any]:
+    return {
+        "label_id": label_id,
+        "target": target,
+        "target_id": target_id,
+        "camera": "cam1",
+        "label": label,
+        "source": source,
+        "username": user,
+        "labelled_at": at(minute),
+    }
 
+
+def add_labels(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """Label rows (:func:`label_record`) of the engine's line."""
     with engine.begin() as conn:
-        conn.execute(
-            insert(LabelRecord),
-            [
-                record("l-1", "event", "ev-1", "defect", "mqtt", "ana", 1),
-                record("l-2", "event", "ev-1", "normal", "web", "bo", 3),
-                record("l-3", "event", "ev-1", "defect", "cli", None, 2),
-                record("l-4", "inspection", "ev-1", "normal", "web", "bo", 9),  # the other target, same id
-                record("l-5", "event", "ev-2", "normal", "web", "bo", 9),
-            ],
-        )
+        conn.execute(insert(LabelRecord), [{**scope_of(engine).columns(), **row} for row in rows])
+
+
+def test_label_history_lists_one_targets_labels_newest_first(engine: Engine) -> None:
+    add_labels(
+        engine,
+        [
+            label_record("l-1", "event", "ev-1", "defect", "mqtt", "ana", 1),
+            label_record("l-2", "event", "ev-1", "normal", "web", "bo", 3),
+            label_record("l-3", "event", "ev-1", "defect", "cli", None, 2),
+            label_record("l-4", "inspection", "ev-1", "normal", "web", "bo", 9),  # the other target, same id
+            label_record("l-5", "event", "ev-2", "normal", "web", "bo", 9),
+        ],
+    )
 
     assert label_history(engine, "event", "ev-1") == [
         {"label": "normal", "source": "web", "username": "bo", "labelled_at": at(3)},
@@ -665,8 +730,9 @@ def test_a_review_page_and_its_count_come_from_one_snapshot(engine: Engine) -> N
 
 
 def test_the_score_series_adds_the_minutes_retention_rolled_up(engine: Engine) -> None:
-    """After retention, a window still shows its old minutes (their highest score), not a gap."""
-    add_inspections(
+    """After retention, a window still shows its old minutes (their highest score), not a gap; a minute whose
+    rows are still there (all of them: "old-defect" is kept for keep_days) is drawn from them."""
+    rows = add_inspections(
         engine,
         [
             {"id": "old-1", "frame_ts": at(0) + timedelta(seconds=5), "score": 0.2, "snapshot": None},
@@ -676,6 +742,8 @@ def test_the_score_series_adds_the_minutes_retention_rolled_up(engine: Engine) -
             {"id": "recent", "frame_ts": at(60 * 24 * 40), "score": 0.25, "snapshot": None},
         ],
     )
+    with engine.begin() as conn:  # counted into their minutes as the forwarder counts rows when they arrive
+        rollups.add_minutes(conn, rollups.minute_counts(rows))
     policy = StoreRetentionPolicy(timedelta(days=30), timedelta(days=365), timedelta(days=3650), 100, 0.0)
     StoreRetention(engine, FakeClock(at(60 * 24 * 41)), policy).sweep()
 
@@ -690,3 +758,167 @@ def test_the_score_series_adds_the_minutes_retention_rolled_up(engine: Engine) -
     assert score_series(engine, HistoryFilter(until=at(1))) == points[:1]
     assert not any(p.rolled for p in score_series(engine, HistoryFilter(label="unlabelled")))  # roll-ups have none
     assert [p.rolled for p in score_series(engine, HistoryFilter(), limit=2)] == [False, False]  # the newest two
+
+
+# --- two lines in one store ----------------------------------------------------------------------------------
+
+
+def add_minutes(engine: Engine, rows: list[dict[str, Any]]) -> None:
+    """Roll-up rows of the engine's line: 3 frames of cam1, metal plate, normal, v1, scored up to 0.3 against
+    0.5, all 3 rows deleted by retention unless a row says otherwise; each row sets at least ``minute``."""
+    defaults: dict[str, Any] = {
+        "camera": "cam1",
+        "product": "metal plate",
+        "verdict": "normal",
+        "model_version": "v1",
+        "frames": 3,
+        "score_sum": 0.6,
+        "score_max": 0.3,
+        "threshold": 0.5,
+        "labelled_normal": 0,
+        "labelled_defect": 0,
+        "deleted": 3,
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(InspectionMinute), [{**scope_of(engine).columns(), **defaults, **row} for row in rows])
+
+
+def test_the_score_series_draws_only_the_minutes_some_of_whose_rows_retention_deleted(engine: Engine) -> None:
+    """The forwarder counts every frame into its minute as it arrives: a minute whose rows are all still there
+    is drawn from them alone, not as a roll-up too."""
+    add_inspections(
+        engine,
+        [
+            {"id": "half-kept", "frame_ts": at(1) + timedelta(seconds=20), "score": 0.1},
+            {"id": "kept", "frame_ts": at(2) + timedelta(seconds=10), "score": 0.25},
+        ],
+    )
+    add_minutes(
+        engine,
+        [
+            {"minute": at(0)},  # every row deleted
+            {"minute": at(1), "frames": 2, "deleted": 1, "score_max": 0.4},  # one of its two rows deleted
+            {"minute": at(2), "frames": 1, "deleted": 0, "score_max": 0.25},  # its one row is "kept"
+        ],
+    )
+
+    points = score_series(engine, HistoryFilter())
+
+    assert [(p.ts, p.score, p.rolled) for p in points] == [
+        (at(0) + timedelta(seconds=30), 0.3, True),
+        (at(1) + timedelta(seconds=20), 0.1, False),
+        (at(1) + timedelta(seconds=30), 0.4, True),
+        (at(2) + timedelta(seconds=10), 0.25, False),
+    ]
+
+
+def two_lines(engine: Engine, line2: Engine) -> None:
+    """Two lines with a cam1 each and some ids alike, different in everything else. Line 1 has a defect close
+    call at -10 min that line 2's open episode on its own cam1 spans: only line 2's frames are covered by it."""
+    add_events(
+        engine,
+        [
+            {"event_id": "ev-shared", "started_at": at(-20), "last_at": at(-15)},
+            {"event_id": "ev-line1", "started_at": at(-30), "last_at": at(-25), "ended_at": at(-25)},
+        ],
+    )
+    add_inspections(
+        engine,
+        [
+            {"id": "i-shared", "frame_ts": at(-10), "score": 0.52, "verdict": "defect", "part_id": "P-7"},
+            {"id": "i-line1", "frame_ts": at(-12), "score": 0.48},
+        ],
+    )
+    add_minutes(engine, [{"minute": at(-100), "score_max": 0.31}])
+    add_events(
+        line2,
+        [
+            {"event_id": "ev-shared", "started_at": at(-40), "last_at": at(-35), "ended_at": at(-35)},
+            {"event_id": "ev-line2", "started_at": at(-50), "last_at": at(-5)},
+        ],
+    )
+    add_inspections(
+        line2,
+        [
+            {"id": "i-shared", "frame_ts": at(-11), "score": 0.47, "part_id": "P-7"},
+            {"id": "i-line2", "frame_ts": at(-13), "score": 0.53, "verdict": "defect", "part_id": "P-7"},  # covered
+            {"id": "i-line2-close", "frame_ts": at(-14), "score": 0.46},
+        ],
+    )
+    add_minutes(line2, [{"minute": at(-90), "score_max": 0.32}])
+
+
+def test_each_line_reviews_only_its_own_episodes_and_close_calls(engine: Engine, line2: Engine) -> None:
+    two_lines(engine, line2)
+
+    ours, waiting = review_page(engine, at(0), HOUR, 0.1)
+    theirs = review_queue(line2, at(0), HOUR, 0.1)
+
+    assert ids(ours) == ["i-shared", "i-line1", "ev-shared", "ev-line1"] and waiting == 4
+    assert ids(theirs) == ["i-shared", "i-line2-close", "ev-shared", "ev-line2"]  # i-line2: inside ev-line2
+    assert review_count(line2, at(0), HOUR, 0.1) == 4
+    assert [(item.ts, item.score) for item in ours[:1] + theirs[:1]] == [(at(-10), 0.52), (at(-11), 0.47)]
+
+    line1_episode, line2_episode = review_item(engine, "event", "ev-shared"), review_item(line2, "event", "ev-shared")
+    assert line1_episode is not None and (line1_episode.ts, line1_episode.open) == (at(-20), True)
+    assert line2_episode is not None and (line2_episode.ts, line2_episode.open) == (at(-40), False)
+    line1_frame = review_item(engine, "inspection", "i-shared")
+    line2_frame = review_item(line2, "inspection", "i-shared")
+    assert line1_frame is not None and (line1_frame.score, line1_frame.verdict) == (0.52, "defect")
+    assert line2_frame is not None and (line2_frame.score, line2_frame.verdict) == (0.47, "normal")
+    assert review_item(engine, "inspection", "i-line2") is None and review_item(engine, "event", "ev-line2") is None
+    assert review_item(line2, "inspection", "i-line1") is None and review_item(line2, "event", "ev-line1") is None
+
+
+def test_each_line_pages_and_plots_only_its_own_history_of_a_camera_named_alike(engine: Engine, line2: Engine) -> None:
+    two_lines(engine, line2)
+
+    def page(bind: Engine, filter: HistoryFilter) -> list[tuple[str, float]]:
+        rows, cursor = history_page(bind, filter)
+        assert cursor is None
+        return [(row.inspection_id, row.score) for row in rows]
+
+    assert page(engine, HistoryFilter(camera="cam1")) == [("i-shared", 0.52), ("i-line1", 0.48)]
+    assert page(line2, HistoryFilter(camera="cam1")) == [("i-shared", 0.47), ("i-line2", 0.53), ("i-line2-close", 0.46)]
+    assert page(engine, HistoryFilter(part_id="P-7")) == [("i-shared", 0.52)]  # a part's frames: this line's
+    assert page(line2, HistoryFilter(part_id="P-7")) == [("i-shared", 0.47), ("i-line2", 0.53)]
+    first, cursor = history_page(engine, HistoryFilter(), limit=1)
+    assert [row.inspection_id for row in first] == ["i-shared"] and cursor == (at(-10), "i-shared")
+    older, _ = history_page(engine, HistoryFilter(), before=cursor)  # line 2's frames at -11, -13, -14 are not ours
+    assert [row.inspection_id for row in older] == ["i-line1"]
+
+    plotted = [(p.ts, p.score, p.rolled) for p in score_series(engine, HistoryFilter(camera="cam1"))]
+    assert plotted == [(at(-100) + timedelta(seconds=30), 0.31, True), (at(-12), 0.48, False), (at(-10), 0.52, False)]
+    plotted = [(p.ts, p.score, p.rolled) for p in score_series(line2, HistoryFilter(camera="cam1"))]
+    assert plotted == [
+        (at(-90) + timedelta(seconds=30), 0.32, True),
+        (at(-14), 0.46, False),
+        (at(-13), 0.53, False),
+        (at(-11), 0.47, False),
+    ]
+
+
+def test_each_line_reads_only_its_own_labels_and_actions(engine: Engine, line2: Engine) -> None:
+    """Label and action ids alike on both lines; an account is the plant's, its change the line's that made it."""
+    add_labels(engine, [label_record("l-1", "event", "ev-shared", "defect", "web", "ana", 1)])
+    add_labels(line2, [label_record("l-1", "event", "ev-shared", "normal", "mqtt", "bo", 2)])
+    action = {"action_id": "a-1", "kind": "camera_disabled", "camera": "cam1", "detail": None}
+    with engine.begin() as conn:
+        conn.execute(insert(ActionRecord), [{**scope_of(engine).columns(), **action, "actor": "web: ana", "at": at(1)}])
+    with line2.begin() as conn:
+        conn.execute(insert(ActionRecord), [{**scope_of(line2).columns(), **action, "actor": "web: bo", "at": at(2)}])
+    add_user(line2, "erin", "admin", "a long password", "cli: root", now=at(3))
+
+    assert label_history(engine, "event", "ev-shared") == [
+        {"label": "defect", "source": "web", "username": "ana", "labelled_at": at(1)}
+    ]
+    assert label_history(line2, "event", "ev-shared") == [
+        {"label": "normal", "source": "mqtt", "username": "bo", "labelled_at": at(2)}
+    ]
+    kinds = ("camera_disabled", "user_added")
+    assert [(row["kind"], row["actor"]) for row in recent_actions(engine, kinds)] == [("camera_disabled", "web: ana")]
+    assert [(row["kind"], row["actor"]) for row in recent_actions(line2, kinds)] == [
+        ("user_added", "cli: root"),
+        ("camera_disabled", "web: bo"),
+    ]
+    assert authenticate(engine, "erin", "a long password") == "admin"  # the account logs in on every line
