@@ -1,6 +1,8 @@
-"""Store retention against a live forwarder: does deleting old rows hold up the writes of new verdicts?
+"""Store retention row by row against a live forwarder: does deleting old rows hold up the writes of new verdicts?
 
-A fresh, migrated store (a temporary SQLite file, or a throwaway PostgreSQL with --postgres) gets
+Row by row is how retention deletes on SQLite (a line PC's store), and on PostgreSQL in its default partition
+(frames outside every day's partition); PostgreSQL's days go whole, measured by benchmarks/store_load.py. A
+fresh, migrated store (a temporary SQLite file, or a throwaway PostgreSQL with --postgres) gets
 ``--history-rows`` inspections older than keep_normal_days at a line's real density, and ``--young-rows``
 spread over the last 29 days (bulk inserted: 2 % defects, 3 % frames with evidence, as a line with the
 evidence sampler on). Then the daemon's DbForwarder writes one
@@ -8,8 +10,9 @@ line's verdicts (4 cameras x 10 fps by default: a chunk of 4 every 0.1 s) for ``
 again while the daemon's StoreRetention deletes everything older than keep_normal_days (30) in batches of
 ``--batch-rows``. Per phase: the forwarder's chunk write time (p50, p99, max) and how late the writer fell
 behind its schedule (a backlog that grows would show here); for retention: rows deleted per second, its
-longest delete transaction, and that every deleted row is counted in ``inspection_minutes``. Last, the
-bytes per row of both tables, and what that makes per line per day before and after roll-ups.
+longest delete transaction, and that every deleted row is counted in ``inspection_minutes.deleted``. Last,
+the bytes per row of both tables, what that makes per line per day before and after retention, and the History
+page's reads.
 
     python benchmarks/store_retention.py                        # SQLite, 1M rows of history
     python benchmarks/store_retention.py --postgres --history-rows 2000000
@@ -29,13 +32,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine, func, insert, select, text
 
 from linewatch.clock import SystemClock
 from linewatch.pipeline.journal.records import JournalRecord, format_ts, verdict_payload
-from linewatch.sinks.db import make_engine
+from linewatch.sinks.db import make_engine, scope_of
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import Inspection, InspectionMinute
@@ -72,6 +74,7 @@ def generate_history(engine: Engine, old_rows: int, young_rows: int, now: dateti
     old_end = now - timedelta(days=31)
     frame_s = CAMERAS / FRAMES_PER_DAY * 86400 / CAMERAS  # one line's frames, all cameras together
     chunk: list[dict[str, object]] = []
+    line = scope_of(engine).columns()  # the forwarder's and retention's line
     for index in range(old_rows + young_rows):
         if index < old_rows:
             frame_ts = old_end - timedelta(seconds=frame_s * (old_rows - index))
@@ -83,6 +86,7 @@ def generate_history(engine: Engine, old_rows: int, young_rows: int, now: dateti
         evidence = defect or draw > 0.97
         chunk.append(
             {
+                **line,
                 "id": f"hist-{index}",
                 "camera": camera,
                 "product": "metal plate",
@@ -147,9 +151,9 @@ def count(engine: Engine, table: type) -> int:
         return int(conn.scalar(select(func.count()).select_from(table)) or 0)
 
 
-def frames_rolled(engine: Engine) -> int:
+def deleted_counted(engine: Engine) -> int:
     with engine.connect() as conn:
-        return int(conn.scalar(select(func.coalesce(func.sum(InspectionMinute.frames), 0))) or 0)
+        return int(conn.scalar(select(func.coalesce(func.sum(InspectionMinute.deleted), 0))) or 0)
 
 
 def table_bytes(engine: Engine, table: str) -> int:
@@ -226,29 +230,28 @@ def run(args: argparse.Namespace, url: str, folder: Path) -> None:
     print(f"\nretention: deleted {deleted:,} rows in {swept['seconds']:.1f} s ({deleted / swept['seconds']:,.0f} rows/s"
           f"{', stopped at the end of the phase' if stop.is_set() and deleted < args.history_rows * 0.9 else ''}); "
           f"longest delete transaction {1000 * retention.stats.longest_batch_s:.0f} ms")  # fmt: skip
-    rolled, minutes = frames_rolled(engine), count(engine, InspectionMinute)
-    print(f"roll-ups: {minutes:,} minute rows hold {rolled:,} frames; deleted {deleted:,}: "
-          f"{'all counted' if rolled == deleted else 'MISMATCH'}")  # fmt: skip
+    counted, minutes = deleted_counted(engine), count(engine, InspectionMinute)
+    print(f"minutes: {minutes:,} rows count {counted:,} frames deleted; deleted {deleted:,}: "
+          f"{'all counted' if counted == deleted else 'MISMATCH'}")  # fmt: skip
     minute_bytes = table_bytes(engine, "inspection_minutes") / max(1, minutes)
-    keys_per_minute = minutes / max(1.0, retention.stats.deleted["normal"] / (FRAMES_PER_DAY / 1440))
     kept_share = 0.05  # defects and frames with evidence, kept keep_days
+    minute_rows = CAMERAS * 1440 * 2  # a normal and a defect key per camera and minute, at most
     print(f"\nbytes per row (table and indexes): inspections {row_bytes:.0f}, inspection_minutes {minute_bytes:.0f}")
     day_before = FRAMES_PER_DAY * row_bytes
-    day_after = FRAMES_PER_DAY * kept_share * row_bytes + 1440 * keys_per_minute * minute_bytes
-    print(f"per line per day ({FRAMES_PER_DAY:,} frames): {day_before / 2**30:.2f} GiB as rows; after roll-up "
-          f"{day_after / 2**20:.0f} MiB ({kept_share:.0%} kept as rows for keep_days, "
-          f"{1440 * keys_per_minute:,.0f} minute rows)")  # fmt: skip
+    day_after = FRAMES_PER_DAY * kept_share * row_bytes + minute_rows * minute_bytes
+    print(
+        f"per line per day ({FRAMES_PER_DAY:,} frames): {day_before / 2**30:.2f} GiB as rows; after retention "
+        f"{day_after / 2**20:.0f} MiB ({kept_share:.0%} kept as rows for keep_days, {minute_rows:,} minute rows)"
+    )
     time_queries(engine, now)
     engine.dispose()
 
 
 def time_queries(engine: Engine, now: datetime, repeats: int = 7) -> None:
-    """Milliseconds (median and max of ``repeats``) of the History page's reads, and on PostgreSQL of each
-    analytics panel over the last 7 days and over everything, on the store as retention left it."""
-    sys.path.insert(0, str(REPO))
+    """Milliseconds (median and max of ``repeats``) of the History page's reads on the store as retention left
+    it (the analytics dashboard's: benchmarks/store_load.py)."""
     from linewatch.web.queries import history_page, score_series
     from linewatch.web.rows import HistoryFilter
-    from tests.services.grafana import panel_queries, render
 
     def timed(run: Callable[[], object]) -> str:
         seconds = []
@@ -263,17 +266,6 @@ def time_queries(engine: Engine, now: datetime, repeats: int = 7) -> None:
     print(f"{'History: first page, no filter':<58} {timed(lambda: history_page(engine, everything))}")
     print(f"{'History: plot, 2000 newest points, no filter':<58} {timed(lambda: score_series(engine, everything))}")
     print(f"{'History: plot, camera cam1, last 7 days':<58} {timed(lambda: score_series(engine, week))}")
-    if engine.dialect.name != "postgresql":
-        return
-    for title, sql in panel_queries().items():
-        for label, since in (("7 d", now - timedelta(days=7)), ("all", now - timedelta(days=3650))):
-            rendered = text(render(sql, since, now))
-
-            def run(rendered: Any = rendered) -> None:
-                with engine.connect() as conn:
-                    conn.execute(rendered).all()
-
-            print(f"{('Grafana: ' + title)[:52]:<52} {label:>5} {timed(run)}")
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, event, insert, text
 
 from linewatch.pipeline.journal.records import JournalRecord, verdict_payload
-from linewatch.sinks.db import make_engine
+from linewatch.sinks.db import make_engine, scope_of
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import DefectEvent, Inspection
@@ -52,7 +52,7 @@ THRESHOLD = 0.5
 BURST_EVERY = 5000  # frames of one camera between defect bursts
 INSERT_CHUNK = 20_000
 FORWARDER_CHUNK = 64  # ForwarderRunner's default batch
-REVIEW_INDEX = "ix_inspections_frame_ts_unlabelled_snapshot"
+REVIEW_INDEX = "ix_inspections_site_frame_ts_unlabelled_snapshot"
 
 
 def fill(engine: Engine, rows: int, span: timedelta, seed: int) -> datetime:
@@ -63,6 +63,7 @@ def fill(engine: Engine, rows: int, span: timedelta, seed: int) -> datetime:
     events: list[dict[str, Any]] = []
     burst: dict[str, dict[str, Any]] = {}  # camera -> its episode being built
     last = T0
+    line = scope_of(engine).columns()  # the rows of the line the queries read
     with engine.begin() as conn:
         for position in range(rows):
             camera, seq = f"cam{position % CAMERAS}", position // CAMERAS
@@ -74,6 +75,7 @@ def fill(engine: Engine, rows: int, span: timedelta, seed: int) -> datetime:
             labelled = rng.random() < 0.001
             inspections.append(
                 {
+                    **line,
                     "id": inspection_id,
                     "camera": camera,
                     "product": "metal plate" if position % 8 < 6 else "screw",
@@ -97,7 +99,7 @@ def fill(engine: Engine, rows: int, span: timedelta, seed: int) -> datetime:
             episode = burst.get(camera)
             if in_burst:
                 if episode is None:
-                    burst[camera] = episode = _episode(camera, inspection_id, last, score)
+                    burst[camera] = episode = _episode(line, camera, inspection_id, last, score)
                 peak = max(score, episode["peak_score"])
                 episode.update(last_at=last, last_inspection_id=inspection_id, peak_score=peak)
             elif episode is not None:
@@ -116,8 +118,9 @@ def fill(engine: Engine, rows: int, span: timedelta, seed: int) -> datetime:
     return last
 
 
-def _episode(camera: str, inspection_id: str, at: datetime, score: float) -> dict[str, Any]:
+def _episode(line: dict[str, str], camera: str, inspection_id: str, at: datetime, score: float) -> dict[str, Any]:
     return {
+        **line,
         "event_id": f"ev-{inspection_id}",
         "camera": camera,
         "product": "metal plate",
