@@ -172,7 +172,7 @@ class StoreSection(_Section):
     backup_dir: Path | None = None  # default <data_dir>/backups
     retry_min_s: Number = Field(0.5, gt=0.0, le=3600.0)  # store down: first wait before the next try
     retry_max_s: Number = Field(30.0, gt=0.0, le=3600.0)  # store down: longest wait between tries
-    # Retention (docs/operations.md): per-minute counts of every deleted inspection stay in inspection_minutes.
+    # Retention (docs/operations.md): every frame stays counted per minute (keep_days) and per hour (keep_rollup_days).
     keep_normal_days: Number = Field(30.0, gt=0.0, le=36500.0)  # normal frames without label or evidence
     keep_days: Number = Field(365.0, gt=0.0, le=36500.0)  # every other frame: defects, evidence, labelled ones
     keep_rollup_days: Number = Field(3650.0, gt=0.0, le=36500.0)  # the hourly counts (minutes go at keep_days)
@@ -189,7 +189,7 @@ class StoreSection(_Section):
         if not self.keep_normal_days <= self.keep_days <= self.keep_rollup_days:
             raise ValueError(
                 f"keep_normal_days ({self.keep_normal_days:g}) <= keep_days ({self.keep_days:g}) <= keep_rollup_days "
-                f"({self.keep_rollup_days:g}) must hold: the roll-ups summarise rows that are gone"
+                f"({self.keep_rollup_days:g}) must hold: the counts outlive the rows they count"
             )
         return self
 

@@ -93,7 +93,7 @@ class PartitionPass:
     normal_rows: int = 0  # plain normals that went with compacted partitions
     old_rows: int = 0  # rows that went with dropped partitions
     refused: int = 0  # changes that could not get their lock in time; tried again next pass
-    longest_lock_s: float = 0.0  # the longest swap or drop transaction
+    longest_swap_s: float = 0.0  # the longest a change held inspections locked: its last statements and commit
 
 
 def day_name(day: date, compacted: bool = False) -> str:
@@ -149,26 +149,37 @@ class InspectionPartitions:
                     result.normal_rows += rows
         return result
 
-    def _change(self, result: PartitionPass, what: str, change: Callable[[Connection, _T], int], on: _T) -> int | None:
+    def _change(
+        self, result: PartitionPass, what: str, change: Callable[[Connection, _T], tuple[int, list[str]]], on: _T
+    ) -> int | None:
         """``change(conn, on)`` in a transaction of its own that holds the partition lock, under the lock
-        timeout; its row count, or None when another daemon holds the partition lock or a table lock was not
-        granted in time (the transaction is rolled back whole: nothing half done)."""
+        timeout, then the swap statements it returns (those that lock ``inspections`` against the forwarders,
+        timed with the commit); its row count, or None when another daemon holds the partition lock or a table
+        lock was not granted in time (the transaction is rolled back whole: nothing half done)."""
         started = time.monotonic()
         try:
-            with translated(self._where, what), self._engine.connect() as conn, conn.begin():
-                if not conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({_LOCK_KEY})")):
-                    log.info("store partitions: another daemon is changing partitions; %s on a later pass", what)
-                    return None
-                conn.execute(text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}"))
-                rows = change(conn, on)
+            with translated(self._where, what), self._engine.connect() as conn:
+                with conn.begin():
+                    if not conn.scalar(text(f"SELECT pg_try_advisory_xact_lock({_LOCK_KEY})")):
+                        log.info("store partitions: another daemon is changing partitions; %s on a later pass", what)
+                        return None
+                    conn.execute(text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_ms)}"))
+                    rows, swap = change(conn, on)
+                    swapping = time.monotonic()
+                    for statement in swap:
+                        conn.execute(text(statement))
+                swap_s = time.monotonic() - swapping
         except DatabaseError as problem:
             if getattr(getattr(problem.__cause__, "orig", None), "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                 raise
             result.refused += 1
             log.warning("store partitions: %s: no lock within %d ms; on a later pass", what, self.lock_timeout_ms)
             return None
-        result.longest_lock_s = max(result.longest_lock_s, time.monotonic() - started)
-        log.info("store partitions: %s done (%d rows) in %.0f ms", what, rows, 1000 * (time.monotonic() - started))
+        result.longest_swap_s = max(result.longest_swap_s, swap_s)
+        log.info(
+            "store partitions: %s done (%d rows) in %.0f ms, inspections locked for %.0f ms",
+            what, rows, 1000 * (time.monotonic() - started), 1000 * swap_s,
+        )  # fmt: skip
         return rows
 
 
@@ -185,16 +196,17 @@ def _build(conn: Connection, name: str, start: datetime, end: datetime) -> None:
     conn.execute(text(f"ALTER TABLE {name} ADD CONSTRAINT {name}_range CHECK ({range_check})"))
 
 
-def _attach(conn: Connection, name: str, start: datetime, end: datetime) -> None:
-    conn.execute(
-        text(
-            f"ALTER TABLE inspections ATTACH PARTITION {name} FOR VALUES FROM ({_literal(start)}) TO ({_literal(end)})"
-        )
-    )
+def _attach(name: str, start: datetime, end: datetime) -> str:
+    return f"ALTER TABLE inspections ATTACH PARTITION {name} FOR VALUES FROM ({_literal(start)}) TO ({_literal(end)})"
 
 
-def _create(conn: Connection, day: date) -> int:
-    """The day's partition, with any rows of that day the default partition caught moved in; the rows moved."""
+def _detach_and_drop(name: str) -> list[str]:
+    return [f"ALTER TABLE inspections DETACH PARTITION {name}", f"DROP TABLE {name}"]
+
+
+def _create(conn: Connection, day: date) -> tuple[int, list[str]]:
+    """The day's partition, with any rows of that day the default partition caught moved in: the rows moved,
+    and the statement that attaches it."""
     partition = Partition(day_name(day), day, compacted=False)
     _build(conn, partition.name, partition.start, partition.end)
     bounds = f"frame_ts >= {_literal(partition.start)} AND frame_ts < {_literal(partition.end)}"
@@ -204,28 +216,22 @@ def _create(conn: Connection, day: date) -> int:
             f"INSERT INTO {partition.name} SELECT * FROM moved"
         )
     ).rowcount
-    _attach(conn, partition.name, partition.start, partition.end)
-    return int(moved)
+    return int(moved), [_attach(partition.name, partition.start, partition.end)]
 
 
-def _compact(conn: Connection, partition: Partition) -> int:
-    """Swap the day's partition for one holding only the rows kept until ``keep_days``; the plain normals it
-    drops are counted as deleted. Returns how many went."""
+def _compact(conn: Connection, partition: Partition) -> tuple[int, list[str]]:
+    """Build the day's compacted partition, holding only the rows kept until ``keep_days``, and count the plain
+    normals it leaves out as deleted: how many go, and the statements that swap the two."""
     conn.execute(text(f"LOCK TABLE {partition.name} IN SHARE MODE"))  # readers go on; writers wait
     count = conn.scalar(text(_COUNT_DELETED.format(partition=partition.name, condition=_PLAIN_NORMAL)))
     kept = day_name(partition.day, compacted=True)
     _build(conn, kept, partition.start, partition.end)
     conn.execute(text(f"INSERT INTO {kept} SELECT * FROM {partition.name} WHERE NOT ({_PLAIN_NORMAL})"))
-    conn.execute(text(f"ALTER TABLE inspections DETACH PARTITION {partition.name}"))
-    conn.execute(text(f"DROP TABLE {partition.name}"))
-    _attach(conn, kept, partition.start, partition.end)
-    return int(count or 0)
+    return int(count or 0), [*_detach_and_drop(partition.name), _attach(kept, partition.start, partition.end)]
 
 
-def _drop(conn: Connection, partition: Partition) -> int:
-    """Drop the day's partition whole, its rows counted as deleted. Returns how many went."""
+def _drop(conn: Connection, partition: Partition) -> tuple[int, list[str]]:
+    """Count the day's rows as deleted: how many go, and the statements that drop the partition whole."""
     conn.execute(text(f"LOCK TABLE {partition.name} IN SHARE MODE"))
     count = conn.scalar(text(_COUNT_DELETED.format(partition=partition.name, condition="true")))
-    conn.execute(text(f"ALTER TABLE inspections DETACH PARTITION {partition.name}"))
-    conn.execute(text(f"DROP TABLE {partition.name}"))
-    return int(count or 0)
+    return int(count or 0), _detach_and_drop(partition.name)

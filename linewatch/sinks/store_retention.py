@@ -85,7 +85,7 @@ class StoreRetentionStats:
     partitions: dict[str, int] = field(default_factory=lambda: {"created": 0, "compacted": 0, "dropped": 0})
     passes: int = 0
     failures: int = 0
-    longest_batch_s: float = 0.0  # the longest delete (or partition swap) transaction of the last pass
+    longest_batch_s: float = 0.0  # the longest the forwarder could wait in the last pass: a delete, a partition swap
     last_error: str | None = None
 
 
@@ -160,7 +160,7 @@ class StoreRetention:
             self.stats.deleted["old"] += old
             for change in self.stats.partitions:
                 self.stats.partitions[change] += getattr(days, change)
-            self.stats.longest_batch_s = days.longest_lock_s
+            self.stats.longest_batch_s = days.longest_swap_s
         old += self._delete_rows(now - self.policy.keep, true(), None, stop)
         normal += self._delete_rows(now - self.policy.keep_normal, plain_normal(self._rows), "normal", stop)
         parts = self._delete_parts(now - self.policy.keep, stop)

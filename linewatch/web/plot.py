@@ -9,7 +9,7 @@ override (a stylesheet rule beats a presentation attribute):
 - ``grid``, ``axis``: gridlines and the two axis lines; ``ticks-x``, ``ticks-y``: groups of tick labels; ``tz``:
   the time-zone caption under the time axis.
 - ``pt-normal``, ``pt-defect``: groups of points by the scorer's verdict (``rolled`` added to the groups of
-  hollow squares: minutes whose frames store retention rolled up, at their highest score); ``lbl-normal``,
+  hollow squares: minutes some of whose rows store retention deleted, at their highest score); ``lbl-normal``,
   ``lbl-defect`` added to the groups of operator-labelled points, drawn bigger with a ring so that, for
   instance, a false alarm that an operator confirmed normal (``pt-defect lbl-normal``) stands out.
 - ``thr`` plus ``thr-0`` .. ``thr-5``: one threshold step line per product (in the group ``thresholds``), colours

@@ -75,4 +75,4 @@ class ScorePoint:
     product: str
     verdict: str
     label: str | None
-    rolled: bool = False  # a minute of frames that retention rolled up: its highest score (the frames are gone)
+    rolled: bool = False  # a minute some of whose rows retention deleted: its highest score

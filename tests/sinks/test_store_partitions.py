@@ -102,6 +102,7 @@ def test_partitions_are_created_ahead_then_compacted_then_dropped(store: Engine)
 
     kept_of_first_two_days = [v for v in verdicts[: 2 * FRAMES_PER_DAY] if v.inspection_id in kept]
     assert (compacted.compacted, compacted.dropped) == (2, 0)
+    assert 0 < compacted.longest_swap_s < 2.0  # the forwarders wait for the swap only, not for the copy
     assert compacted.normal_rows == 2 * FRAMES_PER_DAY - len(kept_of_first_two_days)
     with store.connect() as conn:
         left = set(conn.scalars(select(Inspection.id)))
