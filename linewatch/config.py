@@ -175,7 +175,7 @@ class StoreSection(_Section):
     # Retention (docs/operations.md): every frame stays counted per minute (keep_days) and per hour (keep_rollup_days).
     keep_normal_days: Number = Field(30.0, gt=0.0, le=36500.0)  # normal frames without label or evidence
     keep_days: Number = Field(365.0, gt=0.0, le=36500.0)  # every other frame: defects, evidence, labelled ones
-    keep_rollup_days: Number = Field(3650.0, gt=0.0, le=36500.0)  # the hourly counts (minutes go at keep_days)
+    keep_rollup_days: Number = Field(3650.0, gt=0.0, le=36500.0)  # hourly counts of frames, parts (minutes: keep_days)
     retention_interval_s: Number = Field(300.0, gt=0.0, le=86400.0)  # how often retention looks for old rows
     retention_batch_rows: StrictInt = Field(500, ge=1, le=100_000)  # rows deleted per transaction
     retention_pause_ms: Number = Field(50.0, ge=0.0, le=10_000.0)  # between batches: the forwarder writes then

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, text
 
 from linewatch.clock import FakeClock
+from linewatch.pipeline.journal.records import JournalRecord, format_ts, part_payload
 from linewatch.sinks.db import LineScope, make_engine
+from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
-from linewatch.sinks.db_schema import PartRecord
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
+from linewatch.types import PartResult
 from tests.services.grafana import VARIABLE, dashboard, panel_queries, render, sql_list
 from tests.store_rows import insert_counted_inspections, inspection_row
 
@@ -69,13 +71,13 @@ def store(postgres_url: str, tmp_path: Path) -> Iterator[Engine]:
     result = StoreRetention(engine, FakeClock(NOW), policy).sweep()
     assert (result.normal, result.old) == (36, 0)  # the old day keeps only its 4 defect rows; counts keep all 40
     parts = [
-        {**LINE_A.columns(), "result_id": f"p{i}", "station": "s1", "part_id": f"P{i}",
-         "verdict": "NOK" if i < 2 else "OK", "score": 0.5, "reason": "", "at": RECENT.replace(hour=9, minute=i),
-         "model_version": "v2", "product": "plate", "inspections": []}
+        PartResult("s1", f"P{i}", "NOK" if i < 2 else "OK", 0.5, "why", RECENT.replace(hour=9, minute=i), "v2", "plate",
+                   (), result_id=f"p{i}")
         for i in range(5)
     ]  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(insert(PartRecord), parts)
+    DbForwarder(engine).send(
+        [JournalRecord(i, "part", p.result_id, "", part_payload(p), format_ts(p.at)) for i, p in enumerate(parts, 1)]
+    )
     yield engine
     engine.dispose()
 

@@ -32,7 +32,7 @@ from linewatch.pipeline.journal.records import (
 )
 from linewatch.sinks.db import DatabaseError, LineScope, in_line, masked, reason, scope_of, write_transaction
 from linewatch.sinks.db_schema import ActionRecord, DefectEvent, Inspection, LabelRecord, LatestLabel, PartRecord
-from linewatch.sinks.rollups import add_minutes, label_moves, minute_counts
+from linewatch.sinks.rollups import add_minutes, add_part, label_moves, minute_counts
 from linewatch.types import Action, Event, EventType, Label, LabelTarget, PartResult, Verdict, VerdictLabel
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ class DbForwarder:
     - event: folded into one row per episode. A message older than the row's ``last_seq`` (a replay) changes
       nothing, so state never moves backwards; ``new`` always restores the start; ``update`` sets the peak
       (and its evidence); ``end`` sets ``ended_at``.
-    - part: a station's verdict on one part, stored once per result id.
+    - part: a station's verdict on one part, stored once per result id and counted into its hour
+      (``part_hours``) when first stored.
     - action: stored once per action id (who switched a camera, changed a product, asked for a retrain).
     - label: stored in the history (once per label id), then set as the latest label on its target unless that
       already carries a later one: the inspection, or the event and every defect inspection of its camera
@@ -93,10 +94,18 @@ class DbForwarder:
         self._where = masked(engine.url)
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         table = Inspection.__table__
+        key = ["site", "line", "id", "frame_ts"]
+        self._insert_new = self._insert(table).on_conflict_do_nothing(index_elements=key).returning(table.c.id)
         upsert = self._insert(table)
-        self._upsert_inspections = upsert.on_conflict_do_update(
-            index_elements=["site", "line", "id", "frame_ts"],
+        self._rewrite_replayed = upsert.on_conflict_do_update(
+            index_elements=key,
             set_={column.name: upsert.excluded[column.name] for column in table.c if column.name in _SCORER_FIELDS},
+        )
+        parts = PartRecord.__table__
+        self._insert_part = (
+            self._insert(parts)
+            .on_conflict_do_nothing(index_elements=["site", "line", "result_id"])
+            .returning(parts.c.result_id)
         )
 
     def send(self, records: Sequence[JournalRecord]) -> int:
@@ -132,22 +141,17 @@ class DbForwarder:
         return len(records)
 
     def _write_inspections(self, conn: Connection, rows: list[dict[str, Any]], counts: DbStats) -> None:
+        """Insert the rows new to the store and count them into their minutes; rewrite the scorer's fields of
+        the others (a replayed chunk), which are not counted again. Inserting first and learning which rows
+        were new from RETURNING costs one statement where the usual chunk holds only new rows (PostgreSQL
+        cannot return ``xmax`` from a partitioned table, which would tell an upsert's inserts apart)."""
         if not rows:
             return
-        # Which rows are new: a replayed chunk rewrites its rows but must not count them again. The time range
-        # lets PostgreSQL look in the one or two daily partitions the chunk falls in.
-        times = [row["frame_ts"] for row in rows]
-        stored = set(
-            conn.scalars(
-                select(Inspection.id).where(
-                    in_line(Inspection, self._scope),
-                    Inspection.id.in_([row["id"] for row in rows]),
-                    Inspection.frame_ts.between(min(times), max(times)),
-                )
-            )
-        )
-        conn.execute(self._upsert_inspections, rows)  # the journal holds each key once
-        add_minutes(conn, minute_counts(row for row in rows if row["id"] not in stored))
+        inserted = set(conn.scalars(self._insert_new, rows))  # the journal holds each key once
+        replayed = [row for row in rows if row["id"] not in inserted]
+        if replayed:
+            conn.execute(self._rewrite_replayed, replayed)
+        add_minutes(conn, minute_counts(row for row in rows if row["id"] in inserted))
         counts.inspections += len(rows)
 
     def _write_event(self, conn: Connection, event: Event) -> None:
@@ -208,11 +212,8 @@ class DbForwarder:
             "product": part.product,
             "inspections": list(part.inspections),
         }
-        conn.execute(
-            self._insert(PartRecord.__table__)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["site", "line", "result_id"])
-        )
+        if conn.scalar(self._insert_part, row) is not None:  # new to the store: a replay is not counted again
+            add_part(conn, row)
 
     def _write_label(self, conn: Connection, label: Label, counts: DbStats) -> None:
         conn.execute(

@@ -25,6 +25,11 @@ PostgreSQL's deadlock_timeout, so in the rare deadlock left, a label for a frame
 swapped, the swap is the one that gives way) and, refused, tries again on the next pass. Several daemons
 share a plant's store: a transaction-level advisory lock lets one of them at a time change partitions, and
 the others skip that pass.
+
+Whose ``keep_*``. A day holds every line's frames, so whichever line's retention gets to a day decides for
+all; each records its own keeps in ``retention_policies`` and the changes follow the longest recorded
+(:meth:`InspectionPartitions.plant_keeps`): a line that wants its rows gone sooner keeps them as long as
+the most careful line of the store, never the other way round.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as day_start
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from linewatch.sinks.db import DatabaseError, masked, translated
+from linewatch.sinks.db import DatabaseError, LineScope, masked, translated
+from linewatch.sinks.db_schema import RetentionPolicy
 
 log = logging.getLogger(__name__)
 
+_DAY = timedelta(days=1)
 DAYS_AHEAD = 7  # partitions made ready for the coming week: a stopped retention does not send rows to default
 _T = TypeVar("_T")
 _LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
@@ -125,6 +133,24 @@ class InspectionPartitions:
                 day = datetime.strptime(match.group(2), "%Y%m%d").replace(tzinfo=UTC).date()
                 found.append(Partition(name, day, match.group(1) == "k"))
         return sorted(found, key=lambda partition: partition.day)
+
+    def plant_keeps(self, scope: LineScope, keep_normal: timedelta, keep: timedelta) -> tuple[timedelta, timedelta]:
+        """Record ``scope``'s line's keeps in ``retention_policies`` and return the longest of every line's: a
+        day partition holds every line's frames, so it is compacted and dropped only when no line of the store
+        wants it any more (a line configured for 30 days must not lose its rows at 7 because another line of
+        the store says 7). Lines whose retention never ran yet are not known; a retired line's row holds the
+        store to its keeps until it is deleted."""
+        table = RetentionPolicy.__table__
+        row = {**scope.columns(), "keep_normal_days": keep_normal / _DAY, "keep_days": keep / _DAY}
+        statement = pg_insert(table).values({**row, "recorded_at": func.now()})
+        statement = statement.on_conflict_do_update(
+            index_elements=["site", "line"],
+            set_={name: statement.excluded[name] for name in ("keep_normal_days", "keep_days", "recorded_at")},
+        )
+        with translated(self._where, "recording the retention policy"), self._engine.begin() as conn:
+            conn.execute(statement)
+            longest = conn.execute(select(func.max(table.c.keep_normal_days), func.max(table.c.keep_days))).one()
+        return max(keep_normal, longest[0] * _DAY), max(keep, longest[1] * _DAY)
 
     def maintain(self, now: datetime, keep_normal: timedelta, keep: timedelta) -> PartitionPass:
         """One pass: the coming days' partitions, then drops (whole days older than ``keep``), then compactions

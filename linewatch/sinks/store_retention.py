@@ -14,11 +14,13 @@ Every frame is already counted in ``inspection_minutes`` (per minute, camera, pr
 version; the DB forwarder adds it as it arrives). What retention adds is *that* it went: each deleted row
 adds one to its minute's ``deleted``, in the transaction that deletes it (a batch is either deleted and
 counted, or neither), so the History plot knows which minutes it must draw from the counts. Minutes go
-after ``keep_days`` (the plot's reach), the hourly counts the dashboards read after ``keep_rollup_days``.
+after ``keep_days`` (the plot's reach), the hourly counts the dashboards read (``inspection_hours``, and
+``part_hours`` for the parts) after ``keep_rollup_days``.
 
 On PostgreSQL ``inspections`` is partitioned by day, and whole days go at once
-(:mod:`linewatch.sinks.store_partitions`: compacted at ``keep_normal_days``, dropped at ``keep_days``), for
-every line of the store; the row-by-row deletion below then only serves the default partition's strays. On
+(:mod:`linewatch.sinks.store_partitions`: compacted at ``keep_normal_days``, dropped at ``keep_days``, the
+longest any line of the store records), for every line of the store; the row-by-row deletion below then only
+serves the default partition's strays. On
 SQLite (one line per file) it serves everything. A line deletes only its own rows, parts and roll-ups.
 
 Deletion never blocks the DB forwarder for long: candidates are read outside any write transaction
@@ -48,7 +50,7 @@ from sqlalchemy import ColumnElement, Engine, MetaData, Table, and_, delete, fun
 from linewatch.clock import Clock
 from linewatch.config import StoreSection
 from linewatch.sinks.db import DatabaseError, in_line, masked, scope_of, translated, write_transaction
-from linewatch.sinks.db_schema import Inspection, InspectionHour, InspectionMinute, PartRecord
+from linewatch.sinks.db_schema import Inspection, InspectionHour, InspectionMinute, PartHour, PartRecord
 from linewatch.sinks.rollups import add_minutes, minute_counts
 from linewatch.sinks.store_partitions import InspectionPartitions
 
@@ -126,6 +128,7 @@ class StoreRetention:
         self._partitions = InspectionPartitions(engine) if postgres else None
         self._rows: Table = _DEFAULT_PARTITION if postgres else Inspection.__table__  # deleted row by row
         self._normal_floor: tuple[datetime, str] | None = None  # where the plain-normal walk goes on
+        self._warned_keeps: tuple[timedelta, timedelta] | None = None  # the plant's keeps last warned about
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Sweep at once, then every ``interval_s`` until ``stop``; a failed pass is logged and retried."""
@@ -154,7 +157,15 @@ class StoreRetention:
         self.stats.longest_batch_s = 0.0
         normal = old = 0
         if self._partitions is not None:
-            days = self._partitions.maintain(now, self.policy.keep_normal, self.policy.keep)
+            keeps = self._partitions.plant_keeps(self._scope, self.policy.keep_normal, self.policy.keep)
+            if keeps != (self.policy.keep_normal, self.policy.keep) and keeps != self._warned_keeps:
+                log.warning(
+                    "store retention: another line of this store keeps its rows longer (keep_normal_days %g, "
+                    "keep_days %g); the day partitions, which hold every line's rows, follow the longest",
+                    keeps[0] / timedelta(days=1), keeps[1] / timedelta(days=1),
+                )  # fmt: skip
+            self._warned_keeps = keeps
+            days = self._partitions.maintain(now, *keeps)
             normal, old = days.normal_rows, days.old_rows
             self.stats.deleted["normal"] += normal
             self.stats.deleted["old"] += old
@@ -235,12 +246,14 @@ class StoreRetention:
         return total
 
     def _delete_rollups(self, minutes_cutoff: datetime, cutoff: datetime, stop: threading.Event) -> int:
-        """This line's hours older than ``cutoff`` and minutes older than ``keep`` (the History plot draws
-        minutes as long as rows are kept; the dashboards read hours), a slice of time per transaction."""
+        """This line's hours (of frames and of parts) older than ``cutoff`` and minutes older than ``keep`` (the
+        History plot draws minutes as long as rows are kept; the dashboards read hours), a slice of time per
+        transaction."""
         total = 0
         for table, time_column, older_than in (
             (InspectionMinute.__table__, "minute", minutes_cutoff),
             (InspectionHour.__table__, "hour", cutoff),
+            (PartHour.__table__, "hour", cutoff),
         ):
             mine, at = in_line(table, self._scope), table.c[time_column]
             while not stop.is_set():

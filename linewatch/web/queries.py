@@ -28,20 +28,25 @@ Decisions:
   for the unlabelled history page on 1M rows). PostgreSQL, which has statistics, walks the time index
   either way.
 - Close calls are walked newest first down the partial index ``ix_inspections_site_frame_ts_unlabelled_snapshot``
-  (unlabelled rows with a snapshot, :data:`linewatch.sinks.db_schema.REVIEWABLE`) and stopped at ``limit``
-  rows or at the window's start. Close calls are rare, so the walk usually reaches the window's start: down
+  (unlabelled rows with a snapshot, :data:`linewatch.sinks.db_schema.REVIEWABLE`) and stopped at ``limit`` rows or at
+  the window's start. Close calls are rare, so the walk usually reaches the window's start: down
   ``ix_inspections_site_frame_ts`` it read every frame of the window, down the partial index only the ~1% with
-  evidence (benchmarks/web_queries.py, 24 h of a 4-camera line, 333k rows: the queue took 100 ms -> 6 ms on
-  SQLite, 150 ms -> 5 ms on PostgreSQL). A planner uses a partial index only when the query's WHERE holds the
-  index's terms, so the query says ``label IS NULL`` and ``snapshot IS NOT NULL`` literally. On SQLite the
-  plain ``label IS NULL`` would fall into that same trap (it picks ``ix_inspections_label`` and reads nearly
-  the whole table), and the ``coalesce`` disguise would hide the term from the partial index too; so there it
-  is ``likely(label IS NULL)``: SQLite's documented hint that a term is usually true, which it is (nearly
-  every row is unlabelled). The planner then judges ``ix_inspections_label`` useless for it, while the
-  partial-index match still sees the bare term (SQLite strips ``likely()`` off WHERE terms). PostgreSQL, which
-  has no ``likely()`` and does not need it, gets the bare term (the ``coalesce`` form cost it too: estimating
-  6 matching rows, it priced the limited walk like a full one, over ``jit_above_cost``, and spent ~100 ms of
-  each call compiling it).
+  evidence (benchmarks/web_queries.py, 24 h of a 4-camera line, 333k rows: the queue took 100 ms -> 6 ms on SQLite,
+  150 ms -> 5 ms on PostgreSQL). The index also holds the id and every column the close-call test reads, so on
+  PostgreSQL the walk fetches no row (an index-only scan, on pages autovacuum marked visible): the count reads the
+  index alone, and a page's keys are picked the same way before its rows, ``limit`` at most, are fetched by key. A day
+  of a busy line, 100,000 evidence frames whose rows are not all cached: page and count took 160 ms fetching each
+  walked row, 28 ms from the index alone (benchmarks/review_queue_day.py). SQLite still reads each walked row (it
+  checks the index's own terms on it), quick from its page cache on a one-line file. A planner uses a partial index
+  only when the query's WHERE holds the index's terms, so the query says ``label IS NULL`` and ``snapshot IS NOT
+  NULL`` literally. On SQLite the plain ``label IS NULL`` would fall into that same trap (it picks
+  ``ix_inspections_label`` and reads nearly the whole table), and the ``coalesce`` disguise would hide the term from
+  the partial index too; so there it is ``likely(label IS NULL)``: SQLite's documented hint that a term is usually
+  true, which it is (nearly every row is unlabelled). The planner then judges ``ix_inspections_label`` useless for it,
+  while the partial-index match still sees the bare term (SQLite strips ``likely()`` off WHERE terms). PostgreSQL,
+  which has no ``likely()`` and does not need it, gets the bare term (the ``coalesce`` form cost it too: estimating 6
+  matching rows, it priced the limited walk like a full one, over ``jit_above_cost``, and spent ~100 ms of each call
+  compiling it).
 """
 
 from __future__ import annotations
@@ -153,17 +158,22 @@ def _read_queue(
     after: ReviewCursor | None,
 ) -> list[ReviewItem]:
     _check_limit(limit)
-    events, close_calls = _review_queries(engine, now, window, band)
+    events, close_call_keys = _review_queries(engine, now, window, band)
     if after is not None:
         ts, target_id = require_aware("after", after[0]), after[1]
         events = events.where(
             DefectEvent.started_at <= ts, or_(DefectEvent.started_at < ts, DefectEvent.event_id < target_id)
         )
-        close_calls = close_calls.where(
+        close_call_keys = close_call_keys.where(
             Inspection.frame_ts <= ts, or_(Inspection.frame_ts < ts, Inspection.id < target_id)
         )
     events = events.order_by(DefectEvent.started_at.desc(), DefectEvent.event_id.desc()).limit(limit)
-    close_calls = close_calls.order_by(Inspection.frame_ts.desc(), Inspection.id.desc()).limit(limit)
+    keys = close_call_keys.order_by(Inspection.frame_ts.desc(), Inspection.id.desc()).limit(limit).subquery()
+    close_calls = (
+        select(*_INSPECTION_COLUMNS)
+        .join(keys, and_(Inspection.id == keys.c.id, Inspection.frame_ts == keys.c.frame_ts))
+        .where(in_line(Inspection, scope_of(engine)))
+    )
     items = [_event_item(row) for row in conn.execute(events)]
     items += [_inspection_item(row) for row in conn.execute(close_calls)]
     items.sort(key=lambda item: (item.ts, item.target_id, item.target), reverse=True)
@@ -177,13 +187,15 @@ def review_count(engine: Engine, now: datetime, window: timedelta, band: float) 
 
 
 def _count_queue(conn: Connection, engine: Engine, now: datetime, window: timedelta, band: float) -> int:
-    events, close_calls = _review_queries(engine, now, window, band)
-    counts = [select(func.count()).select_from(query.subquery()) for query in (events, close_calls)]
+    events, close_call_keys = _review_queries(engine, now, window, band)
+    counts = [select(func.count()).select_from(query.subquery()) for query in (events, close_call_keys)]
     return sum(int(conn.scalar(query) or 0) for query in counts)
 
 
 def _review_queries(engine: Engine, now: datetime, window: timedelta, band: float) -> tuple[Select[Any], Select[Any]]:
-    """The episodes and the close calls of the queue, unordered and unlimited."""
+    """The episodes of the queue, and the keys (id, frame_ts) of its close calls, unordered and unlimited. The
+    close calls' test reads only columns the partial index holds, so counting or picking a page of them never
+    fetches a row (PostgreSQL's index-only scan; SQLite's covering index)."""
     since = require_aware("now", now) - window
     if band < 0:
         raise ValueError(f"band must be at least 0, got {band}")
@@ -197,14 +209,14 @@ def _review_queries(engine: Engine, now: datetime, window: timedelta, band: floa
         DefectEvent.started_at <= Inspection.frame_ts,
         func.coalesce(DefectEvent.ended_at, DefectEvent.last_at) >= Inspection.frame_ts,
     )
-    close_calls = select(*_INSPECTION_COLUMNS).where(
+    close_call_keys = select(Inspection.id, Inspection.frame_ts).where(
         in_line(Inspection, scope),
         _reviewable(engine),
         Inspection.frame_ts >= since,
         func.abs(Inspection.score - Inspection.threshold) <= band * func.abs(Inspection.threshold),
         or_(Inspection.verdict != "defect", ~covered),
     )
-    return events, close_calls
+    return events, close_call_keys
 
 
 def review_item(engine: Engine, target: str, target_id: str) -> ReviewItem | None:

@@ -23,7 +23,7 @@ from tests.services.postgres import PASSWORD, PostgresServer
 
 TABLES = {
     "inspections", "events", "labels", "model_versions", "retrain_runs", "alembic_version", "users", "actions", "parts",
-    "inspection_minutes", "inspection_hours",
+    "inspection_minutes", "inspection_hours", "part_hours", "retention_policies",
 }  # fmt: skip
 NOW = datetime(2026, 3, 2, 8, 0, 0, tzinfo=UTC)
 
@@ -46,10 +46,10 @@ def test_upgrade_creates_the_tables_and_a_second_upgrade_is_a_no_op(store_url: s
             "ix_inspections_site_frame_ts_unlabelled_snapshot",
             "ix_inspections_site_part_id",
         }
-        assert database_revision(engine) == head_revision() == "0008"
+        assert database_revision(engine) == head_revision() == "0009"
     finally:
         engine.dispose()
-    assert upgrade_database(store_url, backups) == UpgradeResult("0008", "0008", None)
+    assert upgrade_database(store_url, backups) == UpgradeResult("0009", "0009", None)
     assert not backups.exists()  # a new SQLite file and a no-op upgrade need no backup
 
 
@@ -94,7 +94,7 @@ def test_an_existing_sqlite_file_is_backed_up_before_upgrading(tmp_path: Path) -
 
     result = upgrade_database(f"sqlite:///{path}", backups, now=NOW)
 
-    assert result == UpgradeResult(None, "0008", backups / "linewatch-empty-20260302T080000Z.sqlite3")
+    assert result == UpgradeResult(None, "0009", backups / "linewatch-empty-20260302T080000Z.sqlite3")
     assert sorted(p.name for p in backups.iterdir()) == ["linewatch-empty-20260302T080000Z.sqlite3"]
     backup_engine = make_engine(f"sqlite:///{result.backup}")
     try:
@@ -136,7 +136,7 @@ def test_a_failed_migration_leaves_nothing_behind(store_url: str, tmp_path: Path
     try:
         with engine.begin() as conn:
             conn.execute(text("CREATE TABLE labels (something INTEGER)"))  # makes 0001 fail midway
-        with pytest.raises(DatabaseError, match=r"upgrading the schema from empty to 0008 failed"):
+        with pytest.raises(DatabaseError, match=r"upgrading the schema from empty to 0009 failed"):
             upgrade_database(store_url, tmp_path / "backups")
         assert set(inspect(engine).get_table_names()) == {"labels"}
         assert database_revision(engine) is None
@@ -165,6 +165,22 @@ def test_postgresql_urls_use_psycopg_3_and_other_databases_are_refused() -> None
     assert "s3cret" not in str(error.value)
     with pytest.raises(DatabaseError, match="not an SQLAlchemy URL"):
         make_engine("linewatch.sqlite3")
+
+
+def test_postgresql_sessions_run_without_jit_and_keep_the_urls_own_options(postgres_url: str) -> None:
+    """JIT off for linewatch's sessions (a review queue once spent 0.5 s compiling); options the URL gives still
+    apply, once or repeated."""
+    timeout = "options=-c%20statement_timeout%3D4000"
+    for query, expected in (("", "0"), (f"?{timeout}", "4s"), (f"?{timeout}&options=-c%20lock_timeout%3D900", "4s")):
+        engine = make_engine(postgres_url + query)
+        try:
+            with engine.connect() as conn:
+                shown = [conn.exec_driver_sql(f"SHOW {name}").scalar() for name in ("jit", "statement_timeout")]
+                assert shown == ["off", expected], query
+                if "lock_timeout" in query:
+                    assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "900ms"
+        finally:
+            engine.dispose()
 
 
 def test_a_down_postgresql_fails_fast_and_the_error_hides_the_password(tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
-"""What the DB forwarder adds to ``inspection_minutes`` as verdicts and labels arrive, and two lines writing one
-store (SQLite file and a real PostgreSQL): the counts always equal what the stored rows say, however often a
-chunk is replayed, and a line never sees or changes the other's rows."""
+"""What the DB forwarder adds to ``inspection_minutes`` as verdicts and labels arrive, and to ``part_hours`` as
+part verdicts do, and two lines writing one store (SQLite file and a real PostgreSQL): the counts always equal
+what the stored rows say, however often a chunk is replayed, and a line never sees or changes the other's
+rows."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,9 @@ from linewatch.pipeline.journal.outbox import Journal
 from linewatch.sinks.db import LineScope, inspection_counts, make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
-from linewatch.sinks.db_schema import Inspection, InspectionHour, InspectionMinute
+from linewatch.sinks.db_schema import Inspection, InspectionHour, InspectionMinute, PartHour
 from linewatch.sinks.rollups import minute_counts
-from linewatch.types import LabelTarget
+from linewatch.types import LabelTarget, PartResult
 from tests.sinks.test_db_forwarder import SCORES, T0, Line, all_records, drain, label
 
 LINE_A = LineScope("plant", "line-a")
@@ -140,3 +142,38 @@ def test_two_lines_with_the_same_camera_and_ids_share_a_store_apart(
     assert (rows["line-a", "cam1-boot1-2"].score, rows["line-b", "cam1-boot1-2"].score) == (0.2, 0.1)
     for engine, scope in ((engine_a, LINE_A), (engine_b, LINE_B)):
         assert _minutes(engine, scope) == _minutes_from_rows(engine, scope)
+
+
+def test_parts_are_counted_per_hour_station_and_verdict_once_through_replays(
+    stores: tuple[Engine, Engine], tmp_path: Path
+) -> None:
+    engine_a, engine_b = stores
+    rng = random.Random(3)
+    verdicts = ("OK", "OK", "NOK", "incomplete")
+    parts = [  # 12 parts over 5 hours, so most hours hold several
+        PartResult(f"st{rng.randrange(2)}", f"P{i}", rng.choice(verdicts), 0.5, "why", T0 + timedelta(minutes=25 * i),
+                   "v1", "plate", (), result_id=f"r{i}")
+        for i in range(12)
+    ]  # fmt: skip
+    with _journal(tmp_path, "a") as journal_a, _journal(tmp_path, "b") as journal_b:
+        journal_a.append_batch([], [], parts=parts)
+        journal_b.append_batch([], [], parts=parts[:3])  # the same result ids on another line
+        forwarder = DbForwarder(engine_a)
+        drain(journal_a, forwarder, batch_size=5)
+        records = all_records(journal_a)
+        assert forwarder.send(records) == 12 and forwarder.send(records[4:7]) == 3  # replays
+        drain(journal_b, DbForwarder(engine_b))
+
+    def per_hour(counted: list[PartResult]) -> dict[tuple[Any, ...], int]:
+        hours: dict[tuple[Any, ...], int] = {}
+        for part in counted:
+            key = (part.at.replace(minute=0, second=0, microsecond=0), part.station, part.verdict)
+            hours[key] = hours.get(key, 0) + 1
+        return hours
+
+    assert max(per_hour(parts).values()) > 1
+    for engine, scope, counted in ((engine_a, LINE_A, parts), (engine_b, LINE_B, parts[:3])):
+        with engine.connect() as conn:
+            table = PartHour.__table__
+            stored = conn.execute(select(table).where(table.c.site == scope.site, table.c.line == scope.line))
+            assert {(h.hour, h.station, h.verdict): h.parts for h in stored} == per_hour(counted)

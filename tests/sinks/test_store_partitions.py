@@ -4,6 +4,7 @@ written by the real DB forwarder, counted in their minutes before and after."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,10 +14,10 @@ from sqlalchemy import Engine, func, select, text
 
 from linewatch.clock import FakeClock
 from linewatch.pipeline.journal.records import JournalRecord, verdict_payload
-from linewatch.sinks.db import make_engine
+from linewatch.sinks.db import LineScope, make_engine
 from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
-from linewatch.sinks.db_schema import Inspection, InspectionMinute
+from linewatch.sinks.db_schema import Inspection, InspectionMinute, RetentionPolicy
 from linewatch.sinks.store_partitions import DAYS_AHEAD, InspectionPartitions, day_name
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
 from linewatch.types import Verdict, VerdictLabel
@@ -166,3 +167,29 @@ def test_retention_on_postgresql_compacts_whole_days_and_reports_them(store: Eng
     assert retention.stats.deleted["normal"] == len(plain) and retention.stats.partitions["compacted"] == 2
     with store.connect() as conn:
         assert set(conn.scalars(select(Inspection.id))) == {v.inspection_id for v in verdicts if v.snapshot}
+
+
+def test_the_days_follow_the_longest_keeps_any_line_of_the_store_recorded(
+    store: Engine, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A day partition holds every line's frames: a line that keeps its plain normals 7 days compacts a day
+    only once the line that keeps them 30 (whose retention ran before) no longer wants it, and says so."""
+    _write_days(store, 2)  # the default line's frames, on January 10 and 11
+    careful = StoreRetention(store, FakeClock(DAY0), StoreRetentionPolicy(KEEP_NORMAL, KEEP, KEEP * 10, 50, 0.0))
+    careful.sweep()
+    hasty_engine = make_engine(postgres_url, LineScope("site", "line-7d"))
+    clock = FakeClock(DAY0 + timedelta(days=12))
+    hasty = StoreRetention(hasty_engine, clock, StoreRetentionPolicy(timedelta(days=7), KEEP, KEEP * 10, 50, 0.0))
+    try:
+        with caplog.at_level(logging.WARNING, logger="linewatch.sinks.store_retention"):
+            assert hasty.sweep().normal == 0  # 12 days on: past the 7, not the 30
+        assert "keeps its rows longer (keep_normal_days 30, keep_days 365)" in caplog.text
+        assert _where_rows_are(store) == {day_name(DAY0.date()): 30, day_name(DAY0.date() + timedelta(days=1)): 30}
+        with store.connect() as conn:
+            recorded = conn.execute(select(RetentionPolicy.line, RetentionPolicy.keep_normal_days)).all()
+        assert sorted(recorded) == [("line-7d", 7.0), ("line1", 30.0)]
+
+        clock.advance(timedelta(days=21).total_seconds())  # 33 days on: past the 30
+        assert hasty.sweep().normal == 2 * sum(1 for i in range(FRAMES_PER_DAY) if i % 5 and i % 7)
+    finally:
+        hasty_engine.dispose()

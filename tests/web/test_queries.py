@@ -18,7 +18,14 @@ from linewatch.clock import FakeClock
 from linewatch.sinks import rollups
 from linewatch.sinks.db import DatabaseError, LineScope, make_engine, scope_of, write_transaction
 from linewatch.sinks.db_migrate import alembic_config, database_revision, upgrade_database
-from linewatch.sinks.db_schema import REVIEWABLE, ActionRecord, DefectEvent, InspectionMinute, LabelRecord
+from linewatch.sinks.db_schema import (
+    REVIEW_INDEX_COLUMNS,
+    REVIEWABLE,
+    ActionRecord,
+    DefectEvent,
+    InspectionMinute,
+    LabelRecord,
+)
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy
 from linewatch.sinks.users import add_user, authenticate
 from linewatch.web.queries import (
@@ -362,33 +369,50 @@ def plan_indexes(plan: str) -> set[str]:
 
 
 def review_indexes(engine: Engine) -> set[str]:
-    """The review queue's partial index and, on PostgreSQL, where ``inspections`` is partitioned by day, the
-    partitions' own copies of it (the indexes a plan names)."""
+    """The review queue's partial index (and its partitions' copies on PostgreSQL)."""
+    return _with_partition_copies(engine, REVIEW_INDEX)
+
+
+def lookup_indexes(engine: Engine) -> set[str]:
+    """The indexes a lookup of a row by its key (site, line, id, frame_ts) may take: the primary key's, or the
+    time index's (the frame time alone finds a row or two); with their partitions' copies on PostgreSQL."""
+    time_index = _with_partition_copies(engine, "ix_inspections_site_frame_ts")
     if engine.dialect.name == "sqlite":
-        return {REVIEW_INDEX}
+        return {"sqlite_autoindex_inspections_1", *time_index}
+    return _with_partition_copies(engine, "pk_inspections") | time_index
+
+
+def _with_partition_copies(engine: Engine, index: str) -> set[str]:
+    """``index`` and, on PostgreSQL, where ``inspections`` is partitioned by day, the partitions' own copies of
+    it (the indexes a plan names)."""
+    if engine.dialect.name == "sqlite":
+        return {index}
     partitions = (
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = CAST(%(name)s AS regclass)"
     )
     with engine.connect() as conn:
-        return {REVIEW_INDEX, *conn.exec_driver_sql(partitions, {"name": REVIEW_INDEX}).scalars()}
+        return {index, *conn.exec_driver_sql(partitions, {"name": index}).scalars()}
 
 
 def test_close_calls_are_read_through_the_partial_index_on_both_dialects(engine: Engine, line2: Engine) -> None:
-    """The plan each planner really picks on a store shaped like two lines (PostgreSQL with the statistics its
-    autovacuum would have gathered, SQLite with none, as in production): without the literal index terms
-    SQLite walks the time index, and with a bare ``label IS NULL`` it reads ``ix_inspections_label``."""
+    """The plans each planner really picks for the review page (its page and its count) on a store shaped like
+    two lines (PostgreSQL with the statistics its autovacuum would have gathered, SQLite with none, as in
+    production): the close calls are walked down the partial index, and only the page's rows are then read by
+    key. Without the literal index terms SQLite walks the time index, and with a bare ``label IS NULL`` it reads
+    ``ix_inspections_label``."""
     expected = busy_line(engine, 4000)
     add_inspections(line2, busy_rows(4000)[0])  # the same frames on another line: the index seeks past them
     if engine.dialect.name == "postgresql":
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE inspections")
-    queue = lambda: review_queue(engine, at(0), HOUR, 0.1)  # noqa: E731
+    queue = lambda: review_page(engine, at(0), HOUR, 0.1)  # noqa: E731
 
     plan = inspections_plan(engine, queue)
 
     used = plan_indexes(plan)
-    assert used and used <= review_indexes(engine), plan
+    walked = used & review_indexes(engine)
+    assert walked and used - walked <= lookup_indexes(engine), plan  # then the page's rows fetched by key
     assert len(expected) > 50
     assert ids(review_queue(engine, at(0), HOUR, 0.1, limit=1000)) == expected
     assert ids(review_queue(engine, at(0), HOUR, 0.1)) == expected[:50]
@@ -423,10 +447,10 @@ def test_a_0001_store_with_rows_upgrades_to_the_partial_index_and_its_queue_is_t
 
         assert main(["db", "upgrade", "--config", str(config)]) == 0
 
-        assert "database upgraded from 0001 to 0008" in capsys.readouterr().out
-        assert database_revision(engine) == "0008"
+        assert "database upgraded from 0001 to 0009" in capsys.readouterr().out
+        assert database_revision(engine) == "0009"
         index = {index["name"]: index for index in inspect(engine).get_indexes("inspections")}[REVIEW_INDEX]
-        assert index["column_names"] == ["site", "line", "frame_ts"] and not index["unique"]
+        assert index["column_names"] == list(REVIEW_INDEX_COLUMNS) and not index["unique"]
         where = str(index["dialect_options"][f"{engine.dialect.name}_where"])
         if engine.dialect.name == "sqlite":
             assert where == REVIEWABLE  # SQLite keeps the text it was given
