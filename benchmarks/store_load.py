@@ -5,11 +5,13 @@ the analytics dashboard's queries run against a history of more than ten million
 2. History generated in bulk, server-side: ``--recent-hours`` of every line at full rate (4 cameras x 10 fps:
    3.5 h of 20 lines is 10 M rows), ``--old-days`` days just past keep_normal_days at ``--old-rows-per-day``
    (retention compacts them during the run), per-minute counts for the rows and for the 30 days before,
-   and per-hour counts for a whole year, as the daemons would have left them. Then ANALYZE.
+   and per-hour counts of frames and of parts (a part a second) for a whole year, as the daemons would have
+   left them. Then ANALYZE.
 3. ``--idle-seconds`` of the queries alone (below), on the store at rest.
 4. For ``--seconds``, ``--lines`` lines, each as its daemon would: the real DbForwarder writes the line's
    verdicts (4 every 0.1 s; after a slow write, what is due in one chunk of at most 64 records, as the
-   journal's forwarder runner sends a backlog) and a label every 20 s, and the real StoreRetention runs every
+   journal's forwarder runner sends a backlog), a station's part verdict every second and a label every 20 s,
+   and the real StoreRetention runs every
    ``--retention-interval`` s (the lines' retentions take turns on the partitions, as in a plant). The lines
    run in ``--processes`` processes, as separate daemons would; on this machine they share its cores with
    PostgreSQL, which in a plant runs on a server of its own.
@@ -19,7 +21,8 @@ the analytics dashboard's queries run against a history of more than ten million
 Prints: rows/s held per line and in all; the forwarders' chunk write times and how far behind schedule the
 lines fell (the journal's backlog, in time: one that grows shows here); the CPU the simulated daemons took;
 what retention did to the partitions and how long each change took; each query's p50/p99 at rest and under
-load; that every row written is in the store and counted in its minute; bytes per row of the tables, and
+load; that every row and part verdict written is in the store and counted in its minute or hour; bytes per
+row of the tables, and
 what they make per line per day before and after retention.
 
     python benchmarks/store_load.py                              # 20 lines, 10 minutes, 10 M rows
@@ -50,14 +53,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from linewatch.clock import SystemClock  # noqa: E402 (after the path: tests.services is imported below)
-from linewatch.pipeline.journal.records import JournalRecord, format_ts, label_payload, verdict_payload  # noqa: E402
+from linewatch.pipeline.journal.records import (  # noqa: E402
+    JournalRecord,
+    format_ts,
+    label_payload,
+    part_payload,
+    verdict_payload,
+)
 from linewatch.sinks.db import DatabaseError, LineScope, make_engine  # noqa: E402
 from linewatch.sinks.db_forwarder import DbForwarder  # noqa: E402
 from linewatch.sinks.db_migrate import upgrade_database  # noqa: E402
-from linewatch.sinks.db_schema import Inspection, InspectionMinute  # noqa: E402
+from linewatch.sinks.db_schema import Inspection, InspectionMinute, PartHour, PartRecord  # noqa: E402
 from linewatch.sinks.store_partitions import InspectionPartitions  # noqa: E402
 from linewatch.sinks.store_retention import StoreRetention, StoreRetentionPolicy  # noqa: E402
-from linewatch.types import Label, LabelTarget, Verdict, VerdictLabel  # noqa: E402
+from linewatch.types import Label, LabelTarget, PartResult, Verdict, VerdictLabel  # noqa: E402
 from linewatch.web.queries import history_page, review_page, score_series  # noqa: E402
 from linewatch.web.rows import HistoryFilter  # noqa: E402
 from tests.services.grafana import panel_queries, render, sql_list  # noqa: E402
@@ -68,6 +77,7 @@ FPS = 10
 CHUNK_PERIOD_S = 0.1  # a batch of the line's 4 cameras every 0.1 s: 4 x 10 inspections/s
 MAX_CHUNK = 64  # records per chunk at most: [journal] forwarder_batch's default
 LABEL_EVERY_S = 20.0
+PART_EVERY_TICKS = 10  # a part a second per line, judged by one station from the 4 cameras' frames
 POLICY = dict(keep_normal_days=30, keep_days=365, keep_rollup_days=3650, batch_rows=500, pause_s=0.05)
 PG_SETTINGS = {"shared_buffers": "2GB", "max_wal_size": "8GB", "checkpoint_timeout": "15min", "work_mem": "32MB"}
 
@@ -120,6 +130,14 @@ INSERT INTO inspection_hours (site, line, hour, camera, product, verdict, model_
 SELECT site, line, date_trunc('hour', minute), camera, product, verdict, model_version, sum(frames),
        sum(score_sum), max(score_max), max(threshold), sum(labelled_normal), sum(labelled_defect)
 FROM inspection_minutes GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+# A year of part verdicts per hour for every line: a station judging a part a second (3600 an hour: 3500 OK, 90 NOK,
+# 10 incomplete), as the forwarders would have counted them.
+_PART_HOURS = """
+INSERT INTO part_hours (site, line, hour, station, verdict, parts)
+SELECT :site, 'line' || lpad(l::text, 2, '0'), h, 'st1', v, n
+FROM generate_series(0, :lines - 1) l, generate_series(:since, :until - interval '1 hour', interval '1 hour') h,
+     (VALUES ('OK', 3500), ('NOK', 90), ('incomplete', 10)) verdicts (v, n)
 """
 # Hourly counts for the rest of a year before the minutes (kept keep_rollup_days: the dashboards' long ranges).
 _OLDER_HOURS = """
@@ -176,6 +194,11 @@ def generate(engine: Engine, args: argparse.Namespace, now: datetime) -> int:
         )
         conn.execute(text(_HOURS_FROM_MINUTES))
         conn.execute(text(_OLDER_HOURS), {**older, "since": hours_since, "until": hours_until})
+        this_hour = now.replace(minute=0, second=0, microsecond=0)
+        conn.execute(
+            text(_PART_HOURS),
+            {"site": SITE, "lines": args.lines, "since": this_hour - timedelta(days=365), "until": this_hour},
+        )
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
         return int(conn.scalar(select(func.count()).select_from(Inspection)) or 0)
@@ -190,6 +213,7 @@ class LineResult:
     chunks: list[tuple[float, float, int]] = field(default_factory=list)  # (when, seconds, records) per chunk
     lag_s: list[tuple[float, float]] = field(default_factory=list)  # (when, how far behind schedule) per chunk
     rows: int = 0
+    parts: int = 0
     labels: int = 0
     failures: list[str] = field(default_factory=list)  # chunks the store refused (then written on a retry)
     retention: dict[str, Any] = field(default_factory=dict)
@@ -210,6 +234,14 @@ def _records(line: str, position: int, seq: int, now: datetime, rng: random.Rand
             JournalRecord(
                 position + camera, "verdict", inspection_id, f"cam{camera}", verdict_payload(verdict), format_ts(now)
             )
+        )
+    if seq % PART_EVERY_TICKS == 0:  # the station's verdict on the part these 4 frames showed
+        inspections = tuple(record.key for record in records)
+        verdict = "NOK" if any(record.payload["label"] == "defect" for record in records) else "OK"
+        part = PartResult("st1", f"{line}-P{seq}", verdict, 0.5, "all cameras reported", now, "v1", "plate",
+                          inspections, result_id=f"{line}-r{seq}")  # fmt: skip
+        records.append(
+            JournalRecord(position + CAMERAS, "part", part.result_id, "", part_payload(part), format_ts(now))
         )
     return records
 
@@ -260,6 +292,7 @@ def _write_line(
                     time.sleep(0.1)
             result.chunks.append((due - start_at, time.perf_counter() - began, len(records)))
             result.rows += sum(record.kind == "verdict" for record in records)
+            result.parts += sum(record.kind == "part" for record in records)
             position += len(records)
     finally:
         engine.dispose()
@@ -530,9 +563,12 @@ def report(
         for kind, n in result.retention["deleted"].items():
             deleted[kind] = deleted.get(kind, 0) + n
     failures = sum(r.retention["failures"] for r in results)
-    print(f"retention: deleted {deleted}, {failures} failed passes; partition changes:")
+    waited = [line for _, line in load.changes if "another daemon is changing partitions" in line]
+    print(f"retention: deleted {deleted}, {failures} failed passes; {len(waited)} changes left to a later pass "
+          "(another line's retention held the partition lock); partition changes:")  # fmt: skip
     for at, line in load.changes:
-        print(f"  at {at - load.start_at:6.1f} s: {line}")
+        if line not in waited:
+            print(f"  at {at - load.start_at:6.1f} s: {line}")
     for result in results:
         if result.retention["last_error"]:
             print(f"  {result.line}: {result.retention['last_error']}")
@@ -545,7 +581,7 @@ def report(
         ms, rest = [1000 * s for s in seconds], [1000 * s for s in load.idle.get(name, [0.0])]
         print(f"{name:<60} {statistics.median(rest):>11.1f} {percentile(rest, 0.99):>6.1f} "
               f"{statistics.median(ms):>14.1f} {percentile(ms, 0.99):>6.1f} {max(ms):>6.0f}")  # fmt: skip
-    lost = 0
+    lost = parts_lost = 0
     load_started = datetime.fromtimestamp(load.start_at, UTC).replace(second=0, microsecond=0)
     with engine.connect() as conn:
         for result in results:
@@ -560,7 +596,19 @@ def report(
             lost += result.rows - int(stored or 0)
             if int(counted or 0) != result.rows:
                 print(f"  {result.line}: {result.rows} written, {counted} counted in the minutes")
-    print(f"\nrows written but missing from the store: {lost}")
+            parts_stored = conn.scalar(
+                select(func.count()).where(PartRecord.site == SITE, PartRecord.line == result.line)
+            )
+            parts_counted = conn.scalar(
+                select(func.coalesce(func.sum(PartHour.parts), 0)).where(
+                    PartHour.site == SITE, PartHour.line == result.line, PartHour.hour >= load_started.replace(minute=0)
+                )
+            )
+            parts_lost += result.parts - int(parts_stored or 0)
+            if int(parts_counted or 0) != result.parts:
+                print(f"  {result.line}: {result.parts} part verdicts written, {parts_counted} counted per hour")
+    print(f"\nrows written but missing from the store: {lost}; part verdicts: {parts_lost} of "
+          f"{sum(r.parts for r in results):,}")  # fmt: skip
     per_row = {t: before[t] / max(1, counts[t]) for t in before}
     frames_per_day = CAMERAS * FPS * 86400
     kept_share = 0.03  # defects and frames with evidence (as generated): kept keep_days

@@ -40,7 +40,7 @@ from linewatch.sinks.db_forwarder import DbForwarder
 from linewatch.sinks.db_migrate import upgrade_database
 from linewatch.sinks.db_schema import DefectEvent, Inspection
 from linewatch.types import Verdict, VerdictLabel
-from linewatch.web.queries import history_page, review_queue, score_series
+from linewatch.web.queries import history_page, review_page, review_queue, score_series
 from linewatch.web.rows import HistoryFilter
 
 if TYPE_CHECKING:
@@ -113,8 +113,9 @@ def fill(engine: Engine, rows: int, span: timedelta, seed: int) -> datetime:
         events += burst.values()  # bursts still going at the end: open episodes
         if events:
             conn.execute(insert(DefectEvent), events)
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("ANALYZE"))  # autovacuum would, a while after such a load
+    if engine.dialect.name == "postgresql":  # autovacuum would, a while after such a load: the statistics, and
+        with engine.connect() as conn:  # the visibility map an index-only scan reads
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
     return last
 
 
@@ -228,6 +229,7 @@ def run(url: str, args: argparse.Namespace, backups: Path) -> None:
         first_page = history_page(engine, HistoryFilter())[1]
         cases: dict[str, Callable[[], object]] = {
             "review_queue 24 h, band 0.1": lambda: review_queue(engine, now, timedelta(hours=24), 0.1),
+            "review_page 24 h, with its count": lambda: review_page(engine, now, timedelta(hours=24), 0.1),
             "history_page first": lambda: history_page(engine, HistoryFilter()),
             "history_page second (keyset)": lambda: history_page(engine, HistoryFilter(), before=first_page),
             "history_page cam2 + defect": lambda: history_page(engine, HistoryFilter(camera="cam2", verdict="defect")),
