@@ -20,8 +20,8 @@ after ``keep_days`` (the plot's reach), the hourly counts the dashboards read (`
 On PostgreSQL ``inspections`` is partitioned by day, and whole days go at once
 (:mod:`linewatch.sinks.store_partitions`: compacted at ``keep_normal_days``, dropped at ``keep_days``, the
 longest any line of the store records), for every line of the store; the row-by-row deletion below then only
-serves the default partition's strays. On
-SQLite (one line per file) it serves everything. A line deletes only its own rows, parts and roll-ups.
+serves the default partition's strays. On SQLite (one line per file) it serves everything. A line deletes
+only its own rows, parts and roll-ups.
 
 Deletion never blocks the DB forwarder for long: candidates are read outside any write transaction
 (WAL readers do not block writers on SQLite), then each batch of at most ``batch_rows`` is deleted in one
@@ -162,7 +162,7 @@ class StoreRetention:
                 log.warning(
                     "store retention: another line of this store keeps its rows longer (keep_normal_days %g, "
                     "keep_days %g); the day partitions, which hold every line's rows, follow the longest",
-                    keeps[0] / timedelta(days=1), keeps[1] / timedelta(days=1),
+                    keeps[0].total_seconds() / _DAY_S, keeps[1].total_seconds() / _DAY_S,
                 )  # fmt: skip
             self._warned_keeps = keeps
             days = self._partitions.maintain(now, *keeps)

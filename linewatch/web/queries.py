@@ -194,8 +194,8 @@ def _count_queue(conn: Connection, engine: Engine, now: datetime, window: timede
 
 def _review_queries(engine: Engine, now: datetime, window: timedelta, band: float) -> tuple[Select[Any], Select[Any]]:
     """The episodes of the queue, and the keys (id, frame_ts) of its close calls, unordered and unlimited. The
-    close calls' test reads only columns the partial index holds, so counting or picking a page of them never
-    fetches a row (PostgreSQL's index-only scan; SQLite's covering index)."""
+    close calls' test reads only columns the partial index holds, so on PostgreSQL counting them or picking a
+    page of them is an index-only scan (SQLite still reads each walked row; see the module docstring)."""
     since = require_aware("now", now) - window
     if band < 0:
         raise ValueError(f"band must be at least 0, got {band}")
